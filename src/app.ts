@@ -1,0 +1,88 @@
+// The app factory: builds the whole service from a validated config. It never listens; the server
+// entry (src/server.ts) and the tests both call it, so tests exercise the real composition.
+import Fastify, {
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerOptions,
+} from 'fastify'
+import fp from 'fastify-plugin'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import healthPlugin from '../plugins/health.ts'
+import prismaPlugin from '../plugins/prisma.ts'
+import receiverPlugin from '../plugins/receiver.ts'
+import type { Config } from './config.ts'
+import { isConnectionError } from './conversion-writer.ts'
+import { AppError, UnavailableError } from './errors.ts'
+import { parseQueryString } from './query-string.ts'
+import { sharedSchemas, type ErrorBody } from './schemas/common.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    config: Config
+  }
+}
+
+export interface BuildOptions {
+  logger?: FastifyServerOptions['logger']
+}
+
+export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: options.logger ?? { level: config.LOG_LEVEL },
+    routerOptions: { querystringParser: parseQueryString, maxParamLength: 200 },
+    bodyLimit: 64 * 1024,
+  }).withTypeProvider<TypeBoxTypeProvider>()
+
+  await app.register(
+    fp(
+      async function configPlugin(instance) {
+        instance.decorate('config', config)
+      },
+      { name: 'config' },
+    ),
+  )
+  for (const schema of sharedSchemas) app.addSchema(schema)
+  app.setErrorHandler(errorHandler)
+  app.setNotFoundHandler((request, reply) => {
+    reply.code(404).send({ error: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` })
+  })
+
+  await app.register(prismaPlugin)
+  await app.register(healthPlugin)
+  await app.register(receiverPlugin)
+  return app
+}
+
+/** The one error handler: typed errors to their documented body, storage trouble to 503, the rest hidden as 500. */
+function errorHandler(this: FastifyInstance, error: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+  if (error instanceof AppError) {
+    if (error instanceof UnavailableError) {
+      reply.header('retry-after', String(error.retryAfter ?? this.config.RETRY_AFTER_SECONDS))
+      request.log.warn({ err: error.cause ?? error }, error.message)
+    }
+    const body: ErrorBody = { error: error.code, message: error.message }
+    if (error.parameter) body.parameter = error.parameter
+    return reply.code(error.statusCode).send(body)
+  }
+  if (error.validation) {
+    const issue = error.validation[0]
+    const parameter =
+      (issue?.params as { missingProperty?: string } | undefined)?.missingProperty ??
+      issue?.instancePath.split('/').filter(Boolean).join('.')
+    const body: ErrorBody = { error: 'invalid_parameter', message: error.message }
+    if (parameter) body.parameter = parameter
+    return reply.code(400).send(body)
+  }
+  if (isConnectionError(error)) {
+    request.log.warn({ err: error }, 'storage unavailable')
+    reply.header('retry-after', String(this.config.RETRY_AFTER_SECONDS))
+    return reply.code(503).send({ error: 'storage_unavailable', message: 'storage is unavailable; retry later' })
+  }
+  if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
+    return reply.code(error.statusCode).send({ error: 'bad_request', message: error.message })
+  }
+  request.log.error({ err: error }, 'unhandled error')
+  return reply.code(500).send({ error: 'internal_error', message: 'internal error' })
+}

@@ -1,0 +1,67 @@
+// postback-admin: provisions sheets and applies migrations. Every command prints one JSON value as
+// the last line of stdout and exits 0; an error goes to stderr with a non-zero exit (2 for usage).
+import { parseArgs } from 'node:util'
+import { ConfigError, loadConfig } from './config.ts'
+import { DataDirLockedError } from './data-dir-lock.ts'
+import { openDatabase, type Database } from './database.ts'
+import { migrate, MigrationError } from './migrations.ts'
+import { createSheet, disableSheet, listSheets, SheetError } from './sheets.ts'
+
+const USAGE = `usage: postback-admin <command>
+  sheet create --id ID [--name NAME] [--currency CUR]
+  sheet disable ID
+  sheet list
+  migrate
+Settings come from the environment (DATABASE_URL, or DATA_DIR for the embedded store).`
+
+class UsageError extends Error {}
+
+type Command = (db: Database, args: string[]) => Promise<unknown>
+
+const commands: Record<string, Command> = {
+  'sheet create': async (db, args) => {
+    const { values } = parseArgs({
+      args,
+      options: { id: { type: 'string' }, name: { type: 'string' }, currency: { type: 'string' } },
+    })
+    if (!values.id) throw new UsageError('sheet create needs --id ID')
+    return createSheet(db.prisma, { sheetId: values.id, name: values.name, currency: values.currency })
+  },
+  'sheet disable': async (db, args) => {
+    const [id, ...extra] = parseArgs({ args, allowPositionals: true }).positionals
+    if (!id || extra.length) throw new UsageError('sheet disable takes one sheet id')
+    return disableSheet(db.prisma, id)
+  },
+  'sheet list': async (db, args) => {
+    parseArgs({ args })
+    return listSheets(db.prisma)
+  },
+  migrate: async () => null, // migrations run for every command, below; this one only reports them
+}
+
+export async function run(argv: string[], env = process.env): Promise<number> {
+  const [first = '', second = '', ...rest] = argv
+  const name = commands[`${first} ${second}`] ? `${first} ${second}` : first
+  const command = commands[name]
+  if (!command || first === '--help') {
+    process.stderr.write(`${USAGE}\n`)
+    return first === '--help' ? 0 : 2
+  }
+  const args = name === first ? [second, ...rest].filter(Boolean) : rest
+  let db: Database | undefined
+  try {
+    const config = loadConfig(env)
+    db = await openDatabase(config)
+    const migrations = await db.withSession((session) => migrate(session))
+    const result = name === 'migrate' ? { store: db.kind, ...migrations } : await command(db, args)
+    process.stdout.write(`${JSON.stringify(result)}\n`)
+    return 0
+  } catch (error) {
+    const known = [UsageError, ConfigError, DataDirLockedError, MigrationError, SheetError].some((type) => error instanceof type)
+    const isParseError = (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
+    process.stderr.write(`postback-admin: ${known || isParseError ? (error as Error).message : String((error as Error).stack ?? error)}\n`)
+    return error instanceof UsageError || isParseError ? 2 : 1
+  } finally {
+    await db?.close()
+  }
+}

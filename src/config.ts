@@ -1,0 +1,80 @@
+// The one place that reads the environment. Every setting is declared once, in this TypeBox schema;
+// the Config type is derived from it, and a bad value stops start-up naming the variable.
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+
+const Port = (fallback: number, description: string) =>
+  Type.Integer({ minimum: 0, maximum: 65535, default: fallback, description })
+
+const Count = (fallback: number, minimum: number, maximum: number, description: string) =>
+  Type.Integer({ minimum, maximum, default: fallback, description })
+
+export const ConfigSchema = Type.Object({
+  HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address to listen on' }),
+  PORT: Port(3000, 'Port to listen on'),
+  DATABASE_URL: Type.Optional(
+    Type.String({
+      pattern: '^postgres(ql)?://',
+      description: 'PostgreSQL connection URL; when unset, the embedded PGlite store in DATA_DIR is used',
+    }),
+  ),
+  DATA_DIR: Type.String({ minLength: 1, default: './data', description: 'Folder of the embedded PGlite store' }),
+  LOG_LEVEL: Type.Union(
+    ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map((level) => Type.Literal(level)),
+    { default: 'info', description: 'Log level' },
+  ),
+  MIGRATE_ON_START: Type.Boolean({ default: true, description: 'Apply pending migrations at start-up' }),
+  DB_POOL_MAX: Count(10, 1, 200, 'PostgreSQL connections per instance'),
+  DB_CONNECT_TIMEOUT_MS: Count(5000, 100, 600_000, 'Longest wait for a PostgreSQL connection'),
+  DB_STATEMENT_TIMEOUT_MS: Count(10_000, 100, 600_000, 'PostgreSQL statement timeout'),
+  RECEIVER_BATCH_MAX: Count(500, 1, 10_000, 'Most deliveries written by one batch statement'),
+  RECEIVER_QUEUE_MAX: Count(5000, 1, 1_000_000, 'Most deliveries waiting for a write; beyond it the receiver answers 503'),
+  RETRY_AFTER_SECONDS: Count(5, 1, 3600, 'Retry-After sent with 503 answers'),
+  REJECTION_LOG_MAX_PER_SHEET: Count(1000, 1, 1_000_000, 'Rejected deliveries kept per sheet'),
+})
+
+export type Config = Static<typeof ConfigSchema>
+
+export class ConfigError extends Error {
+  override name = 'ConfigError'
+}
+
+/** Reads and validates settings from an environment map (process.env by default). */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const input: Record<string, unknown> = {}
+  for (const [name, schema] of Object.entries(ConfigSchema.properties)) {
+    const raw = env[name]
+    if (raw === undefined || raw === '') continue
+    input[name] = convert(name, raw, schema)
+  }
+  const value = Value.Default(ConfigSchema, input) as Record<string, unknown>
+  const error = Value.Errors(ConfigSchema, value).First()
+  if (error) {
+    const name = error.path.replace(/^\//, '')
+    const schema = (ConfigSchema.properties as Record<string, TSchema>)[name]
+    throw new ConfigError(`${name}=${JSON.stringify(env[name])} is not allowed: ${allowed(schema)}`)
+  }
+  return value as Config
+}
+
+function convert(name: string, raw: string, schema: TSchema): unknown {
+  if (schema.type === 'integer') {
+    if (!/^\d+$/.test(raw)) throw new ConfigError(`${name}=${JSON.stringify(raw)} is not allowed: ${allowed(schema)}`)
+    return Number(raw)
+  }
+  if (schema.type === 'boolean') {
+    if (raw === 'true' || raw === '1') return true
+    if (raw === 'false' || raw === '0') return false
+    throw new ConfigError(`${name}=${JSON.stringify(raw)} is not allowed: ${allowed(schema)}`)
+  }
+  return raw
+}
+
+function allowed(schema: TSchema | undefined): string {
+  if (!schema) return 'unknown setting'
+  if (schema.type === 'integer') return `a whole number from ${schema.minimum} to ${schema.maximum}`
+  if (schema.type === 'boolean') return 'true or false'
+  if (schema.anyOf) return `one of ${schema.anyOf.map((s: TSchema) => s.const).join(', ')}`
+  if (schema.pattern) return `a URL starting with postgresql:// (${schema.description})`
+  return 'a non-empty string'
+}

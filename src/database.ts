@@ -1,0 +1,115 @@
+// Opens the store the config names: PostgreSQL through @prisma/adapter-pg when DATABASE_URL is set,
+// otherwise the embedded PGlite in DATA_DIR (locked against a second process). Both give one
+// PrismaClient plus a plain SQL session for the migration runner.
+import { mkdirSync } from 'node:fs'
+import { PGlite } from '@electric-sql/pglite'
+import { PrismaPg } from '@prisma/adapter-pg'
+import { PrismaPGlite } from 'pglite-prisma-adapter'
+import pg from 'pg'
+import type { Config } from './config.ts'
+import { lockDataDir } from './data-dir-lock.ts'
+import { PrismaClient } from './generated/prisma/client.ts'
+
+export type { PrismaClient }
+
+/** A plain connection for scripts (migrations): multi-statement SQL and parameterised queries. */
+export interface SqlSession {
+  query<Row = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<Row[]>
+  exec(sql: string): Promise<void>
+}
+
+export interface Database {
+  kind: 'postgresql' | 'pglite'
+  /** Where the data is, for messages: the folder, or the URL without its password. */
+  location: string
+  prisma: PrismaClient
+  withSession<T>(fn: (session: SqlSession) => Promise<T>): Promise<T>
+  close(): Promise<void>
+}
+
+export interface DatabaseOptions {
+  onPoolError?: (error: Error) => void
+}
+
+export async function openDatabase(config: Config, options: DatabaseOptions = {}): Promise<Database> {
+  return config.DATABASE_URL ? openPostgres(config, config.DATABASE_URL, options) : openPGlite(config.DATA_DIR)
+}
+
+function openPostgres(config: Config, url: string, options: DatabaseOptions): Database {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: config.DB_POOL_MAX,
+    connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS,
+    statement_timeout: config.DB_STATEMENT_TIMEOUT_MS,
+    query_timeout: config.DB_STATEMENT_TIMEOUT_MS + 1000,
+    idleTimeoutMillis: 30_000,
+    application_name: 'postback-store',
+  })
+  // Without a listener, an idle connection dropped by the server crashes the process.
+  pool.on('error', (error) => options.onPoolError?.(error))
+  const prisma = new PrismaClient({ adapter: new PrismaPg(pool) })
+  return {
+    kind: 'postgresql',
+    location: redactUrl(url),
+    prisma,
+    async withSession(fn) {
+      const client = await pool.connect()
+      try {
+        return await fn({
+          query: async (sql, params) => (await client.query(sql, params)).rows,
+          exec: async (sql) => {
+            await client.query(sql)
+          },
+        })
+      } finally {
+        client.release()
+      }
+    },
+    async close() {
+      await prisma.$disconnect()
+      await pool.end()
+    },
+  }
+}
+
+async function openPGlite(dataDir: string): Promise<Database> {
+  mkdirSync(dataDir, { recursive: true })
+  const lock = lockDataDir(dataDir)
+  try {
+    const pglite = await PGlite.create(dataDir)
+    const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) })
+    return {
+      kind: 'pglite',
+      location: dataDir,
+      prisma,
+      withSession: (fn) =>
+        fn({
+          query: async (sql, params) => (await pglite.query(sql, params)).rows as never[],
+          exec: async (sql) => {
+            await pglite.exec(sql)
+          },
+        }),
+      async close() {
+        try {
+          await prisma.$disconnect()
+          await pglite.close()
+        } finally {
+          lock.release()
+        }
+      },
+    }
+  } catch (error) {
+    lock.release()
+    throw error
+  }
+}
+
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url)
+    if (parsed.password) parsed.password = '***'
+    return parsed.toString()
+  } catch {
+    return 'postgresql://(unparseable URL)'
+  }
+}

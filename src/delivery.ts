@@ -1,0 +1,108 @@
+// Turns a receiver query into a Delivery or throws an InputError naming the parameter and the
+// problem. The limits (lengths, patterns) come from the DeliveryQuery schema, so the OpenAPI
+// document and this check cannot disagree; the domain rules the schema cannot say (unreplaced
+// macros, the ISO 4217 list, error codes a network's log can show) live here.
+import type { TString } from '@sinclair/typebox'
+import { CURRENCIES } from './currencies.ts'
+import { InputError } from './errors.ts'
+import { MalformedValue, type ParsedQuery, type QueryValue } from './query-string.ts'
+import { DeliveryQuery, type Delivery } from './schemas/receiver.ts'
+
+type Parameter = keyof Delivery & string
+const PARAMETERS = Object.keys(DeliveryQuery.properties) as Parameter[]
+const REQUIRED = new Set<string>(DeliveryQuery.required ?? [])
+
+// Tracker macro syntaxes left unreplaced: {x} {{x}} ${x} [x] [[x]] %x% #x# ##x##, anywhere in the value,
+// and the placeholder words some networks put in their templates.
+const NAME = String.raw`[A-Za-z_][\w.:-]*`
+const MACRO = new RegExp(
+  [String.raw`\{\{?\s*(?:${NAME})?\s*\}\}?`, String.raw`\[\[?\s*${NAME}\s*\]\]?`, `%${NAME}%`, `#${NAME}#`].join('|'),
+)
+const PLACEHOLDER = /^(?:REPLACE|OPTIONAL)$/i
+const CONTROL = /[\u0000-\u001F\u007F-\u009F]/
+
+export function isUnreplacedMacro(value: string): boolean {
+  return MACRO.test(value) || PLACEHOLDER.test(value.trim())
+}
+
+export function parseDelivery(query: ParsedQuery): Delivery {
+  const delivery: Record<string, string> = {}
+  for (const name of PARAMETERS) {
+    const value = readParameter(name, query[name])
+    if (value !== undefined) delivery[name] = value
+  }
+  return delivery as Delivery
+}
+
+function readParameter(name: Parameter, input: QueryValue | undefined): string | undefined {
+  if (Array.isArray(input)) {
+    throw new InputError('repeated_parameter', name, `${name} is given ${input.length} times; send it once`)
+  }
+  if (input instanceof MalformedValue) {
+    if (isUnreplacedMacro(input.raw)) throw macroError(name, input.raw)
+    throw new InputError('invalid_parameter', name, `${name} has an invalid percent-encoding: ${quote(input.raw)}`)
+  }
+  if (input === undefined || input.trim() === '') {
+    if (REQUIRED.has(name)) throw new InputError('missing_parameter', name, `${name} is required`)
+    return undefined
+  }
+  if (isUnreplacedMacro(input)) throw macroError(name, input)
+  if (CONTROL.test(input)) {
+    throw new InputError('invalid_parameter', name, `${name} contains control characters`)
+  }
+  const schema = DeliveryQuery.properties[name] as TString
+  if (schema.maxLength !== undefined && input.length > schema.maxLength) {
+    throw new InputError('invalid_parameter', name, `${name} is longer than ${schema.maxLength} characters`)
+  }
+  if (name === 'payout') return parsePayout(input)
+  if (name === 'currency') return parseCurrency(input)
+  return input
+}
+
+function macroError(name: string, value: string): InputError {
+  return new InputError(
+    'unreplaced_macro',
+    name,
+    `${name} is an unreplaced tracker macro ${quote(value)}: set the network's postback URL to fill in a value`,
+  )
+}
+
+const PAYOUT = new RegExp(DeliveryQuery.properties.payout.pattern!)
+const PAYOUT_INTEGER_DIGITS = 12
+
+/** Checks the payout and returns it in canonical form, keeping the fraction digits as sent. */
+export function parsePayout(input: string): string {
+  if (!PAYOUT.test(input)) {
+    const hint = /^[+-]?\d*,\d+$/.test(input)
+      ? "use '.' as the decimal separator"
+      : /\.\d{7,}$/.test(input)
+        ? 'at most 6 fraction digits'
+        : "a decimal number such as 12.50, with '.' as separator"
+    throw new InputError('invalid_parameter', 'payout', `payout ${quote(input)} is not valid: ${hint}`)
+  }
+  const negative = input.startsWith('-')
+  const unsigned = input.replace(/^[+-]/, '')
+  const [integerPart = '', fraction = ''] = unsigned.split('.')
+  const integer = integerPart.replace(/^0+/, '') || '0'
+  if (integer.length > PAYOUT_INTEGER_DIGITS) {
+    throw new InputError('invalid_parameter', 'payout', `payout ${quote(input)} is not valid: it must be below 10^12`)
+  }
+  const digits = fraction === '' ? integer : `${integer}.${fraction}`
+  const isZero = /^[0.]*$/.test(digits)
+  return negative && !isZero ? `-${digits}` : digits
+}
+
+function parseCurrency(input: string): string {
+  if (!/^[A-Za-z]{3}$/.test(input)) {
+    throw new InputError('invalid_parameter', 'currency', `currency ${quote(input)} is not a 3-letter ISO 4217 code`)
+  }
+  const code = input.toUpperCase()
+  if (!CURRENCIES.has(code)) {
+    throw new InputError('unknown_currency', 'currency', `currency ${quote(input)} is not an ISO 4217 currency code`)
+  }
+  return code
+}
+
+function quote(value: string): string {
+  return JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value)
+}

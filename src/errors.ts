@@ -1,0 +1,54 @@
+// Typed errors thrown by handlers and services. The app's one error handler turns each into the
+// shared error body `{ error, message, parameter? }` with its status code.
+
+export type ErrorCode =
+  | 'missing_parameter'
+  | 'invalid_parameter'
+  | 'unreplaced_macro'
+  | 'unknown_currency'
+  | 'repeated_parameter'
+  | 'unknown_sheet'
+  | 'not_found'
+  | 'bad_request'
+  | 'storage_unavailable'
+  | 'overloaded'
+  | 'internal_error'
+
+export class AppError extends Error {
+  override name = 'AppError'
+  constructor(
+    readonly statusCode: number,
+    readonly code: ErrorCode,
+    message: string,
+    readonly parameter?: string,
+  ) {
+    super(message)
+  }
+}
+
+/** A receiver parameter that is missing, malformed, or still a tracker macro. */
+export class InputError extends AppError {
+  override name = 'InputError'
+  constructor(code: ErrorCode, parameter: string, message: string) {
+    super(400, code, message, parameter)
+  }
+}
+
+/** Storage could not take the write now; the caller should retry after `retryAfter` seconds. */
+export class UnavailableError extends AppError {
+  override name = 'UnavailableError'
+  constructor(
+    code: 'storage_unavailable' | 'overloaded',
+    message: string,
+    readonly retryAfter?: number,
+  ) {
+    super(503, code, message)
+  }
+}
+
+export class UnknownSheetError extends AppError {
+  override name = 'UnknownSheetError'
+  constructor(sheetId: string) {
+    super(404, 'unknown_sheet', `sheet_id ${JSON.stringify(sheetId)} is unknown or disabled`, 'sheet_id')
+  }
+}

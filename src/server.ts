@@ -1,0 +1,43 @@
+// Server entry: reads the config, builds the app, listens, and shuts down cleanly on a signal.
+import { buildApp } from './app.ts'
+import { ConfigError, loadConfig } from './config.ts'
+
+async function main(): Promise<void> {
+  let config
+  try {
+    config = loadConfig()
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      console.error(`postback-store: ${error.message}`)
+      process.exit(2)
+    }
+    throw error
+  }
+  const app = await buildApp(config)
+  let closing = false
+  const shutdown = (signal: string) => {
+    if (closing) return
+    closing = true
+    app.log.info({ signal }, 'shutting down')
+    const timer = setTimeout(() => {
+      app.log.error('shutdown took too long; exiting')
+      process.exit(1)
+    }, 15_000)
+    timer.unref()
+    app.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        app.log.error({ err: error }, 'shutdown failed')
+        process.exit(1)
+      },
+    )
+  }
+  process.on('SIGTERM', () => shutdown('SIGTERM'))
+  process.on('SIGINT', () => shutdown('SIGINT'))
+  await app.listen({ host: config.HOST, port: config.PORT })
+}
+
+main().catch((error: unknown) => {
+  console.error(`postback-store: failed to start: ${error instanceof Error ? error.message : String(error)}`)
+  process.exit(1)
+})

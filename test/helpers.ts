@@ -1,0 +1,54 @@
+// Test helpers: an app on a real store (a copy of a prepared PGlite folder, or the PostgreSQL that
+// DATABASE_URL names), sheets with unique ids so test files never step on each other, and a
+// receiver URL builder.
+import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { randomBytes } from 'node:crypto'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../src/app.ts'
+import { loadConfig, type Config } from '../src/config.ts'
+import { createSheet } from '../src/sheets.ts'
+import { TEMPLATE_DIR } from './setup.ts'
+
+export const onPostgres = Boolean(process.env.DATABASE_URL)
+
+interface Test {
+  teardown(fn: () => unknown): void
+}
+
+/** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the migrated PGlite template. */
+export function testConfig(t: Test, overrides: Record<string, string> = {}): Config {
+  const env: Record<string, string | undefined> = { LOG_LEVEL: 'silent', DATABASE_URL: process.env.DATABASE_URL, ...overrides }
+  if (!env.DATABASE_URL && !overrides.DATA_DIR) {
+    const dir = mkdtempSync(join(tmpdir(), 'postback-test-'))
+    cpSync(TEMPLATE_DIR, dir, { recursive: true })
+    env.DATA_DIR = dir
+    t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  }
+  return loadConfig(env)
+}
+
+export async function testApp(t: Test, overrides: Record<string, string> = {}): Promise<FastifyInstance> {
+  const app = await buildApp(testConfig(t, overrides))
+  t.teardown(() => app.close())
+  await app.ready()
+  return app
+}
+
+export function uniqueId(prefix: string): string {
+  return `${prefix}-${randomBytes(6).toString('hex')}`
+}
+
+export async function newSheet(app: FastifyInstance, currency = 'USD'): Promise<string> {
+  const sheet = await createSheet(app.prisma, { sheetId: uniqueId('sheet'), currency })
+  return sheet.sheet_id
+}
+
+export function receiverUrl(params: Record<string, string | string[]>): string {
+  const search = new URLSearchParams()
+  for (const [name, value] of Object.entries(params)) {
+    for (const one of Array.isArray(value) ? value : [value]) search.append(name, one)
+  }
+  return `/meta/postback/conversion?${search}`
+}
