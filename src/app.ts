@@ -10,12 +10,13 @@ import Fastify, {
 import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import healthPlugin from '../plugins/health.ts'
+import ingestPlugin from '../plugins/ingest.ts'
 import prismaPlugin from '../plugins/prisma.ts'
 import receiverPlugin from '../plugins/receiver.ts'
 import type { Config } from './config.ts'
-import { isConnectionError } from './conversion-writer.ts'
 import { AppError, UnavailableError } from './errors.ts'
 import { parseQueryString } from './query-string.ts'
+import { isUnavailableError } from './storage-errors.ts'
 import { sharedSchemas, type ErrorBody } from './schemas/common.ts'
 
 declare module 'fastify' {
@@ -33,6 +34,10 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     logger: options.logger ?? { level: config.LOG_LEVEL },
     routerOptions: { querystringParser: parseQueryString, maxParamLength: 200 },
     bodyLimit: 64 * 1024,
+    // Errors raised before routing (a malformed URL path) get the same JSON error body.
+    frameworkErrors: (error, _request, reply: FastifyReply) => {
+      reply.code(400).send({ error: 'bad_request', message: error.message })
+    },
   }).withTypeProvider<TypeBoxTypeProvider>()
 
   await app.register(
@@ -50,6 +55,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   })
 
   await app.register(prismaPlugin)
+  await app.register(ingestPlugin)
   await app.register(healthPlugin)
   await app.register(receiverPlugin)
   return app
@@ -75,13 +81,13 @@ function errorHandler(this: FastifyInstance, error: FastifyError, request: Fasti
     if (parameter) body.parameter = parameter
     return reply.code(400).send(body)
   }
-  if (isConnectionError(error)) {
+  if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
+    return reply.code(error.statusCode).send({ error: 'bad_request', message: error.message })
+  }
+  if (isUnavailableError(error)) {
     request.log.warn({ err: error }, 'storage unavailable')
     reply.header('retry-after', String(this.config.RETRY_AFTER_SECONDS))
     return reply.code(503).send({ error: 'storage_unavailable', message: 'storage is unavailable; retry later' })
-  }
-  if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
-    return reply.code(error.statusCode).send({ error: 'bad_request', message: error.message })
   }
   request.log.error({ err: error }, 'unhandled error')
   return reply.code(500).send({ error: 'internal_error', message: 'internal error' })

@@ -4,6 +4,7 @@
 import type { Delivery } from './schemas/receiver.ts'
 import { UnavailableError, UnknownSheetError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
+import { isDataError } from './storage-errors.ts'
 
 export interface WriteResult {
   status: 'stored' | 'duplicate'
@@ -14,7 +15,7 @@ export interface ConversionWriterOptions {
   prisma: PrismaClient
   /** Most deliveries in one statement. */
   batchMax: number
-  /** Most deliveries waiting; a delivery beyond it is refused with 503 at once. */
+  /** Most deliveries held (queued or being written); a delivery beyond it is refused with 503 at once. */
   queueMax: number
   /** Statements in flight at once (PGlite has one connection: 1). */
   concurrency: number
@@ -46,6 +47,7 @@ export class ConversionWriter {
   readonly #options: ConversionWriterOptions
   #queue: Pending[] = []
   #inFlight = 0
+  #writingRows = 0
   #idle: Array<() => void> = []
   #scheduled = false
 
@@ -55,11 +57,11 @@ export class ConversionWriter {
 
   /** Deliveries waiting for, or in, a write. */
   get depth(): number {
-    return this.#queue.length
+    return this.#queue.length + this.#writingRows
   }
 
   write(delivery: Delivery): Promise<WriteResult> {
-    if (this.#queue.length >= this.#options.queueMax) {
+    if (this.depth >= this.#options.queueMax) {
       return Promise.reject(
         new UnavailableError('overloaded', 'too many deliveries waiting to be stored; retry later', this.#options.retryAfterSeconds),
       )
@@ -90,8 +92,10 @@ export class ConversionWriter {
     while (this.#queue.length > 0 && this.#inFlight < this.#options.concurrency) {
       const batch = this.#queue.splice(0, this.#options.batchMax)
       this.#inFlight++
+      this.#writingRows += batch.length
       void this.#writeBatch(batch).finally(() => {
         this.#inFlight--
+        this.#writingRows -= batch.length
         if (this.#queue.length > 0) this.#schedule()
         else if (this.#inFlight === 0) for (const resolve of this.#idle.splice(0)) resolve()
       })
@@ -121,16 +125,25 @@ export class ConversionWriter {
     }
   }
 
-  /** Writes the keys; a statement that fails for a reason other than the connection is split, so one bad row cannot fail the rest. */
+  /**
+   * Writes the keys. A statement that failed on its data is split and the halves written one after
+   * the other, so one bad row cannot fail the rest; any other failure (the store is unreachable,
+   * say) fails the whole batch at once.
+   */
   async #writeKeys(keys: Key[]): Promise<void> {
     try {
       await this.#insert(keys)
     } catch (error) {
-      if (keys.length === 1 || isConnectionError(error)) throw error
+      if (keys.length === 1 || !isDataError(error)) throw error
       const middle = Math.ceil(keys.length / 2)
-      const halves = await Promise.allSettled([this.#writeKeys(keys.slice(0, middle)), this.#writeKeys(keys.slice(middle))])
-      const failed = halves.find((half) => half.status === 'rejected')
-      if (failed) throw (failed as PromiseRejectedResult).reason
+      let failure: unknown
+      for (const half of [keys.slice(0, middle), keys.slice(middle)]) {
+        // Requests of a half that succeeded are settled already; the batch's failure settles the rest.
+        await this.#writeKeys(half).catch((halfError: unknown) => {
+          failure ??= halfError
+        })
+      }
+      if (failure) throw failure
     }
   }
 
@@ -184,20 +197,4 @@ function settle(byKey: Map<string, Key>, row: ConversionRow, status: WriteResult
 function compareDeliveries(a: Delivery, b: Delivery): number {
   if (a.sheet_id !== b.sheet_id) return a.sheet_id < b.sheet_id ? -1 : 1
   return a.transaction_id < b.transaction_id ? -1 : a.transaction_id > b.transaction_id ? 1 : 0
-}
-
-const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', '57P01', '57P03', '08006', '08001', '08003'])
-
-/** Errors that say the database is unreachable, as opposed to a statement that failed on its data. */
-export function isConnectionError(error: unknown): boolean {
-  const seen = new Set<unknown>()
-  let current: unknown = error
-  while (current && typeof current === 'object' && !seen.has(current)) {
-    seen.add(current)
-    const { code, message } = current as { code?: unknown; message?: unknown }
-    if (typeof code === 'string' && CONNECTION_CODES.has(code)) return true
-    if (typeof message === 'string' && /connect|timeout|terminat|closed/i.test(message)) return true
-    current = (current as { cause?: unknown }).cause
-  }
-  return false
 }

@@ -2,7 +2,8 @@
 // process opening the same folder would corrupt it. The lock file holds the owner's pid and start
 // time; a lock whose owner is gone (killed with -9, say) is taken over, so a crash never blocks the
 // next start.
-import { linkSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
+import { linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 
 const LOCK_FILE = 'postback-store.lock'
@@ -37,12 +38,19 @@ function isAlive(owner: Owner): boolean {
   return owner.startTime === null || startTime === null || startTime === owner.startTime
 }
 
-function readOwner(path: string): Owner | null {
+function readLock(path: string): { text: string; owner: Owner | null } | null {
+  let text: string
   try {
-    const owner = JSON.parse(readFileSync(path, 'utf8')) as Owner
-    return Number.isInteger(owner.pid) ? owner : null
+    text = readFileSync(path, 'utf8')
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw error
+  }
+  try {
+    const owner = JSON.parse(text) as Owner
+    return { text, owner: Number.isInteger(owner.pid) ? owner : null }
   } catch {
-    return null
+    return { text, owner: null }
   }
 }
 
@@ -54,35 +62,52 @@ export function lockDataDir(dataDir: string): DataDirLock {
   const folder = resolve(dataDir)
   const path = join(folder, LOCK_FILE)
   const me: Owner = { pid: process.pid, startTime: processStartTime(process.pid) }
-  for (let attempt = 0; attempt < 3; attempt++) {
+  const mine = JSON.stringify(me)
+  for (let attempt = 0; attempt < 5; attempt++) {
+    // Written aside, then linked into place: the lock appears whole or not at all.
+    const staged = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`
+    writeFileSync(staged, mine)
     try {
-      // Written aside, then linked into place: the lock appears whole or not at all.
-      const staged = `${path}.${process.pid}`
-      writeFileSync(staged, JSON.stringify(me))
-      try {
-        linkSync(staged, path)
-      } finally {
-        rmSync(staged, { force: true })
-      }
+      linkSync(staged, path)
       return {
         release() {
-          if (readOwner(path)?.pid === me.pid) rmSync(path, { force: true })
+          if (readLock(path)?.text === mine) rmSync(path, { force: true })
         },
       }
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
+    } finally {
+      rmSync(staged, { force: true })
     }
-    const owner = readOwner(path)
-    if (owner && owner.pid !== process.pid && isAlive(owner)) {
+    const current = readLock(path)
+    if (!current) continue
+    const { owner } = current
+    if (owner && isAlive(owner)) {
+      const here = owner.pid === me.pid && owner.startTime === me.startTime
       throw new DataDirLockedError(
-        `data folder ${folder} is in use by process ${owner.pid}; stop it first, or set DATA_DIR to another folder`,
+        here
+          ? `data folder ${folder} is already open in this process`
+          : `data folder ${folder} is in use by process ${owner.pid}; stop it first, or set DATA_DIR to another folder`,
       )
     }
-    if (owner?.pid === process.pid) {
-      throw new DataDirLockedError(`data folder ${folder} is already open in this process`)
+    // The owner is gone (killed, or a container restarted with the same pid). Move its lock aside
+    // with one atomic rename, so that of several processes taking over only one removes it; if what
+    // was moved is not the lock judged stale, another process took over first: put theirs back.
+    const aside = `${path}.stale.${process.pid}.${randomBytes(4).toString('hex')}`
+    try {
+      renameSync(path, aside)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') continue
+      throw error
     }
-    // The owner is gone: take the lock over.
-    rmSync(path, { force: true })
+    if (readLock(aside)?.text !== current.text) {
+      try {
+        linkSync(aside, path)
+      } catch {
+        // A third process holds the lock now; the loop reports it.
+      }
+    }
+    rmSync(aside, { force: true })
   }
   throw new DataDirLockedError(`data folder ${folder}: could not take its lock; another process keeps taking it`)
 }

@@ -12,11 +12,13 @@ type Parameter = keyof Delivery & string
 const PARAMETERS = Object.keys(DeliveryQuery.properties) as Parameter[]
 const REQUIRED = new Set<string>(DeliveryQuery.required ?? [])
 
-// Tracker macro syntaxes left unreplaced: {x} {{x}} ${x} [x] [[x]] %x% #x# ##x##, anywhere in the value,
-// and the placeholder words some networks put in their templates.
+// Tracker macro syntaxes left unreplaced, and the placeholder words some networks put in their
+// templates. A brace pair ({x} {{x}} ${x}) is a macro anywhere in a value: real ids do not carry
+// braces, and networks wrap macros in text ("tx-{clickid}"). The other forms ([x] [[x]] %x% #x#
+// ##x##) count only as the whole value, since '%', '#' and '[' do occur in real ids and amounts.
 const NAME = String.raw`[A-Za-z_][\w.:-]*`
 const MACRO = new RegExp(
-  [String.raw`\{\{?\s*(?:${NAME})?\s*\}\}?`, String.raw`\[\[?\s*${NAME}\s*\]\]?`, `%${NAME}%`, `#${NAME}#`].join('|'),
+  [String.raw`\{[^{}]*\}`, String.raw`^\s*(?:\[\[?${NAME}\]\]?|%${NAME}%|##?${NAME}##?)\s*$`].join('|'),
 )
 const PLACEHOLDER = /^(?:REPLACE|OPTIONAL)$/i
 const CONTROL = /[\u0000-\u001F\u007F-\u009F]/

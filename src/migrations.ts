@@ -10,8 +10,9 @@ import type { SqlSession } from './database.ts'
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../prisma/migrations', import.meta.url))
 
-// Any fixed number shared by every instance of this service.
-const ADVISORY_LOCK_KEY = 7_240_315_001
+// Prisma Migrate's own advisory lock key: this runner and `prisma migrate deploy` exclude each other.
+const ADVISORY_LOCK_KEY = 72_707_369
+const LOCK_WAIT_MS = 30_000
 
 const BOOKKEEPING_TABLE = `CREATE TABLE IF NOT EXISTS "_prisma_migrations" (
   "id"                  VARCHAR(36) PRIMARY KEY NOT NULL,
@@ -59,7 +60,7 @@ interface AppliedRow {
 
 export async function migrate(session: SqlSession, migrations = readMigrations()): Promise<MigrationResult> {
   const result: MigrationResult = { applied: [], alreadyApplied: [] }
-  await session.query('SELECT pg_advisory_lock($1)', [ADVISORY_LOCK_KEY])
+  await takeLock(session)
   try {
     await session.exec(BOOKKEEPING_TABLE)
     const rows = await session.query<AppliedRow>(
@@ -84,6 +85,18 @@ export async function migrate(session: SqlSession, migrations = readMigrations()
     await session.query('SELECT pg_advisory_unlock($1)', [ADVISORY_LOCK_KEY])
   }
   return result
+}
+
+async function takeLock(session: SqlSession): Promise<void> {
+  const deadline = Date.now() + LOCK_WAIT_MS
+  for (;;) {
+    const [row] = await session.query<{ locked: boolean }>('SELECT pg_try_advisory_lock($1) AS locked', [ADVISORY_LOCK_KEY])
+    if (row?.locked) return
+    if (Date.now() > deadline) {
+      throw new MigrationError(`another migration run has held the migration lock for ${LOCK_WAIT_MS / 1000} s; try again when it ends`)
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200))
+  }
 }
 
 async function apply(session: SqlSession, migration: Migration): Promise<void> {

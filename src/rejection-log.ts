@@ -62,8 +62,9 @@ export class RejectionLog {
         SELECT r.sheet_id, r.reason, r.parameter, r.raw_query, r.remote_address
         FROM unnest(${column('sheetId')}::text[], ${column('reason')}::text[], ${column('parameter')}::text[],
                     ${column('rawQuery')}::text[], ${column('remoteAddress')}::text[])
-             AS r(sheet_id, reason, parameter, raw_query, remote_address)
-        JOIN sheets s ON s.sheet_id = r.sheet_id`)
+             WITH ORDINALITY AS r(sheet_id, reason, parameter, raw_query, remote_address, ord)
+        JOIN sheets s ON s.sheet_id = r.sheet_id
+        ORDER BY r.ord`)
       const sheets = [...new Set(column('sheetId'))]
       await prisma.$executeRaw(Prisma.sql`
         DELETE FROM delivery_rejections d

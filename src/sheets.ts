@@ -23,6 +23,11 @@ export class SheetError extends Error {
 
 const SHEET_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/
 
+/** Whether a text can name a sheet at all (sheets are created with ids of this form). */
+export function isSheetId(text: string): boolean {
+  return SHEET_ID.test(text)
+}
+
 export interface CreateSheet {
   sheetId: string
   name?: string
@@ -40,7 +45,7 @@ function view(sheet: { sheetId: string; name: string; defaultCurrency: string; a
 }
 
 export async function createSheet(prisma: PrismaClient, input: CreateSheet): Promise<SheetView> {
-  if (!SHEET_ID.test(input.sheetId)) {
+  if (!isSheetId(input.sheetId)) {
     throw new SheetError(
       'invalid_parameter',
       'sheet id must be 1 to 128 characters of letters, digits and _ . : - (starting with a letter or digit)',

@@ -17,15 +17,18 @@ interface Test {
   teardown(fn: () => unknown): void
 }
 
-/** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the migrated PGlite template. */
+/** A fresh PGlite data folder, copied from the migrated template that test/setup.ts prepares. */
+export function pgliteCopy(t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'postback-test-'))
+  cpSync(TEMPLATE_DIR, dir, { recursive: true })
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */
 export function testConfig(t: Test, overrides: Record<string, string> = {}): Config {
   const env: Record<string, string | undefined> = { LOG_LEVEL: 'silent', DATABASE_URL: process.env.DATABASE_URL, ...overrides }
-  if (!env.DATABASE_URL && !overrides.DATA_DIR) {
-    const dir = mkdtempSync(join(tmpdir(), 'postback-test-'))
-    cpSync(TEMPLATE_DIR, dir, { recursive: true })
-    env.DATA_DIR = dir
-    t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  }
+  if (!env.DATABASE_URL && !env.DATA_DIR) env.DATA_DIR = pgliteCopy(t)
   return loadConfig(env)
 }
 

@@ -217,8 +217,18 @@ t.test('a concurrent burst of distinct and repeated deliveries: one row per key,
   }
 })
 
-t.test('every answer is JSON, including unknown routes', async (t) => {
+t.test('every answer is JSON, including unknown routes and malformed paths', async (t) => {
   const response = await app.inject({ method: 'GET', url: '/nowhere' })
   t.equal(response.statusCode, 404)
   t.same(response.json().error, 'not_found')
+  const badPath = await app.inject({ method: 'GET', url: '/meta/postback/conversion%' })
+  t.equal(badPath.statusCode, 400)
+  t.same(Object.keys(badPath.json()), ['error', 'message'])
+})
+
+t.test('HEAD does not store a conversion', async (t) => {
+  const sheet = await newSheet(app)
+  const head = await app.inject({ method: 'HEAD', url: receiverUrl({ sheet_id: sheet, transaction_id: 'h' }) })
+  t.equal(head.statusCode, 404)
+  t.same(await storedRows(sheet), [])
 })

@@ -25,6 +25,7 @@ async function prepare(): Promise<void> {
   renameSync(staging, TEMPLATE_DIR)
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1] && !process.env.DATABASE_URL) {
+// Prepared on both stores: the embedded-store tests (data folder lock, CLI) use it in either run.
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   await prepare()
 }

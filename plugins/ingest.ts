@@ -1,0 +1,43 @@
+// The write side of the receiver, shared as `app.conversionWriter` (group commit) and
+// `app.rejectionLog` (diagnostics), so that health, metrics and tests can see queue depth and
+// drain them. On close it answers what is queued before the store closes (it closes first,
+// having been registered after the prisma plugin).
+import fp from 'fastify-plugin'
+import { ConversionWriter } from '../src/conversion-writer.ts'
+import { RejectionLog } from '../src/rejection-log.ts'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    conversionWriter: ConversionWriter
+    rejectionLog: RejectionLog
+  }
+}
+
+export default fp(
+  async function ingestPlugin(app) {
+    const { config, prisma } = app
+    const writer = new ConversionWriter({
+      prisma,
+      batchMax: config.RECEIVER_BATCH_MAX,
+      queueMax: config.RECEIVER_QUEUE_MAX,
+      // PGlite is one connection; on PostgreSQL leave connections for reads.
+      concurrency: app.db.kind === 'pglite' ? 1 : Math.max(1, Math.floor(config.DB_POOL_MAX / 2)),
+      retryAfterSeconds: config.RETRY_AFTER_SECONDS,
+      onBatch: (size, error) => {
+        if (error) app.log.error({ err: error, size }, 'conversion batch failed')
+      },
+    })
+    const rejectionLog = new RejectionLog({
+      prisma,
+      maxPerSheet: config.REJECTION_LOG_MAX_PER_SHEET,
+      onError: (error) => app.log.warn({ err: error }, 'could not record rejected deliveries'),
+    })
+    app.decorate('conversionWriter', writer)
+    app.decorate('rejectionLog', rejectionLog)
+    app.addHook('onClose', async () => {
+      await writer.drain()
+      await rejectionLog.flush()
+    })
+  },
+  { name: 'ingest', dependencies: ['prisma'] },
+)
