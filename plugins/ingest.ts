@@ -1,15 +1,15 @@
 // The write side of the receiver, shared as `app.conversionWriter` (group commit) and
-// `app.rejectionLog` (diagnostics), so that health, metrics and tests can see queue depth and
+// `app.deliveryLog` (diagnostics), so that health, metrics and tests can see queue depth and
 // drain them. On close it answers what is queued before the store closes (it closes first,
 // having been registered after the prisma plugin).
 import fp from 'fastify-plugin'
 import { ConversionWriter } from '../src/conversion-writer.ts'
-import { RejectionLog } from '../src/rejection-log.ts'
+import { DeliveryLog } from '../src/delivery-log.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
     conversionWriter: ConversionWriter
-    rejectionLog: RejectionLog
+    deliveryLog: DeliveryLog
   }
 }
 
@@ -27,16 +27,16 @@ export default fp(
         if (error) app.log.error({ err: error, size }, 'conversion batch failed')
       },
     })
-    const rejectionLog = new RejectionLog({
+    const deliveryLog = new DeliveryLog({
       prisma,
       maxPerSheet: config.REJECTION_LOG_MAX_PER_SHEET,
-      onError: (error) => app.log.warn({ err: error }, 'could not record rejected deliveries'),
+      onError: (error) => app.log.warn({ err: error }, 'could not record delivery diagnostics'),
     })
     app.decorate('conversionWriter', writer)
-    app.decorate('rejectionLog', rejectionLog)
+    app.decorate('deliveryLog', deliveryLog)
     app.addHook('onClose', async () => {
       await writer.drain()
-      await rejectionLog.flush()
+      await deliveryLog.flush()
     })
   },
   { name: 'ingest', dependencies: ['prisma'] },

@@ -26,7 +26,7 @@ function rawQuery(request: FastifyRequest): string {
 
 export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { conversionWriter: writer, rejectionLog } = app
+  const { conversionWriter: writer, deliveryLog } = app
 
   // Rejections of a delivery that names a sheet are logged for that sheet's diagnostics.
   app.addHook('onError', async (request, _reply, error) => {
@@ -34,7 +34,7 @@ export default async function receiver(fastify: FastifyInstance) {
     const sheetId = (request.query as ParsedQuery | undefined)?.sheet_id
     if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return
     request.log.info({ reason: error.code, parameter: error.parameter }, 'postback rejected')
-    rejectionLog.record({
+    deliveryLog.recordRejection({
       sheetId,
       reason: error.code,
       parameter: error.parameter ?? null,
@@ -49,6 +49,7 @@ export default async function receiver(fastify: FastifyInstance) {
     { schema: receiverRouteSchema, validatorCompiler: () => validateDelivery, exposeHeadRoute: false },
     async (request) => {
       const result = await writer.write(request.query)
+      if (result.status === 'duplicate') deliveryLog.recordDuplicate(request.query.sheet_id)
       return { status: result.status, conversion_id: result.conversionId }
     },
   )

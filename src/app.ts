@@ -9,15 +9,18 @@ import Fastify, {
 } from 'fastify'
 import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import authPlugin from '../plugins/auth.ts'
 import healthPlugin from '../plugins/health.ts'
 import ingestPlugin from '../plugins/ingest.ts'
 import prismaPlugin from '../plugins/prisma.ts'
+import managementPlugin from '../plugins/management/index.ts'
 import receiverPlugin from '../plugins/receiver.ts'
 import type { Config } from './config.ts'
 import { AppError, UnavailableError } from './errors.ts'
 import { parseQueryString } from './query-string.ts'
 import { isUnavailableError } from './storage-errors.ts'
-import { sharedSchemas, type ErrorBody } from './schemas/common.ts'
+import type { ErrorBody } from './schemas/common.ts'
+import { sharedSchemas } from './schemas/index.ts'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -57,7 +60,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(prismaPlugin)
   await app.register(ingestPlugin)
   await app.register(healthPlugin)
+  await app.register(authPlugin)
   await app.register(receiverPlugin)
+  await app.register(managementPlugin, { prefix: '/api/v1/postback' })
   return app
 }
 

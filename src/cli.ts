@@ -1,16 +1,21 @@
-// postback-admin: provisions sheets and applies migrations. Every command prints one JSON value as
+// postback-admin: provisions sheets and API keys, and applies migrations. Every command prints one JSON value as
 // the last line of stdout and exits 0; an error goes to stderr with a non-zero exit (2 for usage).
 import { parseArgs } from 'node:util'
+import { createApiKey, listApiKeys, revokeApiKey } from './api-keys.ts'
 import { ConfigError, loadConfig } from './config.ts'
 import { DataDirLockedError } from './data-dir-lock.ts'
 import { openDatabase, type Database } from './database.ts'
 import { migrate, MigrationError } from './migrations.ts'
-import { createSheet, disableSheet, listSheets, SheetError } from './sheets.ts'
+import { AppError } from './errors.ts'
+import { createSheet, disableSheet, listSheets } from './sheets.ts'
 
 const USAGE = `usage: postback-admin <command>
   sheet create --id ID [--name NAME] [--currency CUR]
   sheet disable ID
   sheet list
+  key create (--sheet ID[,ID...] | --global) [--name NAME]
+  key list
+  key revoke KEY_ID
   migrate
 Settings come from the environment (DATABASE_URL, or DATA_DIR for the embedded store).`
 
@@ -36,6 +41,24 @@ const commands: Record<string, Command> = {
     parseArgs({ args })
     return listSheets(db.prisma)
   },
+  'key create': async (db, args) => {
+    const { values } = parseArgs({
+      args,
+      options: { sheet: { type: 'string' }, global: { type: 'boolean' }, name: { type: 'string' } },
+    })
+    if (Boolean(values.sheet) === Boolean(values.global)) throw new UsageError('key create needs --sheet ID[,ID...] or --global')
+    const sheetIds = values.sheet?.split(',').map((id) => id.trim()).filter(Boolean)
+    return createApiKey(db.prisma, { name: values.name, global: values.global, sheetIds })
+  },
+  'key list': async (db, args) => {
+    parseArgs({ args })
+    return listApiKeys(db.prisma)
+  },
+  'key revoke': async (db, args) => {
+    const [id, ...extra] = parseArgs({ args, allowPositionals: true }).positionals
+    if (!id || extra.length) throw new UsageError('key revoke takes one key id')
+    return revokeApiKey(db.prisma, id)
+  },
   migrate: async () => null, // migrations run for every command, below; this one only reports them
 }
 
@@ -57,7 +80,7 @@ export async function run(argv: string[], env = process.env): Promise<number> {
     process.stdout.write(`${JSON.stringify(result)}\n`)
     return 0
   } catch (error) {
-    const known = [UsageError, ConfigError, DataDirLockedError, MigrationError, SheetError].some((type) => error instanceof type)
+    const known = [UsageError, ConfigError, DataDirLockedError, MigrationError, AppError].some((type) => error instanceof type)
     const isParseError = (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
     process.stderr.write(`postback-admin: ${known || isParseError ? (error as Error).message : String((error as Error).stack ?? error)}\n`)
     return error instanceof UsageError || isParseError ? 2 : 1

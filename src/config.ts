@@ -30,6 +30,12 @@ export const ConfigSchema = Type.Object({
   RECEIVER_BATCH_MAX: Count(500, 1, 10_000, 'Most deliveries written by one batch statement'),
   RECEIVER_QUEUE_MAX: Count(5000, 1, 1_000_000, 'Most deliveries waiting for a write; beyond it the receiver answers 503'),
   RETRY_AFTER_SECONDS: Count(5, 1, 3600, 'Retry-After sent with 503 answers'),
+  PUBLIC_BASE_URL: Type.Optional(
+    Type.String({
+      pattern: '^https?://[^\\s?#]+$',
+      description: 'Public base URL of the receiver, for the receiver URL builder; default http://HOST:PORT',
+    }),
+  ),
   REJECTION_LOG_MAX_PER_SHEET: Count(1000, 1, 1_000_000, 'Rejected deliveries kept per sheet'),
 })
 
@@ -75,6 +81,6 @@ function allowed(schema: TSchema | undefined): string {
   if (schema.type === 'integer') return `a whole number from ${schema.minimum} to ${schema.maximum}`
   if (schema.type === 'boolean') return 'true or false'
   if (schema.anyOf) return `one of ${schema.anyOf.map((s: TSchema) => s.const).join(', ')}`
-  if (schema.pattern) return `a URL starting with postgresql:// (${schema.description})`
+  if (schema.pattern) return `a URL matching ${schema.pattern} (${schema.description})`
   return 'a non-empty string'
 }

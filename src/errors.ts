@@ -8,6 +8,10 @@ export type ErrorCode =
   | 'unknown_currency'
   | 'repeated_parameter'
   | 'unknown_sheet'
+  | 'sheet_exists'
+  | 'unknown_key'
+  | 'unauthorized'
+  | 'forbidden'
   | 'not_found'
   | 'bad_request'
   | 'storage_unavailable'
@@ -26,11 +30,41 @@ export class AppError extends Error {
   }
 }
 
-/** A receiver parameter that is missing, malformed, or still a tracker macro. */
+/** A parameter that is missing, malformed, or still a tracker macro. */
 export class InputError extends AppError {
   override name = 'InputError'
   constructor(code: ErrorCode, parameter: string, message: string) {
     super(400, code, message, parameter)
+  }
+}
+
+export class NotFoundError extends AppError {
+  override name = 'NotFoundError'
+  constructor(code: 'not_found' | 'unknown_sheet' | 'unknown_key', message: string, parameter?: string) {
+    super(404, code, message, parameter)
+  }
+}
+
+export class ConflictError extends AppError {
+  override name = 'ConflictError'
+  constructor(code: 'sheet_exists', message: string, parameter?: string) {
+    super(409, code, message, parameter)
+  }
+}
+
+/** No usable API key: missing, malformed, unknown or revoked. */
+export class UnauthorizedError extends AppError {
+  override name = 'UnauthorizedError'
+  constructor(message: string) {
+    super(401, 'unauthorized', message)
+  }
+}
+
+/** A valid key asking for what it may not see or do. */
+export class ForbiddenError extends AppError {
+  override name = 'ForbiddenError'
+  constructor(message: string, parameter?: string) {
+    super(403, 'forbidden', message, parameter)
   }
 }
 

@@ -1,5 +1,6 @@
 // Sheets: the accounts conversions are delivered to. Used by the admin CLI (and the admin API).
 import { CURRENCIES } from './currencies.ts'
+import { ConflictError, InputError, NotFoundError } from './errors.ts'
 import type { PrismaClient } from './generated/prisma/client.ts'
 
 export interface SheetView {
@@ -8,17 +9,6 @@ export interface SheetView {
   default_currency: string
   active: boolean
   created_at: string
-}
-
-export class SheetError extends Error {
-  override name = 'SheetError'
-  constructor(
-    readonly code: 'invalid_parameter' | 'sheet_exists' | 'unknown_sheet',
-    message: string,
-    readonly parameter?: string,
-  ) {
-    super(message)
-  }
 }
 
 const SHEET_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/
@@ -46,28 +36,28 @@ function view(sheet: { sheetId: string; name: string; defaultCurrency: string; a
 
 export async function createSheet(prisma: PrismaClient, input: CreateSheet): Promise<SheetView> {
   if (!isSheetId(input.sheetId)) {
-    throw new SheetError(
+    throw new InputError(
       'invalid_parameter',
+      'sheet_id',
       'sheet id must be 1 to 128 characters of letters, digits and _ . : - (starting with a letter or digit)',
-      'id',
     )
   }
   const currency = (input.currency ?? 'USD').toUpperCase()
   if (!CURRENCIES.has(currency)) {
-    throw new SheetError('invalid_parameter', `currency ${JSON.stringify(input.currency)} is not an ISO 4217 code`, 'currency')
+    throw new InputError('invalid_parameter', 'currency', `currency ${JSON.stringify(input.currency)} is not an ISO 4217 code`)
   }
   const created = await prisma.sheet.createManyAndReturn({
     data: [{ sheetId: input.sheetId, name: input.name ?? input.sheetId, defaultCurrency: currency }],
     skipDuplicates: true,
   })
   const sheet = created[0]
-  if (!sheet) throw new SheetError('sheet_exists', `sheet ${input.sheetId} already exists`, 'id')
+  if (!sheet) throw new ConflictError('sheet_exists', `sheet ${input.sheetId} already exists`, 'sheet_id')
   return view(sheet)
 }
 
 export async function disableSheet(prisma: PrismaClient, sheetId: string): Promise<SheetView> {
   const { count } = await prisma.sheet.updateMany({ where: { sheetId }, data: { active: false } })
-  if (count === 0) throw new SheetError('unknown_sheet', `sheet ${sheetId} does not exist`, 'id')
+  if (count === 0) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} does not exist`, 'sheet_id')
   return view(await prisma.sheet.findUniqueOrThrow({ where: { sheetId } }))
 }
 

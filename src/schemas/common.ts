@@ -1,6 +1,11 @@
 // Schemas shared by both surfaces. Each has an `$id`: it is added once with app.addSchema() and
-// referenced by Type.Ref(), so the OpenAPI document names it as a component.
-import { Type, type Static } from '@sinclair/typebox'
+// referenced with ref(), so the OpenAPI document names it as a component instead of copying it.
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+
+/** A typed reference to a shared schema (TypeBox 0.34's recommended form of the old Type.Ref(schema)). */
+export function ref<T extends TSchema>(schema: T) {
+  return Type.Unsafe<Static<T>>(Type.Ref(schema.$id!))
+}
 
 export const ErrorBody = Type.Object(
   {
@@ -12,6 +17,4 @@ export const ErrorBody = Type.Object(
 )
 export type ErrorBody = Static<typeof ErrorBody>
 
-export const ErrorRef = Type.Ref(ErrorBody)
-
-export const sharedSchemas = [ErrorBody]
+export const ErrorRef = ref(ErrorBody)

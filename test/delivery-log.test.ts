@@ -5,7 +5,7 @@ import { newSheet, receiverUrl, testApp, uniqueId } from './helpers.ts'
 const app = await testApp(t, { REJECTION_LOG_MAX_PER_SHEET: '5' })
 
 async function rejections(sheetId: string) {
-  await app.rejectionLog.flush()
+  await app.deliveryLog.flush()
   return app.prisma.deliveryRejection.findMany({ where: { sheetId }, orderBy: { id: 'asc' } })
 }
 
@@ -43,7 +43,7 @@ t.test('a malformed sheet_id in the same batch does not cost the sheet its log e
     app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: '' }) }),
   ])
   t.match(await rejections(sheet), [{ reason: 'missing_parameter', parameter: 'transaction_id' }])
-  t.equal(app.rejectionLog.dropped, 0)
+  t.equal(app.deliveryLog.dropped, 0)
 })
 
 t.test('accepted deliveries are not logged', async (t) => {
@@ -57,7 +57,7 @@ t.test('the log is bounded per sheet and keeps the newest entries', async (t) =>
   await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: quiet, transaction_id: '' }) })
   for (let i = 0; i < 12; i++) {
     await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: noisy, transaction_id: 'a', payout: `bad${i}` }) })
-    if (i % 4 === 3) await app.rejectionLog.flush()
+    if (i % 4 === 3) await app.deliveryLog.flush()
   }
   const kept = await rejections(noisy)
   t.equal(kept.length, 5)

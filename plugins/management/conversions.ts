@@ -1,0 +1,56 @@
+// Conversions: the filtered list, one by id, and the summary behind the postback conversion column.
+import type { FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { sheetScope } from '../../src/api-keys.ts'
+import { getConversion, listConversions, summarize } from '../../src/conversions.ts'
+import { NotFoundError } from '../../src/errors.ts'
+import { ErrorRef, ref } from '../../src/schemas/common.ts'
+import { authResponses, bearerSecurity, Conversion, ConversionPage, ConversionParams, ConversionQuery, Summary, SummaryQuery } from '../../src/schemas/management.ts'
+import { principalOf } from '../auth.ts'
+
+const listSchema = {
+  summary: 'List conversions',
+  description: 'Filtered and keyset-paginated. Paging through with next_cursor returns every matching row exactly once, also while new conversions arrive.',
+  tags: ['conversions'],
+  operationId: 'listConversions',
+  security: bearerSecurity,
+  querystring: ConversionQuery,
+  response: { 200: ref(ConversionPage), ...authResponses },
+}
+
+const getSchema = {
+  summary: 'Get one conversion',
+  tags: ['conversions'],
+  operationId: 'getConversion',
+  security: bearerSecurity,
+  params: ConversionParams,
+  response: { 200: ref(Conversion), 404: ErrorRef, ...authResponses },
+}
+
+const summarySchema = {
+  summary: 'Conversions and revenue per campaign, ad set or ad',
+  description: 'One row per group and currency (optionally per day in a time zone). Revenue is an exact decimal; different currencies are never summed together.',
+  tags: ['conversions'],
+  operationId: 'getSummary',
+  security: bearerSecurity,
+  querystring: SummaryQuery,
+  response: { 200: ref(Summary), ...authResponses },
+}
+
+export default async function conversionRoutes(fastify: FastifyInstance) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+
+  app.get('/conversions', { schema: listSchema }, async (request) =>
+    listConversions(app.prisma, sheetScope(principalOf(request), request.query.sheet_id), request.query),
+  )
+
+  app.get('/conversions/:id', { schema: getSchema }, async (request) => {
+    const conversion = await getConversion(app.prisma, sheetScope(principalOf(request)), request.params.id)
+    if (!conversion) throw new NotFoundError('not_found', `conversion ${request.params.id} does not exist`, 'id')
+    return conversion
+  })
+
+  app.get('/summary', { schema: summarySchema }, async (request) => ({
+    data: await summarize(app.prisma, sheetScope(principalOf(request), request.query.sheet_id), request.query),
+  }))
+}

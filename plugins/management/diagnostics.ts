@@ -1,0 +1,65 @@
+// Delivery diagnostics ("my network sends but nothing shows") and the receiver URL builder.
+import type { FastifyInstance } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { sheetScope } from '../../src/api-keys.ts'
+import { listRejections, sheetStatus } from '../../src/diagnostics.ts'
+import { NotFoundError } from '../../src/errors.ts'
+import { receiverUrl } from '../../src/receiver-url.ts'
+import { ErrorRef, ref } from '../../src/schemas/common.ts'
+import { authResponses, bearerSecurity, ReceiverUrl, ReceiverUrlQuery, RejectionPage, RejectionQuery, SheetParams, SheetStatus } from '../../src/schemas/management.ts'
+import { principalOf } from '../auth.ts'
+
+const rejectionsSchema = {
+  summary: 'List rejected deliveries',
+  description: 'The bounded log of deliveries the receiver refused, for known sheets, newest first.',
+  tags: ['diagnostics'],
+  operationId: 'listRejections',
+  security: bearerSecurity,
+  querystring: RejectionQuery,
+  response: { 200: ref(RejectionPage), ...authResponses },
+}
+
+const statusSchema = {
+  summary: 'Receiver status of a sheet',
+  description: 'Last received conversion, last-24-hour counts of stored, duplicate and rejected deliveries, and the most frequent rejection reasons.',
+  tags: ['diagnostics'],
+  operationId: 'getSheetStatus',
+  security: bearerSecurity,
+  params: SheetParams,
+  response: { 200: ref(SheetStatus), 404: ErrorRef, ...authResponses },
+}
+
+const receiverUrlSchema = {
+  summary: 'Receiver URL for a tracker',
+  description: "The full receiver URL of a sheet with a tracker's macro syntax, to paste into the network.",
+  tags: ['diagnostics'],
+  operationId: 'getReceiverUrl',
+  security: bearerSecurity,
+  params: SheetParams,
+  querystring: ReceiverUrlQuery,
+  response: { 200: ref(ReceiverUrl), 404: ErrorRef, ...authResponses },
+}
+
+export default async function diagnosticRoutes(fastify: FastifyInstance) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const baseUrl = app.config.PUBLIC_BASE_URL ?? `http://${app.config.HOST}:${app.config.PORT}`
+
+  app.get('/rejections', { schema: rejectionsSchema }, async (request) => {
+    await app.deliveryLog.flush()
+    return listRejections(app.prisma, sheetScope(principalOf(request), request.query.sheet_id), request.query)
+  })
+
+  app.get('/sheets/:sheet_id/status', { schema: statusSchema }, async (request) => {
+    sheetScope(principalOf(request), request.params.sheet_id)
+    await app.deliveryLog.flush()
+    return sheetStatus(app.prisma, request.params.sheet_id)
+  })
+
+  app.get('/sheets/:sheet_id/receiver-url', { schema: receiverUrlSchema }, async (request) => {
+    const sheetId = request.params.sheet_id
+    sheetScope(principalOf(request), sheetId)
+    const sheet = await app.prisma.sheet.findUnique({ where: { sheetId } })
+    if (!sheet) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} does not exist`, 'sheet_id')
+    return receiverUrl(baseUrl, sheetId, request.query.tracker)
+  })
+}

@@ -1,0 +1,110 @@
+// Management API keys: `pbk_` + 256 random bits, shown once at creation. Only the SHA-256 of a key is
+// stored (a high-entropy key needs no slow hash), so a leaked table does not leak keys. A key is
+// global (internal services: every sheet, and the admin routes) or scoped to a list of sheets.
+import { createHash, randomBytes } from 'node:crypto'
+import { ForbiddenError, InputError, NotFoundError } from './errors.ts'
+import type { PrismaClient } from './generated/prisma/client.ts'
+
+const KEY_PATTERN = /^pbk_[A-Za-z0-9_-]{43}$/
+
+export interface ApiKeyView {
+  id: string
+  name: string
+  global: boolean
+  sheet_ids: string[]
+  created_at: string
+  revoked_at: string | null
+}
+
+export interface CreatedApiKey extends ApiKeyView {
+  /** The key itself; it is not stored and cannot be shown again. */
+  key: string
+}
+
+/** What a request authenticated with a key may see. */
+export interface Principal {
+  keyId: string
+  global: boolean
+  sheetIds: readonly string[]
+}
+
+export interface CreateApiKey {
+  name?: string
+  global?: boolean
+  sheetIds?: string[]
+}
+
+export function hashKey(key: string): string {
+  return createHash('sha256').update(key).digest('hex')
+}
+
+export function isWellFormedKey(key: string): boolean {
+  return KEY_PATTERN.test(key)
+}
+
+function view(key: { id: string; name: string; global: boolean; sheetIds: string[]; createdAt: Date; revokedAt: Date | null }): ApiKeyView {
+  return {
+    id: key.id,
+    name: key.name,
+    global: key.global,
+    sheet_ids: key.sheetIds,
+    created_at: key.createdAt.toISOString(),
+    revoked_at: key.revokedAt?.toISOString() ?? null,
+  }
+}
+
+export async function createApiKey(prisma: PrismaClient, input: CreateApiKey): Promise<CreatedApiKey> {
+  const sheetIds = [...new Set(input.sheetIds ?? [])]
+  if (input.global === (sheetIds.length > 0)) {
+    throw new InputError('invalid_parameter', 'sheet_ids', 'a key is either global or scoped to one or more sheets: give exactly one of the two')
+  }
+  if (sheetIds.length) {
+    const found = await prisma.sheet.findMany({ where: { sheetId: { in: sheetIds } }, select: { sheetId: true } })
+    const missing = sheetIds.filter((id) => !found.some((sheet) => sheet.sheetId === id))
+    if (missing.length) throw new NotFoundError('unknown_sheet', `unknown sheet: ${missing.join(', ')}`, 'sheet_ids')
+  }
+  const key = `pbk_${randomBytes(32).toString('base64url')}`
+  const id = `key_${randomBytes(8).toString('hex')}`
+  const created = await prisma.apiKey.create({
+    data: { id, name: input.name ?? id, keyHash: hashKey(key), global: Boolean(input.global), sheetIds },
+  })
+  return { ...view(created), key }
+}
+
+export async function listApiKeys(prisma: PrismaClient): Promise<ApiKeyView[]> {
+  return (await prisma.apiKey.findMany({ orderBy: { createdAt: 'asc' } })).map(view)
+}
+
+/** Revokes a key at once (the next request with it gets 401); revoking a revoked key changes nothing. */
+export async function revokeApiKey(prisma: PrismaClient, id: string): Promise<ApiKeyView> {
+  await prisma.apiKey.updateMany({ where: { id, revokedAt: null }, data: { revokedAt: new Date() } })
+  const key = await prisma.apiKey.findUnique({ where: { id } })
+  if (!key) throw new NotFoundError('unknown_key', `API key ${id} does not exist`, 'key_id')
+  return view(key)
+}
+
+/** The principal of a presented key, or null when the key is unknown or revoked. */
+export async function authenticate(prisma: PrismaClient, key: string): Promise<Principal | null> {
+  if (!isWellFormedKey(key)) return null
+  const found = await prisma.apiKey.findUnique({ where: { keyHash: hashKey(key) } })
+  if (!found || found.revokedAt) return null
+  return { keyId: found.id, global: found.global, sheetIds: found.global ? [] : found.sheetIds }
+}
+
+/**
+ * The sheets a request may read: the one it names (if the key may see it) or, when it names none,
+ * every sheet the key may see (null: all). A sheet outside a scoped key's list is a 403.
+ */
+export function sheetScope(principal: Principal, requested?: string): readonly string[] | null {
+  if (requested !== undefined) {
+    if (!principal.global && !principal.sheetIds.includes(requested)) {
+      throw new ForbiddenError(`this API key may not read sheet ${requested}`, 'sheet_id')
+    }
+    return [requested]
+  }
+  return principal.global ? null : principal.sheetIds
+}
+
+export function requireGlobal(principal: Principal): void {
+  if (!principal.global) throw new ForbiddenError('this route needs a global API key')
+}

@@ -1,0 +1,135 @@
+// Reading stored conversions back: the filtered, keyset-paginated list, one conversion, and the
+// summary (conversions + revenue per campaign / ad set / ad, per currency, optionally per day).
+// Raw SQL: payouts are read as text so that decimals stay exact (`12.50` stays `12.50`).
+import { InputError } from './errors.ts'
+import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
+import type { Conversion, ConversionQuery, SummaryQuery, SummaryRow } from './schemas/management.ts'
+
+/** The sheets a caller may see: a list, or null for every sheet (a global key). */
+export type SheetScope = readonly string[] | null
+
+interface ConversionRow extends Omit<Conversion, 'received_at'> {
+  received_at: Date
+}
+
+export function toConversion(row: ConversionRow): Conversion {
+  return { ...row, received_at: row.received_at.toISOString() }
+}
+
+/** Parses an ISO 8601 filter value (its pattern is checked by the route schema). */
+export function parseTime(name: string, value: string): Date {
+  const date = new Date(value.length === 10 ? `${value}T00:00:00Z` : value)
+  if (Number.isNaN(date.getTime())) throw new InputError('invalid_parameter', name, `${name} ${JSON.stringify(value)} is not a valid ISO 8601 time`)
+  return date
+}
+
+/** The WHERE conditions of the list and summary filters, within the caller's sheets. */
+function conditions(scope: SheetScope, query: Omit<ConversionQuery, 'limit' | 'cursor' | 'order'>): Prisma.Sql[] {
+  const where: Prisma.Sql[] = []
+  if (query.sheet_id !== undefined) where.push(Prisma.sql`sheet_id = ${query.sheet_id}`)
+  if (scope !== null) where.push(Prisma.sql`sheet_id = ANY(${[...scope]}::text[])`)
+  if (query.from !== undefined) where.push(Prisma.sql`received_at >= ${parseTime('from', query.from)}`)
+  if (query.to !== undefined) where.push(Prisma.sql`received_at < ${parseTime('to', query.to)}`)
+  for (const name of ['campaign_id', 'adset_id', 'ad_id', 'transaction_id'] as const) {
+    const value = query[name]
+    if (value !== undefined) where.push(Prisma.sql`${Prisma.raw(name)} = ${value}`)
+  }
+  if (query.currency !== undefined) where.push(Prisma.sql`currency = ${query.currency.toUpperCase()}`)
+  return where
+}
+
+const whereClause = (where: Prisma.Sql[]) => (where.length ? Prisma.sql`WHERE ${Prisma.join(where, ' AND ')}` : Prisma.empty)
+
+const SELECT_CONVERSION = Prisma.sql`SELECT id::text, sheet_id, transaction_id, payout::text, currency::text,
+  campaign_id, adset_id, ad_id, received_at FROM conversions`
+
+// A cursor names the last row of a page by its position (received_at, id) and the order it was read in.
+interface Position {
+  order: 'asc' | 'desc'
+  at: Date
+  id: string
+}
+
+export function encodeCursor(position: Position): string {
+  return Buffer.from(`${position.order}|${position.at.toISOString()}|${position.id}`).toString('base64url')
+}
+
+export function decodeCursor(cursor: string, order: 'asc' | 'desc'): Position {
+  const [cursorOrder, at, id] = Buffer.from(cursor, 'base64url').toString('utf8').split('|')
+  const date = new Date(at ?? '')
+  if (cursorOrder !== order || Number.isNaN(date.getTime()) || !/^\d{1,19}$/.test(id ?? '')) {
+    throw new InputError('invalid_parameter', 'cursor', 'cursor is not a next_cursor of this list in this order')
+  }
+  return { order, at: date, id: id! }
+}
+
+export async function listConversions(
+  prisma: PrismaClient,
+  scope: SheetScope,
+  query: ConversionQuery,
+): Promise<{ data: Conversion[]; next_cursor: string | null }> {
+  const order = query.order ?? 'desc'
+  const limit = query.limit ?? 50
+  const where = conditions(scope, query)
+  if (query.cursor !== undefined) {
+    const after = decodeCursor(query.cursor, order)
+    // Keyset: strictly past the last row seen, so a row is never read twice, and rows stored while
+    // paging can not shift the rows that were there before.
+    where.push(
+      order === 'desc'
+        ? Prisma.sql`(received_at, id) < (${after.at}, ${after.id}::bigint)`
+        : Prisma.sql`(received_at, id) > (${after.at}, ${after.id}::bigint)`,
+    )
+  }
+  const direction = Prisma.raw(order === 'desc' ? 'DESC' : 'ASC')
+  const rows = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
+    ${SELECT_CONVERSION} ${whereClause(where)}
+    ORDER BY received_at ${direction}, id ${direction}
+    LIMIT ${limit + 1}`)
+  const page = rows.slice(0, limit)
+  const last = page.at(-1)
+  return {
+    data: page.map(toConversion),
+    next_cursor: rows.length > limit && last ? encodeCursor({ order, at: last.received_at, id: last.id }) : null,
+  }
+}
+
+export async function getConversion(prisma: PrismaClient, scope: SheetScope, id: string): Promise<Conversion | null> {
+  const where = [Prisma.sql`id = ${id}::bigint`]
+  if (scope !== null) where.push(Prisma.sql`sheet_id = ANY(${[...scope]}::text[])`)
+  const [row] = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`${SELECT_CONVERSION} ${whereClause(where)}`)
+  return row ? toConversion(row) : null
+}
+
+const GROUP_COLUMNS = {
+  campaign: ['campaign_id'],
+  adset: ['campaign_id', 'adset_id'],
+  ad: ['campaign_id', 'adset_id', 'ad_id'],
+} as const
+
+export function isTimeZone(name: string): boolean {
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: name })
+    return true
+  } catch {
+    return false
+  }
+}
+
+export async function summarize(prisma: PrismaClient, scope: SheetScope, query: SummaryQuery): Promise<SummaryRow[]> {
+  const tz = query.tz ?? 'UTC'
+  if (!isTimeZone(tz)) throw new InputError('invalid_parameter', 'tz', `tz ${JSON.stringify(tz)} is not an IANA time zone`)
+  const columns: Prisma.Sql[] = [
+    ...(query.interval === 'day' ? [Prisma.sql`to_char(received_at AT TIME ZONE ${tz}, 'YYYY-MM-DD') AS day`] : []),
+    ...GROUP_COLUMNS[query.group_by].map((column) => Prisma.raw(column)),
+    Prisma.sql`currency::text AS currency`,
+  ]
+  // Grouped and ordered by position: the day expression is written once.
+  const keys = Prisma.raw(columns.map((_, index) => index + 1).join(', '))
+  const rows = await prisma.$queryRaw<Array<Record<string, string | number | null>>>(Prisma.sql`
+    SELECT ${Prisma.join([...columns, Prisma.sql`count(*)::int AS conversions`, Prisma.sql`COALESCE(sum(payout), 0)::text AS revenue`])}
+    FROM conversions ${whereClause(conditions(scope, query))}
+    GROUP BY ${keys}
+    ORDER BY ${keys}`)
+  return rows as SummaryRow[]
+}

@@ -1,0 +1,125 @@
+// Diagnostics of deliveries that leave no new conversion row, kept for known sheets only, so that
+// "my network sends but nothing shows" has an answer: the bounded log of rejected deliveries
+// (newest entries per sheet) and hourly counters of duplicates and rejections by reason.
+// It is diagnostics, not data: entries are buffered and written in the background (a flood of bad
+// requests costs one statement per flush, never a wait in the answer), the buffer is capped, and
+// what is buffered when the process is killed is lost.
+import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
+
+export interface Rejection {
+  sheetId: string
+  reason: string
+  parameter: string | null
+  rawQuery: string
+  remoteAddress: string | null
+}
+
+export interface DeliveryLogOptions {
+  prisma: PrismaClient
+  maxPerSheet: number
+  /** Log entries buffered before new ones are dropped (and counted in `dropped`); counters are always kept. */
+  bufferMax?: number
+  flushIntervalMs?: number
+  onError?: (error: unknown) => void
+}
+
+const RAW_QUERY_MAX = 2048
+const HOUR_MS = 3_600_000
+
+type Outcome = 'duplicate' | 'rejected'
+/** sheet id, hour (ISO), outcome, reason, count */
+type CountRow = readonly [string, string, Outcome, string, number]
+
+export class DeliveryLog {
+  readonly #options: Required<Omit<DeliveryLogOptions, 'onError'>> & Pick<DeliveryLogOptions, 'onError'>
+  #rejections: Rejection[] = []
+  // Counts keyed by sheet, hour, outcome and reason (JSON of the tuple).
+  #counts = new Map<string, number>()
+  #timer: NodeJS.Timeout | undefined
+  #writing: Promise<void> = Promise.resolve()
+  dropped = 0
+
+  constructor(options: DeliveryLogOptions) {
+    this.#options = { bufferMax: 10_000, flushIntervalMs: 250, ...options }
+  }
+
+  recordRejection(rejection: Rejection): void {
+    this.#count(rejection.sheetId, 'rejected', rejection.reason)
+    if (this.#rejections.length >= this.#options.bufferMax) {
+      this.dropped++
+      return
+    }
+    this.#rejections.push({ ...rejection, rawQuery: rejection.rawQuery.slice(0, RAW_QUERY_MAX) })
+  }
+
+  recordDuplicate(sheetId: string): void {
+    this.#count(sheetId, 'duplicate', '')
+  }
+
+  #count(sheetId: string, outcome: Outcome, reason: string): void {
+    const hour = new Date(Math.floor(Date.now() / HOUR_MS) * HOUR_MS).toISOString()
+    const key = JSON.stringify([sheetId, hour, outcome, reason])
+    this.#counts.set(key, (this.#counts.get(key) ?? 0) + 1)
+    this.#timer ??= setTimeout(() => void this.flush(), this.#options.flushIntervalMs)
+  }
+
+  /** Writes what is buffered; resolves when it (and any write before it) is done. */
+  flush(): Promise<void> {
+    clearTimeout(this.#timer)
+    this.#timer = undefined
+    const rejections = this.#rejections.splice(0)
+    const counts = [...this.#counts].map(([key, count]): CountRow => {
+      const [sheetId, hour, outcome, reason] = JSON.parse(key) as [string, string, Outcome, string]
+      return [sheetId, hour, outcome, reason, count]
+    })
+    this.#counts.clear()
+    this.#writing = this.#writing.then(() => this.#write(rejections, counts))
+    return this.#writing
+  }
+
+  async #write(rejections: Rejection[], counts: readonly CountRow[]): Promise<void> {
+    try {
+      if (counts.length) await this.#writeCounts(counts)
+      if (rejections.length) await this.#writeRejections(rejections)
+    } catch (error) {
+      this.dropped += rejections.length
+      this.#options.onError?.(error)
+    }
+  }
+
+  async #writeCounts(counts: readonly CountRow[]): Promise<void> {
+    const column = (index: number) => counts.map((row) => row[index])
+    // Joined with sheets: deliveries naming an unknown sheet are not counted.
+    await this.#options.prisma.$executeRaw(Prisma.sql`
+      INSERT INTO delivery_counters (sheet_id, hour, outcome, reason, count)
+      SELECT c.sheet_id, c.hour, c.outcome, c.reason, c.count
+      FROM unnest(${column(0)}::text[], ${column(1)}::timestamptz[], ${column(2)}::text[], ${column(3)}::text[], ${column(4)}::int[])
+           AS c(sheet_id, hour, outcome, reason, count)
+      JOIN sheets s ON s.sheet_id = c.sheet_id
+      ORDER BY 1, 2, 3, 4
+      ON CONFLICT (sheet_id, hour, outcome, reason) DO UPDATE SET count = delivery_counters.count + excluded.count`)
+  }
+
+  async #writeRejections(entries: Rejection[]): Promise<void> {
+    const { prisma, maxPerSheet } = this.#options
+    const column = <K extends keyof Rejection>(name: K) => entries.map((entry) => entry[name])
+    await prisma.$executeRaw(Prisma.sql`
+      INSERT INTO delivery_rejections (sheet_id, reason, parameter, raw_query, remote_address)
+      SELECT r.sheet_id, r.reason, r.parameter, r.raw_query, r.remote_address
+      FROM unnest(${column('sheetId')}::text[], ${column('reason')}::text[], ${column('parameter')}::text[],
+                  ${column('rawQuery')}::text[], ${column('remoteAddress')}::text[])
+           WITH ORDINALITY AS r(sheet_id, reason, parameter, raw_query, remote_address, ord)
+      JOIN sheets s ON s.sheet_id = r.sheet_id
+      ORDER BY r.ord`)
+    const sheets = [...new Set(column('sheetId'))]
+    await prisma.$executeRaw(Prisma.sql`
+      DELETE FROM delivery_rejections d
+      USING (
+        SELECT t.sheet_id, (
+          SELECT id FROM delivery_rejections WHERE sheet_id = t.sheet_id ORDER BY id DESC OFFSET ${maxPerSheet} LIMIT 1
+        ) AS oldest_dropped
+        FROM unnest(${sheets}::text[]) AS t(sheet_id)
+      ) cut
+      WHERE d.sheet_id = cut.sheet_id AND d.id <= cut.oldest_dropped`)
+  }
+}

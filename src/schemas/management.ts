@@ -1,0 +1,230 @@
+// Schemas of the management API (/api/v1/postback/...). Ids and decimals are strings, timestamps
+// ISO 8601 in UTC. Schemas with an `$id` are shared components of the OpenAPI document.
+import { Type, type Static, type TSchema } from '@sinclair/typebox'
+import { ErrorRef, ref } from './common.ts'
+
+const Timestamp = (description: string) => Type.String({ format: 'date-time', description })
+const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
+
+// ISO 8601: a date (midnight UTC) or a date-time with an offset.
+const TIME_FILTER = '^\\d{4}-\\d{2}-\\d{2}(T\\d{2}:\\d{2}(:\\d{2}(\\.\\d{1,9})?)?(Z|[+-]\\d{2}:?\\d{2}))?$'
+
+export const Conversion = Type.Object(
+  {
+    id: Type.String({ description: 'Conversion id (a decimal integer)' }),
+    sheet_id: Type.String(),
+    transaction_id: Type.String(),
+    payout: Nullable(Type.String({ description: 'Exact decimal, as sent' })),
+    currency: Type.String({ description: 'ISO 4217 code' }),
+    campaign_id: Nullable(Type.String()),
+    adset_id: Nullable(Type.String()),
+    ad_id: Nullable(Type.String()),
+    received_at: Timestamp('When the conversion was stored'),
+  },
+  { $id: 'Conversion', description: 'A stored conversion' },
+)
+export type Conversion = Static<typeof Conversion>
+
+const page = <T extends TSchema>(item: T, id: string, description: string) =>
+  Type.Object(
+    {
+      data: Type.Array(item),
+      next_cursor: Nullable(Type.String({ description: 'Pass as `cursor` for the next page; null on the last page' })),
+    },
+    { $id: id, description },
+  )
+
+export const ConversionPage = page(ref(Conversion), 'ConversionPage', 'A page of conversions')
+
+const Limit = Type.Integer({ minimum: 1, maximum: 500, default: 50, description: 'Items per page' })
+const Cursor = Type.String({ maxLength: 200, description: '`next_cursor` of the previous page' })
+const Order = Type.Union([Type.Literal('desc'), Type.Literal('asc')], {
+  default: 'desc',
+  description: 'By received_at (then id): newest first (`desc`) or oldest first (`asc`)',
+})
+
+/** Filters shared by the conversion list and the summary. */
+const conversionFilters = {
+  sheet_id: Type.Optional(Type.String({ maxLength: 128, description: 'One sheet; default: every sheet the key may see' })),
+  from: Type.Optional(Type.String({ pattern: TIME_FILTER, description: 'received_at at or after (ISO 8601)' })),
+  to: Type.Optional(Type.String({ pattern: TIME_FILTER, description: 'received_at before (ISO 8601)' })),
+  campaign_id: Type.Optional(Type.String({ maxLength: 255, description: 'Meta campaign id' })),
+  adset_id: Type.Optional(Type.String({ maxLength: 255, description: 'Meta ad set id' })),
+  ad_id: Type.Optional(Type.String({ maxLength: 255, description: 'Meta ad id' })),
+  currency: Type.Optional(Type.String({ pattern: '^[A-Za-z]{3}$', description: 'ISO 4217 code' })),
+  transaction_id: Type.Optional(Type.String({ maxLength: 255, description: "The network's conversion id" })),
+}
+
+export const ConversionQuery = Type.Object(
+  { ...conversionFilters, limit: Type.Optional(Limit), cursor: Type.Optional(Cursor), order: Type.Optional(Order) },
+  { additionalProperties: false },
+)
+export type ConversionQuery = Static<typeof ConversionQuery>
+
+export const SummaryQuery = Type.Object(
+  {
+    ...conversionFilters,
+    group_by: Type.Union([Type.Literal('campaign'), Type.Literal('adset'), Type.Literal('ad')], {
+      description: 'Group by campaign, ad set (with its campaign) or ad (with its ad set and campaign)',
+    }),
+    interval: Type.Optional(Type.Literal('day', { description: 'Also group by day of received_at in `tz`' })),
+    tz: Type.Optional(Type.String({ maxLength: 64, default: 'UTC', description: 'IANA time zone of the day buckets', examples: ['Europe/Berlin'] })),
+  },
+  { additionalProperties: false },
+)
+export type SummaryQuery = Static<typeof SummaryQuery>
+
+export const SummaryRow = Type.Object(
+  {
+    campaign_id: Nullable(Type.String()),
+    adset_id: Type.Optional(Nullable(Type.String({ description: 'With group_by adset or ad' }))),
+    ad_id: Type.Optional(Nullable(Type.String({ description: 'With group_by ad' }))),
+    day: Type.Optional(Type.String({ format: 'date', description: 'With interval=day: the day in `tz`' })),
+    currency: Type.String(),
+    conversions: Type.Integer({ description: 'Number of conversions' }),
+    revenue: Type.String({ description: 'Sum of payouts, exact decimal; conversions without payout add nothing' }),
+  },
+  { $id: 'SummaryRow', description: 'Conversions and revenue of one group in one currency' },
+)
+export type SummaryRow = Static<typeof SummaryRow>
+
+export const Summary = Type.Object(
+  { data: Type.Array(ref(SummaryRow)) },
+  { $id: 'Summary', description: 'One row per group and currency; currencies are never summed together' },
+)
+
+export const Rejection = Type.Object(
+  {
+    id: Type.String(),
+    sheet_id: Type.String(),
+    reason: Type.String({ description: 'The error code the delivery got, e.g. `unreplaced_macro`' }),
+    parameter: Nullable(Type.String()),
+    raw_query: Type.String({ description: 'The query string as sent (at most 2048 characters)' }),
+    remote_address: Nullable(Type.String()),
+    received_at: Timestamp('When the delivery was rejected'),
+  },
+  { $id: 'Rejection', description: 'A rejected delivery of a known sheet' },
+)
+export type Rejection = Static<typeof Rejection>
+
+export const RejectionPage = page(ref(Rejection), 'RejectionPage', 'A page of rejected deliveries, newest first')
+
+export const RejectionQuery = Type.Object(
+  {
+    sheet_id: conversionFilters.sheet_id,
+    from: conversionFilters.from,
+    to: conversionFilters.to,
+    limit: Type.Optional(Limit),
+    cursor: Type.Optional(Cursor),
+  },
+  { additionalProperties: false },
+)
+export type RejectionQuery = Static<typeof RejectionQuery>
+
+export const SheetParams = Type.Object({ sheet_id: Type.String({ maxLength: 128, description: 'The sheet' }) })
+
+export const SheetStatus = Type.Object(
+  {
+    sheet_id: Type.String(),
+    active: Type.Boolean(),
+    last_received_at: Nullable(Timestamp('When the newest conversion was stored')),
+    last_rejected_at: Nullable(Timestamp('When the newest rejected delivery came')),
+    last_24h: Type.Object(
+      {
+        stored: Type.Integer(),
+        duplicate: Type.Integer(),
+        rejected: Type.Integer(),
+      },
+      { description: 'Deliveries in the last 24 hours, by outcome' },
+    ),
+    top_rejection_reasons: Type.Array(Type.Object({ reason: Type.String(), count: Type.Integer() }), {
+      description: 'The most frequent rejection reasons of the last 24 hours',
+    }),
+  },
+  { $id: 'SheetStatus', description: 'Is the network delivering? The receiver side of one sheet' },
+)
+export type SheetStatus = Static<typeof SheetStatus>
+
+export const TRACKERS = ['keitaro', 'voluum', 'redtrack', 'binom', 'generic'] as const
+
+export const ReceiverUrlQuery = Type.Object(
+  {
+    tracker: Type.Union(
+      TRACKERS.map((name) => Type.Literal(name)),
+      { description: 'Whose macro syntax to fill in' },
+    ),
+  },
+  { additionalProperties: false },
+)
+
+export const ReceiverUrl = Type.Object(
+  {
+    tracker: Type.String(),
+    url: Type.String({ description: "Paste into the network's postback URL field" }),
+    parameters: Type.Record(Type.String(), Type.String(), { description: 'Each receiver parameter and the macro it is given' }),
+    note: Type.String(),
+  },
+  { $id: 'ReceiverUrl', description: 'A receiver URL with one tracker’s macros' },
+)
+
+export const Sheet = Type.Object(
+  {
+    sheet_id: Type.String(),
+    name: Type.String(),
+    default_currency: Type.String(),
+    active: Type.Boolean(),
+    created_at: Timestamp('When the sheet was created'),
+  },
+  { $id: 'Sheet', description: 'An account that networks deliver conversions to' },
+)
+
+export const CreateSheetBody = Type.Object(
+  {
+    sheet_id: Type.String({ minLength: 1, maxLength: 128, description: 'Letters, digits and _ . : -' }),
+    name: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+    currency: Type.Optional(Type.String({ pattern: '^[A-Za-z]{3}$', description: 'Default currency (ISO 4217), default USD' })),
+  },
+  { additionalProperties: false },
+)
+
+export const ApiKey = Type.Object(
+  {
+    id: Type.String({ description: 'Public id of the key, for revoking it' }),
+    name: Type.String(),
+    global: Type.Boolean({ description: 'Sees every sheet and may use the admin routes' }),
+    sheet_ids: Type.Array(Type.String(), { description: 'The sheets a non-global key may see' }),
+    created_at: Timestamp('When the key was created'),
+    revoked_at: Nullable(Timestamp('When the key was revoked')),
+  },
+  { $id: 'ApiKey', description: 'An API key (without the key itself)' },
+)
+
+export const CreatedApiKey = Type.Composite(
+  [ApiKey, Type.Object({ key: Type.String({ description: 'The key: shown once, not stored' }) })],
+  { $id: 'CreatedApiKey', description: 'A new API key, with the key itself' },
+)
+
+export const CreateKeyBody = Type.Object(
+  {
+    name: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+    global: Type.Optional(Type.Boolean({ description: 'A global key; give this or sheet_ids' })),
+    sheet_ids: Type.Optional(Type.Array(Type.String({ maxLength: 128 }), { minItems: 1, maxItems: 1000, description: 'Sheets the key may see' })),
+  },
+  { additionalProperties: false },
+)
+
+export const KeyParams = Type.Object({ key_id: Type.String({ maxLength: 64, description: 'The key id' }) })
+export const ConversionParams = Type.Object({ id: Type.String({ pattern: '^[0-9]{1,19}$', description: 'Conversion id' }) })
+
+/** OpenAPI security requirement of every management route. */
+export const bearerSecurity = [{ bearerAuth: [] }]
+
+/** Responses every management route can send besides its own. */
+export const authResponses = {
+  400: ErrorRef,
+  401: ErrorRef,
+  403: ErrorRef,
+  503: ErrorRef,
+}
+
+export const managementSchemas = [Conversion, ConversionPage, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, ApiKey, CreatedApiKey]
