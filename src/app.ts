@@ -37,6 +37,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     logger: options.logger ?? { level: config.LOG_LEVEL },
     routerOptions: { querystringParser: parseQueryString, maxParamLength: 200 },
     bodyLimit: 64 * 1024,
+    // Unknown query parameters of the management API are refused rather than silently dropped, so a
+    // misspelt filter cannot return every row. (The receiver validates with its own rules.)
+    ajv: { customOptions: { removeAdditional: false } },
     // Errors raised before routing (a malformed URL path) get the same JSON error body.
     frameworkErrors: (error, _request, reply: FastifyReply) => {
       reply.code(400).send({ error: 'bad_request', message: error.message })
@@ -79,10 +82,19 @@ function errorHandler(this: FastifyInstance, error: FastifyError, request: Fasti
   }
   if (error.validation) {
     const issue = error.validation[0]
+    const params = issue?.params as { missingProperty?: string; additionalProperty?: string; allowedValues?: unknown[] } | undefined
     const parameter =
-      (issue?.params as { missingProperty?: string } | undefined)?.missingProperty ??
-      issue?.instancePath.split('/').filter(Boolean).join('.')
-    const body: ErrorBody = { error: 'invalid_parameter', message: error.message }
+      params?.missingProperty ?? params?.additionalProperty ?? issue?.instancePath.split('/').filter(Boolean).join('.')
+    const message = params?.missingProperty
+      ? `${parameter} is required`
+      : params?.additionalProperty
+        ? `unknown parameter ${params.additionalProperty}`
+        : params?.allowedValues
+          ? `${parameter} must be one of: ${params.allowedValues.join(', ')}`
+          : parameter && issue?.message
+            ? `${parameter} ${issue.message}`
+            : error.message
+    const body: ErrorBody = { error: params?.missingProperty ? 'missing_parameter' : 'invalid_parameter', message }
     if (parameter) body.parameter = parameter
     return reply.code(400).send(body)
   }

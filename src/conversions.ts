@@ -8,12 +8,15 @@ import type { Conversion, ConversionQuery, SummaryQuery, SummaryRow } from './sc
 /** The sheets a caller may see: a list, or null for every sheet (a global key). */
 export type SheetScope = readonly string[] | null
 
-interface ConversionRow extends Omit<Conversion, 'received_at'> {
+interface ConversionRow extends Omit<Conversion, 'id' | 'payout' | 'currency' | 'received_at'> {
+  id_text: string
+  payout_text: string | null
+  currency_text: string
   received_at: Date
 }
 
-export function toConversion(row: ConversionRow): Conversion {
-  return { ...row, received_at: row.received_at.toISOString() }
+export function toConversion({ id_text, payout_text, currency_text, received_at, ...row }: ConversionRow): Conversion {
+  return { id: id_text, ...row, payout: payout_text, currency: currency_text, received_at: received_at.toISOString() }
 }
 
 /** Parses an ISO 8601 filter value (its pattern is checked by the route schema). */
@@ -40,8 +43,10 @@ function conditions(scope: SheetScope, query: Omit<ConversionQuery, 'limit' | 'c
 
 const whereClause = (where: Prisma.Sql[]) => (where.length ? Prisma.sql`WHERE ${Prisma.join(where, ' AND ')}` : Prisma.empty)
 
-const SELECT_CONVERSION = Prisma.sql`SELECT id::text, sheet_id, transaction_id, payout::text, currency::text,
-  campaign_id, adset_id, ad_id, received_at FROM conversions`
+// Output columns are renamed (id_text): ORDER BY resolves a bare name to an output column first, and
+// ordering by the text of an id ("9" > "10") would break the keyset order.
+const SELECT_CONVERSION = Prisma.sql`SELECT id::text AS id_text, sheet_id, transaction_id, payout::text AS payout_text,
+  currency::text AS currency_text, campaign_id, adset_id, ad_id, received_at FROM conversions`
 
 // A cursor names the last row of a page by its position (received_at, id) and the order it was read in.
 interface Position {
@@ -90,7 +95,7 @@ export async function listConversions(
   const last = page.at(-1)
   return {
     data: page.map(toConversion),
-    next_cursor: rows.length > limit && last ? encodeCursor({ order, at: last.received_at, id: last.id }) : null,
+    next_cursor: rows.length > limit && last ? encodeCursor({ order, at: last.received_at, id: last.id_text }) : null,
   }
 }
 

@@ -32,7 +32,7 @@ type CountRow = readonly [string, string, Outcome, string, number]
 
 export class DeliveryLog {
   readonly #options: Required<Omit<DeliveryLogOptions, 'onError'>> & Pick<DeliveryLogOptions, 'onError'>
-  #rejections: Rejection[] = []
+  #rejections: Array<Rejection & { receivedAt: Date }> = []
   // Counts keyed by sheet, hour, outcome and reason (JSON of the tuple).
   #counts = new Map<string, number>()
   #timer: NodeJS.Timeout | undefined
@@ -49,7 +49,7 @@ export class DeliveryLog {
       this.dropped++
       return
     }
-    this.#rejections.push({ ...rejection, rawQuery: rejection.rawQuery.slice(0, RAW_QUERY_MAX) })
+    this.#rejections.push({ ...rejection, rawQuery: rejection.rawQuery.slice(0, RAW_QUERY_MAX), receivedAt: new Date() })
   }
 
   recordDuplicate(sheetId: string): void {
@@ -77,7 +77,7 @@ export class DeliveryLog {
     return this.#writing
   }
 
-  async #write(rejections: Rejection[], counts: readonly CountRow[]): Promise<void> {
+  async #write(rejections: Array<Rejection & { receivedAt: Date }>, counts: readonly CountRow[]): Promise<void> {
     try {
       if (counts.length) await this.#writeCounts(counts)
       if (rejections.length) await this.#writeRejections(rejections)
@@ -100,15 +100,16 @@ export class DeliveryLog {
       ON CONFLICT (sheet_id, hour, outcome, reason) DO UPDATE SET count = delivery_counters.count + excluded.count`)
   }
 
-  async #writeRejections(entries: Rejection[]): Promise<void> {
+  async #writeRejections(entries: Array<Rejection & { receivedAt: Date }>): Promise<void> {
     const { prisma, maxPerSheet } = this.#options
     const column = <K extends keyof Rejection>(name: K) => entries.map((entry) => entry[name])
+    const times = entries.map((entry) => entry.receivedAt.toISOString())
     await prisma.$executeRaw(Prisma.sql`
-      INSERT INTO delivery_rejections (sheet_id, reason, parameter, raw_query, remote_address)
-      SELECT r.sheet_id, r.reason, r.parameter, r.raw_query, r.remote_address
+      INSERT INTO delivery_rejections (sheet_id, reason, parameter, raw_query, remote_address, received_at)
+      SELECT r.sheet_id, r.reason, r.parameter, r.raw_query, r.remote_address, r.received_at
       FROM unnest(${column('sheetId')}::text[], ${column('reason')}::text[], ${column('parameter')}::text[],
-                  ${column('rawQuery')}::text[], ${column('remoteAddress')}::text[])
-           WITH ORDINALITY AS r(sheet_id, reason, parameter, raw_query, remote_address, ord)
+                  ${column('rawQuery')}::text[], ${column('remoteAddress')}::text[], ${times}::timestamptz[])
+           WITH ORDINALITY AS r(sheet_id, reason, parameter, raw_query, remote_address, received_at, ord)
       JOIN sheets s ON s.sheet_id = r.sheet_id
       ORDER BY r.ord`)
     const sheets = [...new Set(column('sheetId'))]

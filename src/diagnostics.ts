@@ -5,7 +5,8 @@ import { NotFoundError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
 import type { Rejection, RejectionQuery, SheetStatus } from './schemas/management.ts'
 
-interface RejectionRow extends Omit<Rejection, 'received_at'> {
+interface RejectionRow extends Omit<Rejection, 'id' | 'received_at'> {
+  id_text: string
   received_at: Date
 }
 
@@ -25,7 +26,7 @@ export async function listRejections(
     where.push(Prisma.sql`(received_at, id) < (${after.at}, ${after.id}::bigint)`)
   }
   const rows = await prisma.$queryRaw<RejectionRow[]>(Prisma.sql`
-    SELECT id::text, sheet_id, reason, parameter, raw_query, remote_address, received_at
+    SELECT id::text AS id_text, sheet_id, reason, parameter, raw_query, remote_address, received_at
     FROM delivery_rejections
     ${where.length ? Prisma.sql`WHERE ${Prisma.join(where, ' AND ')}` : Prisma.empty}
     ORDER BY received_at DESC, id DESC
@@ -33,8 +34,8 @@ export async function listRejections(
   const page = rows.slice(0, limit)
   const last = page.at(-1)
   return {
-    data: page.map((row) => ({ ...row, received_at: row.received_at.toISOString() })),
-    next_cursor: rows.length > limit && last ? encodeCursor({ order: 'desc', at: last.received_at, id: last.id }) : null,
+    data: page.map(({ id_text, received_at, ...row }) => ({ id: id_text, ...row, received_at: received_at.toISOString() })),
+    next_cursor: rows.length > limit && last ? encodeCursor({ order: 'desc', at: last.received_at, id: last.id_text }) : null,
   }
 }
 

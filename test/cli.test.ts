@@ -1,5 +1,6 @@
 // postback-admin as a user runs it: the package's bin, one JSON value on the last stdout line.
 import t from 'tap'
+import { readMigrations } from '../src/migrations.ts'
 import { onPostgres, pgliteCopy, uniqueId } from './helpers.ts'
 import { run } from './processes.ts'
 
@@ -28,10 +29,43 @@ t.test('sheet create, list, disable', async (t) => {
   t.match(lastLine(list.stdout).find((sheet: { sheet_id: string }) => sheet.sheet_id === id), { active: false, name: 'Main account' })
 })
 
+t.test('key create, list, revoke: the key is shown once and works until revoked', async (t) => {
+  const sheet = uniqueId('cli-key')
+  t.equal((await admin('sheet', 'create', '--id', sheet)).code, 0)
+  const created = await admin('key', 'create', '--sheet', sheet, '--name', 'reporting')
+  t.equal(created.code, 0, created.stderr)
+  const key = lastLine(created.stdout)
+  t.match(key, { name: 'reporting', global: false, sheet_ids: [sheet], revoked_at: null })
+  t.match(key.key, /^pbk_[A-Za-z0-9_-]{43}$/)
+
+  const global = lastLine((await admin('key', 'create', '--global')).stdout)
+  t.match(global, { global: true, sheet_ids: [] })
+
+  const list = await admin('key', 'list')
+  const listed = lastLine(list.stdout).find((entry: { id: string }) => entry.id === key.id)
+  t.match(listed, { id: key.id, name: 'reporting' })
+  t.notOk(list.stdout.includes(key.key), 'list never shows a key')
+
+  const revoked = await admin('key', 'revoke', key.id)
+  t.equal(revoked.code, 0, revoked.stderr)
+  t.match(lastLine(revoked.stdout).revoked_at, /Z$/)
+
+  for (const args of [['key', 'create'], ['key', 'create', '--global', '--sheet', sheet]]) {
+    const result = await admin(...args)
+    t.equal(result.code, 2, args.join(' '))
+    t.match(result.stderr, 'key create needs --sheet ID[,ID...] or --global')
+  }
+  const unknown = await admin('key', 'create', '--sheet', `${sheet},${uniqueId('nope')}`)
+  t.equal(unknown.code, 1)
+  t.match(unknown.stderr, 'unknown sheet')
+  const missing = await admin('key', 'revoke', 'key_nope')
+  t.equal(missing.code, 1)
+})
+
 t.test('migrate reports what it applied', async (t) => {
   const result = await admin('migrate')
   t.equal(result.code, 0, result.stderr)
-  t.match(lastLine(result.stdout), { store: onPostgres ? 'postgresql' : 'pglite', applied: [], alreadyApplied: ['20261126150000_init'] })
+  t.same(lastLine(result.stdout), { store: onPostgres ? 'postgresql' : 'pglite', applied: [], alreadyApplied: readMigrations().map((m) => m.name) })
 })
 
 t.test('errors: a message on stderr and a non-zero exit', async (t) => {

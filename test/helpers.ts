@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
+import { createApiKey } from '../src/api-keys.ts'
 import { createSheet } from '../src/sheets.ts'
 import { TEMPLATE_DIR } from './setup.ts'
 
@@ -54,4 +55,21 @@ export function receiverUrl(params: Record<string, string | string[]>): string {
     for (const one of Array.isArray(value) ? value : [value]) search.append(name, one)
   }
   return `/meta/postback/conversion?${search}`
+}
+
+/** Creates an API key (global, or scoped to the given sheets) and returns its Authorization header. */
+export async function newKeyHeader(app: FastifyInstance, scope: { global: true } | { sheetIds: string[] }): Promise<{ authorization: string }> {
+  const created = await createApiKey(app.prisma, 'global' in scope ? { global: true } : { sheetIds: scope.sheetIds })
+  return { authorization: `Bearer ${created.key}` }
+}
+
+/** Stores conversions through the receiver; returns their ids in order. */
+export async function deliverAll(app: FastifyInstance, deliveries: Array<Record<string, string>>): Promise<string[]> {
+  const ids: string[] = []
+  for (const delivery of deliveries) {
+    const response = await app.inject({ method: 'GET', url: receiverUrl(delivery) })
+    if (response.statusCode !== 200) throw new Error(`delivery refused: ${response.body}`)
+    ids.push(response.json().conversion_id)
+  }
+  return ids
 }

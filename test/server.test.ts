@@ -1,7 +1,7 @@
 // The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
 import { createServer } from 'node:net'
 import t from 'tap'
-import { onPostgres, pgliteCopy } from './helpers.ts'
+import { onPostgres, pgliteCopy, uniqueId } from './helpers.ts'
 import { run, start, waitForOutput } from './processes.ts'
 
 function freePort(): Promise<number> {
@@ -16,6 +16,11 @@ function freePort(): Promise<number> {
 t.test('starts, answers, and exits 0 on SIGTERM', async (t) => {
   const port = await freePort()
   const env = onPostgres ? { DATABASE_URL: process.env.DATABASE_URL } : { DATABASE_URL: '', DATA_DIR: pgliteCopy(t) }
+  // Provisioned with the CLI first, as a user would (the embedded store is one process's at a time).
+  const sheet = uniqueId('server')
+  t.equal((await run(['bin/postback-admin.js', 'sheet', 'create', '--id', sheet], env)).code, 0)
+  const created = await run(['bin/postback-admin.js', 'key', 'create', '--sheet', sheet], env)
+  const { key } = JSON.parse(created.stdout.trim().split('\n').at(-1)!) as { key: string }
   const began = Date.now()
   const server = start(['--import=tsx', 'src/server.ts'], { ...env, PORT: String(port) })
   t.teardown(() => server.kill('SIGKILL'))
@@ -26,6 +31,13 @@ t.test('starts, answers, and exits 0 on SIGTERM', async (t) => {
   const receiver = await fetch(`http://127.0.0.1:${port}/meta/postback/conversion?sheet_id=none-such&transaction_id=1`)
   t.equal(receiver.status, 404)
   t.equal(((await receiver.json()) as { error: string }).error, 'unknown_sheet')
+  const stored = await fetch(`http://127.0.0.1:${port}/meta/postback/conversion?sheet_id=${sheet}&transaction_id=over-http&payout=4.20`)
+  const { conversion_id: id } = (await stored.json()) as { conversion_id: string }
+  const listed = await fetch(`http://127.0.0.1:${port}/api/v1/postback/conversions?sheet_id=${sheet}`, { headers: { authorization: `Bearer ${key}` } })
+  t.equal(listed.status, 200)
+  t.match(await listed.json(), { data: [{ id, transaction_id: 'over-http', payout: '4.20' }], next_cursor: null })
+  const anonymous = await fetch(`http://127.0.0.1:${port}/api/v1/postback/conversions`)
+  t.equal(anonymous.status, 401)
   server.kill('SIGTERM')
   const { code, signal } = await server.output
   t.same([code, signal], [0, null])

@@ -7,6 +7,12 @@ export function ref<T extends TSchema>(schema: T) {
   return Type.Unsafe<Static<T>>(Type.Ref(schema.$id!))
 }
 
+/** A string from a fixed list: one `enum` (rather than a union of constants), so that a bad value's
+ * error can list what is allowed and the OpenAPI document shows a plain enum. */
+export function StringEnum<const T extends readonly string[]>(values: T, options: { description?: string; default?: T[number] } = {}) {
+  return Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options })
+}
+
 export const ErrorBody = Type.Object(
   {
     error: Type.String({ description: 'Machine-readable error code, e.g. `missing_parameter`' }),

@@ -1,7 +1,7 @@
 // Schemas of the management API (/api/v1/postback/...). Ids and decimals are strings, timestamps
 // ISO 8601 in UTC. Schemas with an `$id` are shared components of the OpenAPI document.
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
-import { ErrorRef, ref } from './common.ts'
+import { ErrorRef, ref, StringEnum } from './common.ts'
 
 const Timestamp = (description: string) => Type.String({ format: 'date-time', description })
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
@@ -38,7 +38,7 @@ export const ConversionPage = page(ref(Conversion), 'ConversionPage', 'A page of
 
 const Limit = Type.Integer({ minimum: 1, maximum: 500, default: 50, description: 'Items per page' })
 const Cursor = Type.String({ maxLength: 200, description: '`next_cursor` of the previous page' })
-const Order = Type.Union([Type.Literal('desc'), Type.Literal('asc')], {
+const Order = StringEnum(['desc', 'asc'], {
   default: 'desc',
   description: 'By received_at (then id): newest first (`desc`) or oldest first (`asc`)',
 })
@@ -64,10 +64,10 @@ export type ConversionQuery = Static<typeof ConversionQuery>
 export const SummaryQuery = Type.Object(
   {
     ...conversionFilters,
-    group_by: Type.Union([Type.Literal('campaign'), Type.Literal('adset'), Type.Literal('ad')], {
+    group_by: StringEnum(['campaign', 'adset', 'ad'], {
       description: 'Group by campaign, ad set (with its campaign) or ad (with its ad set and campaign)',
     }),
-    interval: Type.Optional(Type.Literal('day', { description: 'Also group by day of received_at in `tz`' })),
+    interval: Type.Optional(StringEnum(['day'], { description: 'Also group by day of received_at in `tz`' })),
     tz: Type.Optional(Type.String({ maxLength: 64, default: 'UTC', description: 'IANA time zone of the day buckets', examples: ['Europe/Berlin'] })),
   },
   { additionalProperties: false },
@@ -149,10 +149,7 @@ export const TRACKERS = ['keitaro', 'voluum', 'redtrack', 'binom', 'generic'] as
 
 export const ReceiverUrlQuery = Type.Object(
   {
-    tracker: Type.Union(
-      TRACKERS.map((name) => Type.Literal(name)),
-      { description: 'Whose macro syntax to fill in' },
-    ),
+    tracker: StringEnum(TRACKERS, { description: 'Whose macro syntax to fill in' }),
   },
   { additionalProperties: false },
 )
