@@ -33,7 +33,9 @@ export default fp(
       request.principal = principal
     })
   },
-  { name: 'auth', dependencies: ['prisma'] },
+  // No declared dependency on 'prisma': app.prisma is used per request, and the document-only build
+  // (npm run openapi) registers the routes without a database.
+  { name: 'auth' },
 )
 
 /** The authenticated key of a management request. */

@@ -26,15 +26,13 @@ function rawQuery(request: FastifyRequest): string {
 
 export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const { conversionWriter: writer, deliveryLog } = app
-
   // Rejections of a delivery that names a sheet are logged for that sheet's diagnostics.
   app.addHook('onError', async (request, _reply, error) => {
     if (!(error instanceof AppError) || error.statusCode >= 500) return
     const sheetId = (request.query as ParsedQuery | undefined)?.sheet_id
     if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return
     request.log.info({ reason: error.code, parameter: error.parameter }, 'postback rejected')
-    deliveryLog.recordRejection({
+    app.deliveryLog.recordRejection({
       sheetId,
       reason: error.code,
       parameter: error.parameter ?? null,
@@ -48,8 +46,8 @@ export default async function receiver(fastify: FastifyInstance) {
     // No automatic HEAD route: a link checker's HEAD must not store a conversion.
     { schema: receiverRouteSchema, validatorCompiler: () => validateDelivery, exposeHeadRoute: false },
     async (request) => {
-      const result = await writer.write(request.query)
-      if (result.status === 'duplicate') deliveryLog.recordDuplicate(request.query.sheet_id)
+      const result = await app.conversionWriter.write(request.query)
+      if (result.status === 'duplicate') app.deliveryLog.recordDuplicate(request.query.sheet_id)
       return { status: result.status, conversion_id: result.conversionId }
     },
   )

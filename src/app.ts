@@ -15,10 +15,11 @@ import ingestPlugin from '../plugins/ingest.ts'
 import prismaPlugin from '../plugins/prisma.ts'
 import managementPlugin from '../plugins/management/index.ts'
 import receiverPlugin from '../plugins/receiver.ts'
+import swaggerPlugin from '../plugins/swagger.ts'
 import type { Config } from './config.ts'
 import { AppError, UnavailableError } from './errors.ts'
 import { parseQueryString } from './query-string.ts'
-import { isUnavailableError } from './storage-errors.ts'
+import { isDataError, isUnavailableError } from './storage-errors.ts'
 import type { ErrorBody } from './schemas/common.ts'
 import { sharedSchemas } from './schemas/index.ts'
 
@@ -30,6 +31,8 @@ declare module 'fastify' {
 
 export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
+  /** false: build the routes and the OpenAPI document only, opening no database (npm run openapi). */
+  storage?: boolean
 }
 
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
@@ -60,9 +63,12 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     reply.code(404).send({ error: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` })
   })
 
-  await app.register(prismaPlugin)
-  await app.register(ingestPlugin)
-  await app.register(healthPlugin)
+  await app.register(swaggerPlugin)
+  if (options.storage !== false) {
+    await app.register(prismaPlugin)
+    await app.register(ingestPlugin)
+    await app.register(healthPlugin)
+  }
   await app.register(authPlugin)
   await app.register(receiverPlugin)
   await app.register(managementPlugin, { prefix: '/api/v1/postback' })
@@ -100,6 +106,11 @@ function errorHandler(this: FastifyInstance, error: FastifyError, request: Fasti
   }
   if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
     return reply.code(error.statusCode).send({ error: 'bad_request', message: error.message })
+  }
+  if (isDataError(error)) {
+    // A value the database refused (validation should have caught it first).
+    request.log.warn({ err: error }, 'database refused a value')
+    return reply.code(400).send({ error: 'invalid_parameter', message: 'a parameter has a value the store cannot take' })
   }
   if (isUnavailableError(error)) {
     request.log.warn({ err: error }, 'storage unavailable')

@@ -19,10 +19,27 @@ export function toConversion({ id_text, payout_text, currency_text, received_at,
   return { id: id_text, ...row, payout: payout_text, currency: currency_text, received_at: received_at.toISOString() }
 }
 
+const MAX_ID = 9_223_372_036_854_775_807n
+
+/** Whether a decimal id fits a bigint column. */
+export function isStorableId(id: string): boolean {
+  return /^\d{1,19}$/.test(id) && BigInt(id) <= MAX_ID
+}
+
+function isStorableTime(date: Date): boolean {
+  const year = date.getUTCFullYear()
+  return !Number.isNaN(date.getTime()) && year >= 1 && year <= 9999
+}
+
 /** Parses an ISO 8601 filter value (its pattern is checked by the route schema). */
 export function parseTime(name: string, value: string): Date {
   const date = new Date(value.length === 10 ? `${value}T00:00:00Z` : value)
-  if (Number.isNaN(date.getTime())) throw new InputError('invalid_parameter', name, `${name} ${JSON.stringify(value)} is not a valid ISO 8601 time`)
+  // A day that does not exist (2024-02-30) must not roll over into the next month.
+  const [year = 0, month = 0, day = 0] = value.slice(0, 10).split('-').map(Number)
+  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate()
+  if (!isStorableTime(date) || month < 1 || month > 12 || day < 1 || day > daysInMonth) {
+    throw new InputError('invalid_parameter', name, `${name} ${JSON.stringify(value)} is not a valid ISO 8601 time`)
+  }
   return date
 }
 
@@ -62,7 +79,7 @@ export function encodeCursor(position: Position): string {
 export function decodeCursor(cursor: string, order: 'asc' | 'desc'): Position {
   const [cursorOrder, at, id] = Buffer.from(cursor, 'base64url').toString('utf8').split('|')
   const date = new Date(at ?? '')
-  if (cursorOrder !== order || Number.isNaN(date.getTime()) || !/^\d{1,19}$/.test(id ?? '')) {
+  if (cursorOrder !== order || !isStorableTime(date) || !isStorableId(id ?? '')) {
     throw new InputError('invalid_parameter', 'cursor', 'cursor is not a next_cursor of this list in this order')
   }
   return { order, at: date, id: id! }
@@ -100,6 +117,7 @@ export async function listConversions(
 }
 
 export async function getConversion(prisma: PrismaClient, scope: SheetScope, id: string): Promise<Conversion | null> {
+  if (!isStorableId(id)) return null
   const where = [Prisma.sql`id = ${id}::bigint`]
   if (scope !== null) where.push(Prisma.sql`sheet_id = ANY(${[...scope]}::text[])`)
   const [row] = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`${SELECT_CONVERSION} ${whereClause(where)}`)
@@ -112,18 +130,20 @@ const GROUP_COLUMNS = {
   ad: ['campaign_id', 'adset_id', 'ad_id'],
 } as const
 
-export function isTimeZone(name: string): boolean {
-  try {
-    new Intl.DateTimeFormat('en-US', { timeZone: name })
-    return true
-  } catch {
-    return false
-  }
+/**
+ * An IANA zone name ("Europe/Berlin", "UTC") that the database knows: it computes the day buckets.
+ * Abbreviations such as PST are refused: PostgreSQL reads them as fixed offsets, without summer time.
+ */
+async function isTimeZone(prisma: PrismaClient, name: string): Promise<boolean> {
+  if (name === 'UTC') return true
+  if (!name.includes('/')) return false
+  const [known] = await prisma.$queryRaw<unknown[]>`SELECT 1 FROM pg_timezone_names WHERE name = ${name}`
+  return known !== undefined
 }
 
 export async function summarize(prisma: PrismaClient, scope: SheetScope, query: SummaryQuery): Promise<SummaryRow[]> {
   const tz = query.tz ?? 'UTC'
-  if (!isTimeZone(tz)) throw new InputError('invalid_parameter', 'tz', `tz ${JSON.stringify(tz)} is not an IANA time zone`)
+  if (!(await isTimeZone(prisma, tz))) throw new InputError('invalid_parameter', 'tz', `tz ${JSON.stringify(tz)} is not an IANA time zone`)
   const columns: Prisma.Sql[] = [
     ...(query.interval === 'day' ? [Prisma.sql`to_char(received_at AT TIME ZONE ${tz}, 'YYYY-MM-DD') AS day`] : []),
     ...GROUP_COLUMNS[query.group_by].map((column) => Prisma.raw(column)),

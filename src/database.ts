@@ -44,6 +44,9 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
     query_timeout: config.DB_STATEMENT_TIMEOUT_MS + 1000,
     idleTimeoutMillis: 30_000,
     application_name: 'postback-store',
+    // adapter-pg reads and writes timestamptz as UTC text without an offset: the session must be UTC,
+    // whatever the server's or database's own time zone is.
+    options: '-c TimeZone=UTC',
   })
   // Without a listener, an idle connection dropped by the server crashes the process.
   pool.on('error', (error) => options.onPoolError?.(error))
@@ -77,6 +80,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
   const lock = lockDataDir(dataDir)
   try {
     const pglite = await PGlite.create(dataDir)
+    await pglite.exec("SET TimeZone = 'UTC'")
     const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) })
     return {
       kind: 'pglite',

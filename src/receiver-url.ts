@@ -6,8 +6,8 @@ import type { TRACKERS } from './schemas/management.ts'
 type Tracker = (typeof TRACKERS)[number]
 
 const MACROS: Record<Tracker, Record<string, string>> = {
-  keitaro: { transaction_id: '{click_id}', payout: '{revenue}', currency: '{currency}', campaign_id: '{sub_id_1}', adset_id: '{sub_id_2}', ad_id: '{sub_id_3}' },
-  voluum: { transaction_id: '${click_id}', payout: '${payout}', currency: '${currency}', campaign_id: '${var1}', adset_id: '${var2}', ad_id: '${var3}' },
+  keitaro: { transaction_id: '{subid}', payout: '{revenue}', currency: '{currency}', campaign_id: '{sub_id_1}', adset_id: '{sub_id_2}', ad_id: '{sub_id_3}' },
+  voluum: { transaction_id: '{externalid}', payout: '{payout}', currency: '{currency}', campaign_id: '{var1}', adset_id: '{var2}', ad_id: '{var3}' },
   redtrack: { transaction_id: '{clickid}', payout: '{sum}', currency: '{currency}', campaign_id: '{sub1}', adset_id: '{sub2}', ad_id: '{sub3}' },
   binom: { transaction_id: '{clickid}', payout: '{payout}', currency: '{currency}', campaign_id: '{t1}', adset_id: '{t2}', ad_id: '{t3}' },
   generic: { transaction_id: '{transaction_id}', payout: '{payout}', currency: '{currency}', campaign_id: '{campaign_id}', adset_id: '{adset_id}', ad_id: '{ad_id}' },

@@ -9,6 +9,7 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
+import { createClient, type PostbackClient } from 'postback-store/client'
 import { createSheet } from '../src/sheets.ts'
 import { TEMPLATE_DIR } from './setup.ts'
 
@@ -72,4 +73,17 @@ export async function deliverAll(app: FastifyInstance, deliveries: Array<Record<
     ids.push(response.json().conversion_id)
   }
   return ids
+}
+
+/** Listens on a free loopback port; the app's teardown closes it. Returns the base URL. */
+export async function listen(app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const address = app.server.address() as { port: number }
+  return `http://127.0.0.1:${address.port}`
+}
+
+/** The typed client (postback-store/client) of a listening app, with a new key of the given scope. */
+export async function apiClient(app: FastifyInstance, baseUrl: string, scope: { global: true } | { sheetIds: string[] }): Promise<PostbackClient> {
+  const { authorization } = await newKeyHeader(app, scope)
+  return createClient({ baseUrl, apiKey: authorization.slice('Bearer '.length) })
 }

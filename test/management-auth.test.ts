@@ -1,10 +1,12 @@
 // Who may see what: 401 without a usable key, 403 (or 404 for a conversion by id) outside a key's
 // sheets, and no route or filter that shows another sheet's rows, counts or diagnostics.
+// Scoping goes through the typed client against a listening server; malformed credentials through fetch.
 import { Writable } from 'node:stream'
 import t from 'tap'
+import { createClient } from 'postback-store/client'
 import { buildApp } from '../src/app.ts'
 import { createApiKey, revokeApiKey } from '../src/api-keys.ts'
-import { deliverAll, newKeyHeader, newSheet, receiverUrl, testConfig } from './helpers.ts'
+import { deliverAll, listen, newKeyHeader, newSheet, receiverUrl, testConfig } from './helpers.ts'
 
 const logLines: string[] = []
 const app = await buildApp(testConfig(t), {
@@ -21,7 +23,11 @@ const app = await buildApp(testConfig(t), {
 t.teardown(() => app.close())
 await app.ready()
 
-const get = (url: string, headers: Record<string, string> = {}) => app.inject({ method: 'GET', url: `/api/v1/postback${url}`, headers })
+const baseUrl = await listen(app)
+const get = async (url: string, headers: Record<string, string> = {}) => {
+  const response = await fetch(`${baseUrl}/api/v1/postback${url}`, { headers })
+  return { statusCode: response.status, json: (await response.json()) as { error: string; data: Array<{ sheet_id: string }> } }
+}
 
 const [sheetA, sheetB] = [await newSheet(app), await newSheet(app, 'EUR')]
 const [idA] = await deliverAll(app, [{ sheet_id: sheetA, transaction_id: 'a1', payout: '1.00', campaign_id: 'c' }])
@@ -29,6 +35,7 @@ const [idB] = await deliverAll(app, [{ sheet_id: sheetB, transaction_id: 'b1', p
 await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheetA, transaction_id: '{x}' }) })
 await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheetB, transaction_id: '{x}' }) })
 const keyA = await newKeyHeader(app, { sheetIds: [sheetA] })
+const clientA = createClient({ baseUrl, apiKey: keyA.authorization.slice('Bearer '.length) })
 
 t.test('no key, a malformed header, an unknown key, a revoked key: 401', async (t) => {
   const revoked = await createApiKey(app.prisma, { sheetIds: [sheetA] })
@@ -45,7 +52,7 @@ t.test('no key, a malformed header, an unknown key, a revoked key: 401', async (
     for (const url of ['/conversions', `/conversions/${idA}`, '/summary?group_by=campaign', '/rejections', `/sheets/${sheetA}/status`, `/sheets/${sheetA}/receiver-url?tracker=generic`, '/admin/sheets']) {
       const response = await get(url, headers)
       t.equal(response.statusCode, 401, `${name}: ${url}`)
-      t.equal(response.json().error, 'unauthorized')
+      t.equal(response.json.error, 'unauthorized')
     }
   }
 })
@@ -56,45 +63,45 @@ t.test('the receiver stays public', async (t) => {
 })
 
 t.test("a key for sheet A never sees sheet B's rows, counts or diagnostics", async (t) => {
-  const list = await get('/conversions', keyA)
-  t.equal(list.statusCode, 200)
-  t.ok(list.json().data.length > 0)
-  t.ok(list.json().data.every((row: { sheet_id: string }) => row.sheet_id === sheetA))
+  const list = await clientA.GET('/api/v1/postback/conversions')
+  t.equal(list.response.status, 200)
+  t.ok(list.data?.data.length)
+  t.ok(list.data?.data.every((row) => row.sheet_id === sheetA))
 
-  for (const url of [
-    `/conversions?sheet_id=${sheetB}`,
-    `/summary?group_by=campaign&sheet_id=${sheetB}`,
-    `/rejections?sheet_id=${sheetB}`,
-    `/sheets/${sheetB}/status`,
-    `/sheets/${sheetB}/receiver-url?tracker=keitaro`,
-  ]) {
-    const response = await get(url, keyA)
-    t.same([response.statusCode, response.json().error], [403, 'forbidden'], url)
+  const forbidden = [
+    await clientA.GET('/api/v1/postback/conversions', { params: { query: { sheet_id: sheetB } } }),
+    await clientA.GET('/api/v1/postback/summary', { params: { query: { group_by: 'campaign', sheet_id: sheetB } } }),
+    await clientA.GET('/api/v1/postback/rejections', { params: { query: { sheet_id: sheetB } } }),
+    await clientA.GET('/api/v1/postback/sheets/{sheet_id}/status', { params: { path: { sheet_id: sheetB } } }),
+    await clientA.GET('/api/v1/postback/sheets/{sheet_id}/receiver-url', { params: { path: { sheet_id: sheetB }, query: { tracker: 'keitaro' } } }),
+  ]
+  for (const response of forbidden) {
+    t.same([response.response.status, response.error?.error], [403, 'forbidden'], response.response.url)
   }
-  const other = await get(`/conversions/${idB}`, keyA)
-  t.same([other.statusCode, other.json().error], [404, 'not_found'], "another sheet's conversion is not found")
-  const own = await get(`/conversions/${idA}`, keyA)
-  t.equal(own.json().sheet_id, sheetA)
+  const other = await clientA.GET('/api/v1/postback/conversions/{id}', { params: { path: { id: idB! } } })
+  t.same([other.response.status, other.error?.error], [404, 'not_found'], "another sheet's conversion is not found")
+  const own = await clientA.GET('/api/v1/postback/conversions/{id}', { params: { path: { id: idA! } } })
+  t.equal(own.data?.sheet_id, sheetA)
 
-  const byTransaction = await get('/conversions?transaction_id=b1', keyA)
-  t.same(byTransaction.json().data, [], 'a filter on a value of sheet B finds nothing')
-  const summary = await get('/summary?group_by=campaign&campaign_id=c', keyA)
-  t.same(summary.json().data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '1.00' }], 'summary counts sheet A only')
-  const rejections = await get('/rejections', keyA)
-  t.ok(rejections.json().data.length > 0)
-  t.ok(rejections.json().data.every((row: { sheet_id: string }) => row.sheet_id === sheetA))
+  const byTransaction = await clientA.GET('/api/v1/postback/conversions', { params: { query: { transaction_id: 'b1' } } })
+  t.same(byTransaction.data?.data, [], 'a filter on a value of sheet B finds nothing')
+  const summary = await clientA.GET('/api/v1/postback/summary', { params: { query: { group_by: 'campaign', campaign_id: 'c' } } })
+  t.same(summary.data?.data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '1.00' }], 'summary counts sheet A only')
+  const rejections = await clientA.GET('/api/v1/postback/rejections')
+  t.ok(rejections.data?.data.length)
+  t.ok(rejections.data?.data.every((row) => row.sheet_id === sheetA))
 })
 
 t.test('a key for two sheets sees both; a global key sees all; admin routes need a global key', async (t) => {
   const both = await newKeyHeader(app, { sheetIds: [sheetA, sheetB] })
   const list = await get('/conversions', both)
-  t.same(new Set(list.json().data.map((row: { sheet_id: string }) => row.sheet_id)), new Set([sheetA, sheetB]))
+  t.same(new Set(list.json.data.map((row: { sheet_id: string }) => row.sheet_id)), new Set([sheetA, sheetB]))
   const global = await newKeyHeader(app, { global: true })
   t.equal((await get(`/conversions/${idB}`, global)).statusCode, 200)
   t.equal((await get('/admin/sheets', global)).statusCode, 200)
   for (const headers of [keyA, both]) {
     const response = await get('/admin/keys', headers)
-    t.same([response.statusCode, response.json().error], [403, 'forbidden'])
+    t.same([response.statusCode, response.json.error], [403, 'forbidden'])
     const post = await app.inject({ method: 'POST', url: '/api/v1/postback/admin/sheets', headers, payload: { sheet_id: 'x' } })
     t.equal(post.statusCode, 403)
   }

@@ -5,7 +5,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
+import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
+import { createSheet } from '../src/sheets.ts'
 import { openDatabase, type Database } from '../src/database.ts'
 import { migrate, MIGRATIONS_DIR, readMigrations, type Migration } from '../src/migrations.ts'
 import { onPostgres, uniqueId } from './helpers.ts'
@@ -91,4 +93,28 @@ if (onPostgres) t.test('runners started together apply each migration once', asy
   const migrations = [{ name: '29990103000000_counter', sql: 'CREATE TABLE counter_once (id int);', checksum: 'z' }]
   const results = await Promise.all([1, 2, 3].map(() => run([...readMigrations(), ...migrations])))
   t.equal(results.filter((result) => result.applied.includes('29990103000000_counter')).length, 1)
+})
+
+// PostgreSQL only: a database whose own time zone is not UTC still stores and reads true instants.
+if (onPostgres) t.test('timestamps are right when the database time zone is not UTC', async (t) => {
+  const name = uniqueId('tz').replace('-', '_')
+  const admin = new pg.Client({ connectionString: process.env.DATABASE_URL })
+  await admin.connect()
+  await admin.query(`CREATE DATABASE ${name}`)
+  await admin.query(`ALTER DATABASE ${name} SET timezone = 'America/New_York'`)
+  const url = new URL(process.env.DATABASE_URL!)
+  url.pathname = `/${name}`
+  const app = await buildApp(loadConfig({ DATABASE_URL: url.toString(), LOG_LEVEL: 'silent' }))
+  t.teardown(async () => {
+    await app.close()
+    await admin.query(`DROP DATABASE ${name}`)
+    await admin.end()
+  })
+  const sheet = await createSheet(app.prisma, { sheetId: 'tz-sheet' })
+  const before = Date.now()
+  const response = await app.inject({ method: 'GET', url: `/meta/postback/conversion?sheet_id=${sheet.sheet_id}&transaction_id=t` })
+  t.equal(response.statusCode, 200)
+  const [row] = await app.prisma.conversion.findMany({ where: { sheetId: sheet.sheet_id } })
+  t.ok(Math.abs(row!.receivedAt.getTime() - before) < 60_000, `received_at ${row!.receivedAt.toISOString()} is now`)
+  t.ok(Math.abs(Date.parse(sheet.created_at) - before) < 60_000, `created_at ${sheet.created_at} is now`)
 })

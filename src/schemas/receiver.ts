@@ -49,6 +49,8 @@ export const receiverRouteSchema = {
     'repeats are acknowledged as duplicates. Safe to retry.',
   tags: ['receiver'],
   operationId: 'receivePostback',
+  // Public: declares no security requirement.
+  security: [],
   querystring: DeliveryQuery,
   response: {
     200: DeliveryAccepted,

@@ -1,0 +1,67 @@
+// One source of truth: openapi.yaml and the client's types are what the code generates, the
+// document lints clean, and it describes every route the app serves.
+import { execFile } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { promisify } from 'node:util'
+import t from 'tap'
+import { parse } from 'yaml'
+import { buildApp } from '../src/app.ts'
+import { loadConfig } from '../src/config.ts'
+import { generateOpenApi, OPENAPI_FILE } from '../src/openapi.ts'
+import { ROOT } from './processes.ts'
+
+const run = promisify(execFile)
+const generated = await generateOpenApi()
+
+t.test('openapi.yaml is the document the code generates (run `npm run openapi` after a route change)', async (t) => {
+  t.equal(readFileSync(OPENAPI_FILE, 'utf8'), generated)
+})
+
+t.test('the typed client was generated from this openapi.yaml', async (t) => {
+  const { stdout } = await run(process.execPath, [`${ROOT}/node_modules/openapi-typescript/bin/cli.js`, 'openapi.yaml'], { cwd: ROOT })
+  t.equal(readFileSync(`${ROOT}/src/client/schema.ts`, 'utf8'), stdout)
+})
+
+t.test('redocly lint (recommended rules) reports no errors', async (t) => {
+  const { stdout, stderr } = await run(process.execPath, [`${ROOT}/node_modules/@redocly/cli/bin/cli.js`, 'lint', '--format=json', 'openapi.yaml'], {
+    cwd: ROOT,
+    env: { ...process.env, REDOCLY_TELEMETRY: 'off', REDOCLY_SUPPRESS_UPDATE_NOTICE: 'true' },
+  }).catch((error: { stdout: string; stderr: string }) => error)
+  const report = JSON.parse(stdout) as { totals: { errors: number; warnings: number }; problems: Array<{ ruleId: string; message: string }> }
+  t.equal(report.totals.errors, 0, report.problems.map((p) => `${p.ruleId}: ${p.message}`).join('\n') || stderr)
+  t.comment(`redocly: ${report.totals.errors} errors, ${report.totals.warnings} warnings`)
+})
+
+t.test('every route the app serves is documented, with an operationId, summary, tags and described parameters', async (t) => {
+  const document = parse(generated) as {
+    paths: Record<string, Record<string, { operationId?: string; summary?: string; tags?: string[]; security?: unknown[]; parameters?: Array<{ name: string; description?: string }>; responses: Record<string, unknown> }>>
+  }
+  const app = await buildApp(loadConfig({ LOG_LEVEL: 'silent' }), { storage: false })
+  const routes: Array<[string, string]> = []
+  app.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) routes.push([method.toLowerCase(), route.url])
+  })
+  await app.ready()
+  await app.close()
+  const undocumented = routes
+    .filter(([method, url]) => method !== 'head' && !url.startsWith('/docs'))
+    .map(([method, url]) => [method, url.replace(/:(\w+)/g, '{$1}')] as const)
+    .filter(([method, url]) => !document.paths[url]?.[method])
+  t.same(undocumented, [], 'no route missing from the document')
+
+  for (const [path, operations] of Object.entries(document.paths)) {
+    for (const [method, operation] of Object.entries(operations)) {
+      const name = `${method.toUpperCase()} ${path}`
+      t.ok(operation.operationId && operation.summary && operation.tags?.length, `${name}: operationId, summary, tags`)
+      for (const parameter of operation.parameters ?? []) t.ok(parameter.description, `${name}: parameter ${parameter.name} is described`)
+      const codes = Object.keys(operation.responses)
+      if (path.startsWith('/api/')) {
+        t.same(operation.security, [{ bearerAuth: [] }], `${name}: bearer security`)
+        for (const code of ['400', '401', '403', '503']) t.ok(codes.includes(code), `${name}: documents ${code}`)
+      } else {
+        t.same(operation.security, [], `${name}: no security`)
+        for (const code of ['200', '400', '404', '503']) t.ok(codes.includes(code), `${name}: documents ${code}`)
+      }
+    }
+  }
+})
