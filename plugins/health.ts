@@ -1,10 +1,14 @@
-// Liveness and readiness for load balancers and orchestrators; kept out of the API document.
+// Liveness and readiness for load balancers and orchestrators. Operations routes, not API: keep them
+// out of the OpenAPI document (`schema.hide`) once swagger is added. Probed every few seconds, so their
+// request lines stay out of the info-level log (a failing readiness check still logs a warning).
 import type { FastifyInstance } from 'fastify'
+import { probeLogLevel } from '../src/logging.ts'
 
 export default async function health(app: FastifyInstance) {
-  app.get('/livez', async () => ({ status: 'ok' }))
+  const logLevel = probeLogLevel(app.log.level)
+  app.get('/livez', { logLevel }, async () => ({ status: 'ok' }))
 
-  app.get('/readyz', async (request, reply) => {
+  app.get('/readyz', { logLevel }, async (request, reply) => {
     try {
       await app.prisma.$queryRaw`SELECT 1`
       return { status: 'ready' }

@@ -28,12 +28,13 @@ export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   const { conversionWriter: writer, rejectionLog } = app
 
-  // Rejections of a delivery that names a sheet are logged for that sheet's diagnostics.
+  // Every rejection gets one log line; those of a delivery that names a sheet are also kept for
+  // that sheet's diagnostics.
   app.addHook('onError', async (request, _reply, error) => {
     if (!(error instanceof AppError) || error.statusCode >= 500) return
+    request.log.info({ reason: error.code, parameter: error.parameter }, 'postback rejected')
     const sheetId = (request.query as ParsedQuery | undefined)?.sheet_id
     if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return
-    request.log.info({ reason: error.code, parameter: error.parameter }, 'postback rejected')
     rejectionLog.record({
       sheetId,
       reason: error.code,

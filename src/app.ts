@@ -13,8 +13,10 @@ import healthPlugin from '../plugins/health.ts'
 import ingestPlugin from '../plugins/ingest.ts'
 import prismaPlugin from '../plugins/prisma.ts'
 import receiverPlugin from '../plugins/receiver.ts'
+import requestIdPlugin from '../plugins/request-id.ts'
 import type { Config } from './config.ts'
 import { AppError, UnavailableError } from './errors.ts'
+import { loggingOptions, REQUEST_ID_HEADER } from './logging.ts'
 import { parseQueryString } from './query-string.ts'
 import { isUnavailableError } from './storage-errors.ts'
 import { sharedSchemas, type ErrorBody } from './schemas/common.ts'
@@ -31,11 +33,12 @@ export interface BuildOptions {
 
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: options.logger ?? { level: config.LOG_LEVEL },
+    ...loggingOptions(config.LOG_LEVEL, options.logger),
     routerOptions: { querystringParser: parseQueryString, maxParamLength: 200 },
     bodyLimit: 64 * 1024,
     // Errors raised before routing (a malformed URL path) get the same JSON error body.
-    frameworkErrors: (error, _request, reply: FastifyReply) => {
+    frameworkErrors: (error, request, reply: FastifyReply) => {
+      reply.header(REQUEST_ID_HEADER, request.id)
       reply.code(400).send({ error: 'bad_request', message: error.message })
     },
   }).withTypeProvider<TypeBoxTypeProvider>()
@@ -54,6 +57,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     reply.code(404).send({ error: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` })
   })
 
+  await app.register(requestIdPlugin)
   await app.register(prismaPlugin)
   await app.register(ingestPlugin)
   await app.register(healthPlugin)
