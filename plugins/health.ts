@@ -13,6 +13,7 @@ export default async function health(app: FastifyInstance) {
       await app.prisma.$queryRaw`SELECT 1`
       return { status: 'ready' }
     } catch (error) {
+      app.metrics.databaseErrors.inc({ operation: 'readiness' })
       request.log.warn({ err: error }, 'readiness check failed')
       reply.header('retry-after', String(app.config.RETRY_AFTER_SECONDS))
       return reply.code(503).send({ error: 'storage_unavailable', message: 'the database does not answer' })

@@ -11,6 +11,7 @@ import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import healthPlugin from '../plugins/health.ts'
 import ingestPlugin from '../plugins/ingest.ts'
+import metricsPlugin from '../plugins/metrics.ts'
 import prismaPlugin from '../plugins/prisma.ts'
 import receiverPlugin from '../plugins/receiver.ts'
 import requestIdPlugin from '../plugins/request-id.ts'
@@ -58,6 +59,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   })
 
   await app.register(requestIdPlugin)
+  await app.register(metricsPlugin)
   await app.register(prismaPlugin)
   await app.register(ingestPlugin)
   await app.register(healthPlugin)

@@ -104,9 +104,9 @@ t.test('one info line per rejected postback, with its reason, also when no sheet
   }
 })
 
-t.test('health checks are not logged at info', async (t) => {
+t.test('health checks and scrapes are not logged at info', async (t) => {
   const before = raw.length
-  for (const url of ['/livez', '/readyz']) {
+  for (const url of ['/livez', '/readyz', '/metrics']) {
     const response = await app.inject({ method: 'GET', url })
     t.equal(response.statusCode, 200, url)
     t.match(response.headers['x-request-id'], UUID, `${url} still answers with its id`)
