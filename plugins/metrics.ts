@@ -82,7 +82,8 @@ export default fp(
       if (!(error instanceof AppError) && isUnavailableError(error)) metrics.databaseErrors.inc({ operation: 'request' })
     })
 
-    // Scraped every few seconds: its request lines are left out of the info-level log.
+    // Scraped every few seconds: its request lines are left out of the info-level log. An operations
+    // route, not API: keep it out of the OpenAPI document (`schema.hide`) once swagger is added.
     app.get('/metrics', { logLevel: probeLogLevel(app.log.level) }, async (_request, reply) => {
       reply.type(registry.contentType)
       return registry.metrics()
