@@ -1,6 +1,7 @@
 // The write side of the receiver, shared as `app.conversionWriter` (group commit) and
 // `app.deliveryLog` (diagnostics), so that health, metrics and tests can see queue depth and
-// drain them. On close it answers what is queued before the store closes (it closes first,
+// drain them; batch sizes and write failures are counted in `app.metrics`. On close it answers
+// what is queued before the store closes (it closes first,
 // having been registered after the prisma plugin).
 import fp from 'fastify-plugin'
 import { ConversionWriter } from '../src/conversion-writer.ts'
@@ -15,7 +16,7 @@ declare module 'fastify' {
 
 export default fp(
   async function ingestPlugin(app) {
-    const { config, prisma } = app
+    const { config, metrics, prisma } = app
     const writer = new ConversionWriter({
       prisma,
       batchMax: config.RECEIVER_BATCH_MAX,
@@ -24,13 +25,19 @@ export default fp(
       concurrency: app.db.kind === 'pglite' ? 1 : Math.max(1, Math.floor(config.DB_POOL_MAX / 2)),
       retryAfterSeconds: config.RETRY_AFTER_SECONDS,
       onBatch: (size, error) => {
-        if (error) app.log.error({ err: error, size }, 'conversion batch failed')
+        metrics.batchSize.observe(size)
+        if (!error) return
+        metrics.databaseErrors.inc({ operation: 'conversion_batch' })
+        app.log.error({ err: error, size }, 'conversion batch failed')
       },
     })
     const deliveryLog = new DeliveryLog({
       prisma,
       maxPerSheet: config.REJECTION_LOG_MAX_PER_SHEET,
-      onError: (error) => app.log.warn({ err: error }, 'could not record delivery diagnostics'),
+      onError: (error) => {
+        metrics.databaseErrors.inc({ operation: 'delivery_log' })
+        app.log.warn({ err: error }, 'could not record delivery diagnostics')
+      },
     })
     app.decorate('conversionWriter', writer)
     app.decorate('deliveryLog', deliveryLog)
@@ -39,5 +46,5 @@ export default fp(
       await deliveryLog.flush()
     })
   },
-  { name: 'ingest', dependencies: ['prisma'] },
+  { name: 'ingest', dependencies: ['prisma', 'metrics'] },
 )

@@ -15,7 +15,10 @@ declare module 'fastify' {
 export default fp(
   async function prismaPlugin(app) {
     const db = await openDatabase(app.config, {
-      onPoolError: (error) => app.log.warn({ err: error }, 'idle database connection failed'),
+      onPoolError: (error) => {
+        app.metrics.databaseErrors.inc({ operation: 'pool' })
+        app.log.warn({ err: error }, 'idle database connection failed')
+      },
     })
     app.addHook('onClose', () => db.close())
     if (app.config.MIGRATE_ON_START) {
@@ -26,5 +29,5 @@ export default fp(
     app.decorate('prisma', db.prisma)
     app.log.info({ store: db.kind, location: db.location }, 'store open')
   },
-  { name: 'prisma', dependencies: ['config'] },
+  { name: 'prisma', dependencies: ['config', 'metrics'] },
 )

@@ -26,12 +26,14 @@ function rawQuery(request: FastifyRequest): string {
 
 export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  // Rejections of a delivery that names a sheet are logged for that sheet's diagnostics.
+  // Every rejection is counted and gets one log line; those of a delivery that names a sheet are
+  // also kept for that sheet's diagnostics.
   app.addHook('onError', async (request, _reply, error) => {
+    app.metrics.postbacks.inc({ outcome: 'rejected', reason: error instanceof AppError ? error.code : 'internal_error' })
     if (!(error instanceof AppError) || error.statusCode >= 500) return
+    request.log.info({ reason: error.code, parameter: error.parameter }, 'postback rejected')
     const sheetId = (request.query as ParsedQuery | undefined)?.sheet_id
     if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return
-    request.log.info({ reason: error.code, parameter: error.parameter }, 'postback rejected')
     app.deliveryLog.recordRejection({
       sheetId,
       reason: error.code,
@@ -47,6 +49,7 @@ export default async function receiver(fastify: FastifyInstance) {
     { schema: receiverRouteSchema, validatorCompiler: () => validateDelivery, exposeHeadRoute: false },
     async (request) => {
       const result = await app.conversionWriter.write(request.query)
+      app.metrics.postbacks.inc({ outcome: result.status })
       if (result.status === 'duplicate') app.deliveryLog.recordDuplicate(request.query.sheet_id)
       return { status: result.status, conversion_id: result.conversionId }
     },

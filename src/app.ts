@@ -12,12 +12,15 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import authPlugin from '../plugins/auth.ts'
 import healthPlugin from '../plugins/health.ts'
 import ingestPlugin from '../plugins/ingest.ts'
+import metricsPlugin from '../plugins/metrics.ts'
 import prismaPlugin from '../plugins/prisma.ts'
 import managementPlugin from '../plugins/management/index.ts'
 import receiverPlugin from '../plugins/receiver.ts'
+import requestIdPlugin from '../plugins/request-id.ts'
 import swaggerPlugin from '../plugins/swagger.ts'
 import type { Config } from './config.ts'
 import { AppError, UnavailableError } from './errors.ts'
+import { loggingOptions, REQUEST_ID_HEADER } from './logging.ts'
 import { parseQueryString } from './query-string.ts'
 import { isDataError, isUnavailableError } from './storage-errors.ts'
 import type { ErrorBody } from './schemas/common.ts'
@@ -37,14 +40,15 @@ export interface BuildOptions {
 
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
   const app = Fastify({
-    logger: options.logger ?? { level: config.LOG_LEVEL },
+    ...loggingOptions(config.LOG_LEVEL, options.logger),
     routerOptions: { querystringParser: parseQueryString, maxParamLength: 200 },
     bodyLimit: 64 * 1024,
     // Unknown query parameters of the management API are refused rather than silently dropped, so a
     // misspelt filter cannot return every row. (The receiver validates with its own rules.)
     ajv: { customOptions: { removeAdditional: false } },
     // Errors raised before routing (a malformed URL path) get the same JSON error body.
-    frameworkErrors: (error, _request, reply: FastifyReply) => {
+    frameworkErrors: (error, request, reply: FastifyReply) => {
+      reply.header(REQUEST_ID_HEADER, request.id)
       reply.code(400).send({ error: 'bad_request', message: error.message })
     },
   }).withTypeProvider<TypeBoxTypeProvider>()
@@ -64,6 +68,8 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   })
 
   await app.register(swaggerPlugin)
+  await app.register(requestIdPlugin)
+  await app.register(metricsPlugin)
   if (options.storage !== false) {
     await app.register(prismaPlugin)
     await app.register(ingestPlugin)
