@@ -9,7 +9,7 @@ import { probeLogLevel } from '../src/logging.ts'
 import { isUnavailableError } from '../src/storage-errors.ts'
 
 /** Where a database error happened: a request (a read), a receiver batch, the rejection log, the readiness check, an idle pooled connection. */
-export type DatabaseOperation = 'request' | 'conversion_batch' | 'rejection_log' | 'readiness' | 'pool'
+export type DatabaseOperation = 'request' | 'conversion_batch' | 'delivery_log' | 'readiness' | 'pool'
 
 export interface Metrics {
   registry: Registry
@@ -18,6 +18,10 @@ export interface Metrics {
   /** Deliveries per group-commit statement. */
   batchSize: Histogram
   databaseErrors: Counter<'operation'>
+  /** Requests answered 429, by the limit they hit. */
+  rateLimited: Counter<'limit'>
+  /** Rate-limit checks that could not reach the shared store (Redis) and let the request through. */
+  rateLimitStoreErrors: Counter
 }
 
 declare module 'fastify' {
@@ -55,8 +59,19 @@ export default fp(
       }),
       databaseErrors: new Counter({
         name: 'postback_database_errors_total',
-        help: 'Database errors by operation: request, conversion_batch, rejection_log, readiness, pool',
+        help: 'Database errors by operation: request, conversion_batch, delivery_log, readiness, pool',
         labelNames: ['operation'],
+        registers,
+      }),
+      rateLimited: new Counter({
+        name: 'postback_rate_limited_total',
+        help: 'Requests answered 429, by limit: receiver_address, receiver_sheet, management_key',
+        labelNames: ['limit'],
+        registers,
+      }),
+      rateLimitStoreErrors: new Counter({
+        name: 'postback_rate_limit_store_errors_total',
+        help: 'Rate-limit checks that could not reach Redis; the request was let through',
         registers,
       }),
     }

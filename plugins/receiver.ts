@@ -26,6 +26,13 @@ function rawQuery(request: FastifyRequest): string {
 
 export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  const floodLimit = app.limiter({ name: 'receiver_address', max: app.config.RECEIVER_FLOOD_LIMIT, key: (request) => request.ip })
+  const sheetLimit = app.limiter({
+    name: 'receiver_sheet',
+    max: app.config.RECEIVER_RATE_LIMIT,
+    key: (request) => `${String((request.query as ParsedQuery).sheet_id ?? '')}|${request.ip}`,
+  })
+
   // Every rejection is counted and gets one log line; those of a delivery that names a sheet are
   // also kept for that sheet's diagnostics.
   app.addHook('onError', async (request, _reply, error) => {
@@ -45,8 +52,15 @@ export default async function receiver(fastify: FastifyInstance) {
 
   app.get(
     '/meta/postback/conversion',
-    // No automatic HEAD route: a link checker's HEAD must not store a conversion.
-    { schema: receiverRouteSchema, validatorCompiler: () => validateDelivery, exposeHeadRoute: false },
+    {
+      schema: receiverRouteSchema,
+      validatorCompiler: () => validateDelivery,
+      // No automatic HEAD route: a link checker's HEAD must not store a conversion.
+      exposeHeadRoute: false,
+      // A network sends from few addresses: the main limit is per sheet and address, so one busy
+      // account cannot throttle a network's others; a coarse per-address limit stops floods.
+      onRequest: [floodLimit, sheetLimit],
+    },
     async (request) => {
       const result = await app.conversionWriter.write(request.query)
       app.metrics.postbacks.inc({ outcome: result.status })

@@ -15,6 +15,7 @@ import ingestPlugin from '../plugins/ingest.ts'
 import metricsPlugin from '../plugins/metrics.ts'
 import prismaPlugin from '../plugins/prisma.ts'
 import managementPlugin from '../plugins/management/index.ts'
+import rateLimitPlugin from '../plugins/rate-limit.ts'
 import receiverPlugin from '../plugins/receiver.ts'
 import requestIdPlugin from '../plugins/request-id.ts'
 import swaggerPlugin from '../plugins/swagger.ts'
@@ -43,6 +44,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     ...loggingOptions(config.LOG_LEVEL, options.logger),
     routerOptions: { querystringParser: parseQueryString, maxParamLength: 200 },
     bodyLimit: 64 * 1024,
+    // Client addresses (rate limits, the rejection log) come from X-Forwarded-For only when the
+    // connection is from a configured proxy; never from a header a client can write itself.
+    trustProxy: config.TRUST_PROXY ? config.TRUST_PROXY.split(',') : false,
     // Unknown query parameters of the management API are refused rather than silently dropped, so a
     // misspelt filter cannot return every row. (The receiver validates with its own rules.)
     ajv: { customOptions: { removeAdditional: false } },
@@ -75,6 +79,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     await app.register(ingestPlugin)
     await app.register(healthPlugin)
   }
+  await app.register(rateLimitPlugin)
   await app.register(authPlugin)
   await app.register(receiverPlugin)
   await app.register(managementPlugin, { prefix: '/api/v1/postback' })

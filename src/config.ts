@@ -36,6 +36,22 @@ export const ConfigSchema = Type.Object({
       description: 'Public base URL of the receiver, for the receiver URL builder; default http://HOST:PORT',
     }),
   ),
+  RECEIVER_RATE_LIMIT: Count(6000, 1, 100_000_000, 'Receiver requests per minute per sheet and client address'),
+  RECEIVER_FLOOD_LIMIT: Count(60_000, 1, 100_000_000, 'Receiver requests per minute per client address, all sheets together'),
+  MANAGEMENT_RATE_LIMIT: Count(600, 1, 100_000_000, 'Management API requests per minute per API key'),
+  REDIS_URL: Type.Optional(
+    Type.String({
+      pattern: '^rediss?://',
+      description: 'Redis URL: rate-limit counters shared by every instance; unset: counted per instance',
+    }),
+  ),
+  REDIS_KEY_PREFIX: Type.String({ minLength: 1, default: 'postback-store:rate-limit:', description: 'Prefix of the Redis keys' }),
+  TRUST_PROXY: Type.Optional(
+    Type.String({
+      pattern: '^[0-9A-Fa-f.:/]+(,[0-9A-Fa-f.:/]+)*$',
+      description: 'Comma-separated addresses or CIDRs of trusted proxies (load balancers) whose X-Forwarded-For is believed',
+    }),
+  ),
   REJECTION_LOG_MAX_PER_SHEET: Count(1000, 1, 1_000_000, 'Rejected deliveries kept per sheet'),
 })
 
@@ -81,6 +97,6 @@ function allowed(schema: TSchema | undefined): string {
   if (schema.type === 'integer') return `a whole number from ${schema.minimum} to ${schema.maximum}`
   if (schema.type === 'boolean') return 'true or false'
   if (schema.anyOf) return `one of ${schema.anyOf.map((s: TSchema) => s.const).join(', ')}`
-  if (schema.pattern) return `a URL matching ${schema.pattern} (${schema.description})`
+  if (schema.pattern) return `${schema.description}, matching ${schema.pattern}`
   return 'a non-empty string'
 }

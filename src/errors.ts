@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'forbidden'
   | 'not_found'
   | 'bad_request'
+  | 'rate_limited'
   | 'storage_unavailable'
   | 'overloaded'
   | 'internal_error'

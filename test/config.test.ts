@@ -22,7 +22,7 @@ t.test('a bad value names the variable and what is allowed', async (t) => {
     [{ PORT: 'abc' }, /^PORT="abc" is not allowed: a whole number from 0 to 65535/],
     [{ PORT: '70000' }, /^PORT="70000" is not allowed: a whole number from 0 to 65535/],
     [{ LOG_LEVEL: 'loud' }, /^LOG_LEVEL="loud" is not allowed: one of fatal, error, warn, info/],
-    [{ DATABASE_URL: 'mysql://x' }, /^DATABASE_URL="mysql:\/\/x" is not allowed: a URL matching \^postgres/],
+    [{ DATABASE_URL: 'mysql://x' }, /^DATABASE_URL="mysql:\/\/x" is not allowed: PostgreSQL connection URL.*matching \^postgres/],
     [{ MIGRATE_ON_START: 'maybe' }, /^MIGRATE_ON_START="maybe" is not allowed: true or false/],
     [{ RECEIVER_QUEUE_MAX: '0' }, /^RECEIVER_QUEUE_MAX="0" is not allowed: a whole number from 1 to/],
   ]

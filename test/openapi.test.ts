@@ -57,10 +57,10 @@ t.test('every route the app serves is documented, with an operationId, summary, 
       const codes = Object.keys(operation.responses)
       if (path.startsWith('/api/')) {
         t.same(operation.security, [{ bearerAuth: [] }], `${name}: bearer security`)
-        for (const code of ['400', '401', '403', '503']) t.ok(codes.includes(code), `${name}: documents ${code}`)
+        for (const code of ['400', '401', '403', '429', '503']) t.ok(codes.includes(code), `${name}: documents ${code}`)
       } else {
         t.same(operation.security, [], `${name}: no security`)
-        for (const code of ['200', '400', '404', '503']) t.ok(codes.includes(code), `${name}: documents ${code}`)
+        for (const code of ['200', '400', '404', '429', '503']) t.ok(codes.includes(code), `${name}: documents ${code}`)
       }
     }
   }

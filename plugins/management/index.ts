@@ -22,6 +22,8 @@ function refuseNul(request: FastifyRequest): void {
 
 export default async function management(app: FastifyInstance) {
   app.addHook('onRequest', app.auth([app.verifyApiKey]))
+  // After authentication: the limit is per API key.
+  app.addHook('onRequest', app.limiter({ name: 'management_key', max: app.config.MANAGEMENT_RATE_LIMIT, key: (request) => request.principal?.keyId ?? request.ip }))
   app.addHook('preValidation', async (request) => refuseNul(request))
   await app.register(conversionRoutes)
   await app.register(diagnosticRoutes)

@@ -435,6 +435,15 @@ export interface operations {
                 };
             };
             /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -514,6 +523,15 @@ export interface operations {
                 };
             };
             /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -574,6 +592,15 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -664,6 +691,15 @@ export interface operations {
                 };
             };
             /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -723,6 +759,15 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -791,6 +836,15 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -870,6 +924,15 @@ export interface operations {
                 };
             };
             /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -918,6 +981,15 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1010,6 +1082,15 @@ export interface operations {
                 };
             };
             /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1078,6 +1159,15 @@ export interface operations {
                 };
             };
             /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1126,6 +1216,15 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1209,6 +1308,15 @@ export interface operations {
                 };
             };
             /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
             503: {
                 headers: {
                     [name: string]: unknown;
@@ -1269,6 +1377,15 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

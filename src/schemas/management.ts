@@ -221,6 +221,7 @@ export const authResponses = {
   400: ErrorRef,
   401: ErrorRef,
   403: ErrorRef,
+  429: ErrorRef,
   503: ErrorRef,
 }
 

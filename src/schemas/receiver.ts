@@ -56,6 +56,7 @@ export const receiverRouteSchema = {
     200: DeliveryAccepted,
     400: ErrorRef,
     404: ErrorRef,
+    429: ErrorRef,
     503: ErrorRef,
   },
 }

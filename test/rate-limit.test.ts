@@ -1,0 +1,89 @@
+// Rate limits: per sheet and client address plus a per-address flood limit on the receiver, per API
+// key on the management API; 429 with Retry-After and the shared error body; client addresses from
+// X-Forwarded-For only through a trusted proxy; Redis-shared counters, and no refusals when Redis fails.
+import { randomBytes } from 'node:crypto'
+import t from 'tap'
+import { createSheet } from '../src/sheets.ts'
+import { newKeyHeader, newSheet, receiverUrl, testApp } from './helpers.ts'
+
+const REDIS_URL = 'redis://127.0.0.1:6379'
+
+t.test('receiver: the limit is per sheet and client address', async (t) => {
+  const app = await testApp(t, { RECEIVER_RATE_LIMIT: '3' })
+  const [a, b] = [await newSheet(app), await newSheet(app)]
+  const send = (sheet: string, i: number, remoteAddress = '198.51.100.1') =>
+    app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `t${i}` }), remoteAddress })
+  for (let i = 0; i < 3; i++) t.equal((await send(a, i)).statusCode, 200)
+  const limited = await send(a, 3)
+  t.equal(limited.statusCode, 429)
+  t.match(limited.json(), { error: 'rate_limited', message: /3 requests per minute/ })
+  t.ok(Number(limited.headers['retry-after']) >= 1, `Retry-After ${limited.headers['retry-after']}`)
+  t.equal((await send(b, 4)).statusCode, 200, 'another sheet from the same address is not limited')
+  t.equal((await send(a, 5, '198.51.100.2')).statusCode, 200, 'the same sheet from another address is not limited')
+  const [row] = await app.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${a}`
+  t.equal(row?.n, 4, 'the limited delivery was not stored')
+})
+
+t.test('receiver: a coarse per-address flood limit over all sheets', async (t) => {
+  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '4' })
+  const sheets = await Promise.all([1, 2, 3, 4, 5].map(() => newSheet(app)))
+  const statuses = []
+  for (const sheet of sheets) statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: 'x' }), remoteAddress: '203.0.113.7' })).statusCode)
+  t.same(statuses, [200, 200, 200, 200, 429])
+})
+
+t.test('management: the limit is per API key', async (t) => {
+  const app = await testApp(t, { MANAGEMENT_RATE_LIMIT: '2' })
+  const [first, second] = [await newKeyHeader(app, { global: true }), await newKeyHeader(app, { global: true })]
+  const list = (headers: Record<string, string>) => app.inject({ method: 'GET', url: '/api/v1/postback/conversions?limit=1', headers })
+  t.same([(await list(first)).statusCode, (await list(first)).statusCode], [200, 200])
+  const limited = await list(first)
+  t.same([limited.statusCode, limited.json().error], [429, 'rate_limited'])
+  t.ok(limited.headers['retry-after'])
+  t.equal((await list(second)).statusCode, 200, 'another key has its own limit')
+})
+
+t.test('client addresses: X-Forwarded-For counts only from a trusted proxy', async (t) => {
+  for (const [trust, expectLimited] of [['', true], ['10.0.0.1', false]] as const) {
+    const app = await testApp(t, { RECEIVER_RATE_LIMIT: '1', ...(trust ? { TRUST_PROXY: trust } : {}) })
+    const sheet = await newSheet(app)
+    const statuses = []
+    for (const client of ['192.0.2.10', '192.0.2.11']) {
+      const response = await app.inject({
+        method: 'GET',
+        url: receiverUrl({ sheet_id: sheet, transaction_id: client }),
+        remoteAddress: '10.0.0.1',
+        headers: { 'x-forwarded-for': client },
+      })
+      statuses.push(response.statusCode)
+    }
+    // Untrusted: both requests are the proxy's address, so the second is limited.
+    t.same(statuses, expectLimited ? [200, 429] : [200, 200], `TRUST_PROXY=${trust || '(unset)'}`)
+  }
+})
+
+t.test('with REDIS_URL, two instances share one limit', async (t) => {
+  const prefix = `postback-test:${randomBytes(6).toString('hex')}:`
+  const settings = { REDIS_URL, REDIS_KEY_PREFIX: prefix, RECEIVER_RATE_LIMIT: '4' }
+  const instances = [await testApp(t, settings), await testApp(t, settings)]
+  // On PGlite each instance has its own store: the sheet is created in both (on PostgreSQL, once).
+  const sheet = await newSheet(instances[0]!)
+  if (!instances[0]!.config.DATABASE_URL) await createSheet(instances[1]!.prisma, { sheetId: sheet })
+  const statuses = []
+  for (let i = 0; i < 6; i++) {
+    const app = instances[i % 2]!
+    statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `s${i}` }), remoteAddress: '192.0.2.99' })).statusCode)
+  }
+  t.same(statuses, [200, 200, 200, 200, 429, 429], 'the fifth request, on either instance, is over the shared limit')
+})
+
+t.test('when Redis is unreachable, requests are let through, logged and counted', async (t) => {
+  const app = await testApp(t, { REDIS_URL: 'redis://127.0.0.1:1', RECEIVER_RATE_LIMIT: '1' })
+  const sheet = await newSheet(app)
+  const statuses = []
+  for (let i = 0; i < 3; i++) statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `r${i}` }) })).statusCode)
+  t.same(statuses, [200, 200, 200], 'no request refused because the limit store is down')
+  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  const errors = Number(/^postback_rate_limit_store_errors_total (\d+)/m.exec(metrics.body)?.[1])
+  t.ok(errors >= 6, `${errors} store errors counted (two limits per request)`)
+})
