@@ -32,7 +32,11 @@ export interface DatabaseOptions {
 }
 
 export async function openDatabase(config: Config, options: DatabaseOptions = {}): Promise<Database> {
-  return config.DATABASE_URL ? openPostgres(config, config.DATABASE_URL, options) : openPGlite(config.DATA_DIR)
+  const db = config.DATABASE_URL ? openPostgres(config, config.DATABASE_URL, options) : await openPGlite(config.DATA_DIR)
+  // Closing twice (a failure path, then the app's close) closes once.
+  let closing: Promise<void> | undefined
+  const close = db.close
+  return { ...db, close: () => (closing ??= close()) }
 }
 
 function openPostgres(config: Config, url: string, options: DatabaseOptions): Database {
