@@ -42,3 +42,56 @@ export function waitForOutput(child: ChildProcess, text: string, timeoutMs = 30_
     child.on('close', () => reject(new Error(`exited before "${text}": ${seen}`)))
   })
 }
+
+/** Starts the server entry (src/server.ts) on a free port; resolves with its base URL once it listens. */
+export async function startServer(env: Record<string, string | undefined>): Promise<{ url: string; child: ReturnType<typeof start> }> {
+  const child = start(['--import=tsx', 'src/server.ts'], { LOG_LEVEL: 'info', PORT: '0', ...env })
+  const url = await new Promise<string>((resolve, reject) => {
+    let seen = ''
+    const timer = setTimeout(() => reject(new Error(`server did not listen: ${seen}`)), 60_000)
+    child.stdout!.on('data', (chunk) => {
+      seen += chunk
+      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(seen)
+      if (match) {
+        clearTimeout(timer)
+        resolve(match[1]!)
+      }
+    })
+    child.on('close', () => reject(new Error(`server exited: ${seen}`)))
+  })
+  return { url, child }
+}
+
+/**
+ * Sends deliveries from `concurrency` parallel loops until stopped; returns the transaction ids
+ * acknowledged with a 2xx and the status counts. Connection errors (a killed server) end a loop.
+ */
+export function loadGenerator(url: string, sheetId: string, concurrency: number, prefix: string) {
+  let running = true
+  const acknowledged: string[] = []
+  const statuses = new Map<number | string, number>()
+  let sequence = 0
+  const loops = Array.from({ length: concurrency }, async () => {
+    while (running) {
+      const id = `${prefix}-${sequence++}`
+      try {
+        const response = await fetch(`${url}/meta/postback/conversion?sheet_id=${sheetId}&transaction_id=${id}`, { signal: AbortSignal.timeout(10_000) })
+        await response.arrayBuffer()
+        statuses.set(response.status, (statuses.get(response.status) ?? 0) + 1)
+        if (response.ok) acknowledged.push(id)
+      } catch {
+        statuses.set('error', (statuses.get('error') ?? 0) + 1)
+        if (!running) return
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
+  })
+  return {
+    acknowledged,
+    statuses,
+    async stop() {
+      running = false
+      await Promise.all(loops)
+    },
+  }
+}
