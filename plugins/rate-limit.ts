@@ -2,7 +2,7 @@
 // once with no global hook; the receiver and the management plugins take limiters from
 // `app.limiter(...)` for their own keys. With REDIS_URL the counters live in Redis and are shared by
 // every instance; when Redis fails, requests are let through (skipOnError), logged and counted.
-import fastifyRateLimit from '@fastify/rate-limit'
+import fastifyRateLimit, { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { once } from 'node:events'
 import { setTimeout as delay } from 'node:timers/promises'
@@ -12,41 +12,51 @@ import { AppError } from '../src/errors.ts'
 
 const WINDOW_MS = 60_000
 
+/** A client address as a counter key: an IPv6 client counts by its /64, as one host usually holds one. */
+export function clientKey(request: FastifyRequest): string {
+  return normalizeIP(request.ip, 64)
+}
+
 export interface LimiterOptions {
   /** What is limited, for metrics and messages: `receiver_sheet`, `receiver_address`, `management_key`. */
   name: string
   /** Requests per minute per key. */
   max: number
-  /** The counter's key; requests of one key share the limit. */
+  /** The counter's key; requests of one key share the limit. Keep it short and not client-chosen. */
   key: (request: FastifyRequest) => string
 }
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** An onRequest hook that answers 429 with Retry-After once a key is over its limit. */
-    limiter: (options: LimiterOptions) => (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+    /** An onRequest hook that answers 429 with Retry-After once a request is over any of the limits. */
+    limiter: (limits: LimiterOptions[]) => (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   }
 }
 
 export default fp(
   async function rateLimitPlugin(app) {
     const { config, metrics } = app
+    let lastWarned = 0
+    // Throttled: a Redis outage must not flood the log.
+    function warnStoreDown(error?: unknown): void {
+      if (Date.now() - lastWarned < 10_000) return
+      lastWarned = Date.now()
+      app.log.warn({ err: error }, 'rate-limit store (Redis) unavailable; requests are let through')
+    }
     let redis: Redis | undefined
     if (config.REDIS_URL) {
-      let lastLogged = 0
       redis = new Redis(config.REDIS_URL, {
-        // Fail fast while Redis is away instead of queueing commands: a request never waits for it.
+        // Fail fast while Redis is away instead of queueing commands: a request waits for it at
+        // most commandTimeout; a silent dead socket is dropped after socketTimeout and reconnected.
         enableOfflineQueue: false,
         maxRetriesPerRequest: 0,
         connectTimeout: 1000,
         commandTimeout: 500,
+        socketTimeout: 2000,
+        keepAlive: 1000,
         lazyConnect: false,
       })
-      redis.on('error', (error) => {
-        if (Date.now() - lastLogged < 10_000) return
-        lastLogged = Date.now()
-        app.log.warn({ err: error }, 'rate-limit store (Redis) unavailable; requests are let through')
-      })
+      redis.on('error', (error) => warnStoreDown(error))
       app.addHook('onClose', async () => {
         redis?.disconnect()
       })
@@ -56,7 +66,9 @@ export default fp(
         () => true,
         () => false,
       )
-      const up = await Promise.race([connected, delay(1500).then(() => false)])
+      const timeout = new AbortController()
+      const up = await Promise.race([connected, delay(1500, false, { signal: timeout.signal }).catch(() => false)])
+      timeout.abort()
       if (!up) app.log.warn('rate-limit store (Redis) not reachable at start-up; limits are not enforced until it is')
     }
     await app.register(fastifyRateLimit, {
@@ -66,19 +78,30 @@ export default fp(
       ...(redis ? { redis, nameSpace: config.REDIS_KEY_PREFIX } : {}),
     })
 
-    app.decorate('limiter', function limiter({ name, max, key }: LimiterOptions) {
-      const check = app.createRateLimit({ max, timeWindow: WINDOW_MS, keyGenerator: (request) => `${name}:${key(request)}` })
+    app.decorate('limiter', function limiter(limits: LimiterOptions[]) {
+      const checks = limits.map(({ name, max, key }) => ({
+        name,
+        max,
+        check: app.createRateLimit({ max, timeWindow: WINDOW_MS, keyGenerator: (request) => `${name}:${key(request)}` }),
+      }))
+      // The limits of a request are checked in parallel: a slow store costs one wait, not one per limit.
       return async function rateLimitHook(request: FastifyRequest, reply: FastifyReply) {
-        const result = await check(request)
-        if (result.isAllowed) return
-        // Every counted request makes its key's count at least 1; a count of 0 (remaining === max)
-        // means the store failed and skipOnError let the request through.
-        if (result.remaining === result.max) metrics.rateLimitStoreErrors.inc()
-        if (!result.isExceeded) return
-        const retryAfter = Math.max(1, result.ttlInSeconds)
-        metrics.rateLimited.inc({ limit: name })
-        reply.header('retry-after', String(retryAfter))
-        throw new AppError(429, 'rate_limited', `rate limit of ${max} requests per minute exceeded; retry in ${retryAfter} s`)
+        const results = await Promise.all(checks.map(({ check }) => check(request)))
+        for (const [index, result] of results.entries()) {
+          if (result.isAllowed) continue
+          // Every counted request makes its key's count at least 1; a count of 0 (remaining === max)
+          // means the store failed and skipOnError let the request through.
+          if (result.remaining === result.max) {
+            metrics.rateLimitStoreErrors.inc()
+            warnStoreDown()
+          }
+          if (!result.isExceeded) continue
+          const { name, max } = checks[index]!
+          const retryAfter = Math.max(1, result.ttlInSeconds)
+          metrics.rateLimited.inc({ limit: name })
+          reply.header('retry-after', String(retryAfter))
+          throw new AppError(429, 'rate_limited', `rate limit of ${max} requests per minute exceeded; retry in ${retryAfter} s`)
+        }
       }
     })
   },

@@ -8,6 +8,7 @@ import { AppError, InputError } from '../src/errors.ts'
 import type { ParsedQuery } from '../src/query-string.ts'
 import { receiverRouteSchema } from '../src/schemas/receiver.ts'
 import { isSheetId } from '../src/sheets.ts'
+import { clientKey } from './rate-limit.ts'
 
 /** Validation is the receiver's own (codes a network's log can show), over the documented schema. */
 function validateDelivery(query: unknown) {
@@ -26,18 +27,29 @@ function rawQuery(request: FastifyRequest): string {
 
 export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const floodLimit = app.limiter({ name: 'receiver_address', max: app.config.RECEIVER_FLOOD_LIMIT, key: (request) => request.ip })
-  const sheetLimit = app.limiter({
-    name: 'receiver_sheet',
-    max: app.config.RECEIVER_RATE_LIMIT,
-    key: (request) => `${String((request.query as ParsedQuery).sheet_id ?? '')}|${request.ip}`,
-  })
+  // A network sends from few addresses: the main limit is per sheet and address, so one busy
+  // account cannot throttle a network's others; a coarse per-address limit stops floods. A sheet_id
+  // that cannot name a sheet shares one key, so clients cannot make counters of their choosing.
+  const rateLimit = app.limiter([
+    { name: 'receiver_address', max: app.config.RECEIVER_FLOOD_LIMIT, key: clientKey },
+    {
+      name: 'receiver_sheet',
+      max: app.config.RECEIVER_RATE_LIMIT,
+      key: (request) => {
+        const sheetId = (request.query as ParsedQuery).sheet_id
+        return `${typeof sheetId === 'string' && isSheetId(sheetId) ? sheetId : '(invalid)'}|${clientKey(request)}`
+      },
+    },
+  ])
 
   // Every rejection is counted and gets one log line; those of a delivery that names a sheet are
   // also kept for that sheet's diagnostics.
   app.addHook('onError', async (request, _reply, error) => {
     app.metrics.postbacks.inc({ outcome: 'rejected', reason: error instanceof AppError ? error.code : 'internal_error' })
     if (!(error instanceof AppError) || error.statusCode >= 500) return
+    // A throttled flood is counted, not logged line by line nor kept in the sheet's rejection log,
+    // where it would push out the diagnostics that matter.
+    if (error.code === 'rate_limited') return
     request.log.info({ reason: error.code, parameter: error.parameter }, 'postback rejected')
     const sheetId = (request.query as ParsedQuery | undefined)?.sheet_id
     if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return
@@ -57,9 +69,7 @@ export default async function receiver(fastify: FastifyInstance) {
       validatorCompiler: () => validateDelivery,
       // No automatic HEAD route: a link checker's HEAD must not store a conversion.
       exposeHeadRoute: false,
-      // A network sends from few addresses: the main limit is per sheet and address, so one busy
-      // account cannot throttle a network's others; a coarse per-address limit stops floods.
-      onRequest: [floodLimit, sheetLimit],
+      onRequest: rateLimit,
     },
     async (request) => {
       const result = await app.conversionWriter.write(request.query)

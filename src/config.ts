@@ -37,7 +37,7 @@ export const ConfigSchema = Type.Object({
     }),
   ),
   RECEIVER_RATE_LIMIT: Count(6000, 1, 100_000_000, 'Receiver requests per minute per sheet and client address'),
-  RECEIVER_FLOOD_LIMIT: Count(60_000, 1, 100_000_000, 'Receiver requests per minute per client address, all sheets together'),
+  RECEIVER_FLOOD_LIMIT: Count(60_000, 1, 100_000_000, 'Requests per minute per client address: on the receiver over all sheets, on the management API before authentication'),
   MANAGEMENT_RATE_LIMIT: Count(600, 1, 100_000_000, 'Management API requests per minute per API key'),
   REDIS_URL: Type.Optional(
     Type.String({

@@ -68,4 +68,23 @@ if (!onPostgres) {
     const ids = new Set(stored.map((row) => row.transaction_id))
     t.same(acknowledged.filter((id) => !ids.has(id)), [], `every one of ${acknowledged.length} acknowledged deliveries is stored`)
   })
+
+  t.test('a database that hangs (connections taken, never answered): 503 within the timeouts, then recovery', async (t) => {
+    t.equal((await deliver()).statusCode, 200)
+    proxy.pause()
+    const began = Date.now()
+    const hung = await Promise.all([deliver(), deliver(), deliver()])
+    const elapsed = Date.now() - began
+    t.same(hung.map((r) => r.statusCode), [503, 503, 503])
+    t.ok(hung.every((r) => r.headers['retry-after'] === '3'))
+    // Statement timeout 2000 ms (+1000 ms on the client side), connection timeout 1000 ms.
+    t.ok(elapsed < 6000, `answered in ${elapsed} ms, not left hanging`)
+    await proxy.restore()
+    let recovered = false
+    for (let attempt = 0; attempt < 20 && !recovered; attempt++) {
+      recovered = (await deliver()).statusCode === 200
+      if (!recovered) await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+    t.ok(recovered, 'stores again once the database answers')
+  })
 }

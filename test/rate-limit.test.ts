@@ -32,6 +32,45 @@ t.test('receiver: a coarse per-address flood limit over all sheets', async (t) =
   t.same(statuses, [200, 200, 200, 200, 429])
 })
 
+t.test('receiver: a sheet_id that cannot name a sheet cannot make a counter of its own', async (t) => {
+  const app = await testApp(t, { RECEIVER_RATE_LIMIT: '2' })
+  const statuses = []
+  for (const sheet of ['no such 1', 'no such 2', 'x'.repeat(5000)]) {
+    statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: 't' }), remoteAddress: '198.51.100.9' })).statusCode)
+  }
+  t.same(statuses, [404, 404, 429], 'invalid sheet ids share one counter per address')
+})
+
+t.test('receiver: an IPv6 client counts by its /64', async (t) => {
+  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '2' })
+  const sheet = await newSheet(app)
+  const statuses = []
+  for (const address of ['2001:db8:1:2::1', '2001:db8:1:2::ffff', '2001:db8:1:2:abcd::9', '2001:db8:1:3::1']) {
+    statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: address }), remoteAddress: address })).statusCode)
+  }
+  t.same(statuses, [200, 200, 429, 200])
+})
+
+t.test('throttled deliveries are counted, not kept in the rejection log', async (t) => {
+  const app = await testApp(t, { RECEIVER_RATE_LIMIT: '1' })
+  const sheet = await newSheet(app)
+  for (const id of ['a', 'b', 'c']) await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: id }) })
+  await app.deliveryLog.flush()
+  t.same(await app.prisma.deliveryRejection.findMany({ where: { sheetId: sheet } }), [])
+  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
+  t.match(metrics, /postback_rate_limited_total\{limit="receiver_sheet"\} 2/)
+})
+
+t.test('management: guessing keys is limited per address before authentication', async (t) => {
+  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '3' })
+  const statuses = []
+  for (let i = 0; i < 4; i++) {
+    const response = await app.inject({ method: 'GET', url: '/api/v1/postback/conversions', headers: { authorization: `Bearer pbk_${String(i).repeat(43)}` }, remoteAddress: '192.0.2.50' })
+    statuses.push(response.statusCode)
+  }
+  t.same(statuses, [401, 401, 401, 429])
+})
+
 t.test('management: the limit is per API key', async (t) => {
   const app = await testApp(t, { MANAGEMENT_RATE_LIMIT: '2' })
   const [first, second] = [await newKeyHeader(app, { global: true }), await newKeyHeader(app, { global: true })]

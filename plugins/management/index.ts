@@ -3,6 +3,7 @@
 // runs in this scope's `onRequest` (before any body is parsed) and cannot reach the receiver.
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import { InputError } from '../../src/errors.ts'
+import { clientKey } from '../rate-limit.ts'
 import adminRoutes from './admin.ts'
 import conversionRoutes from './conversions.ts'
 import diagnosticRoutes from './diagnostics.ts'
@@ -21,9 +22,10 @@ function refuseNul(request: FastifyRequest): void {
 }
 
 export default async function management(app: FastifyInstance) {
+  // Before authentication, per client address, so that guessing keys is limited too; after it, per key.
+  app.addHook('onRequest', app.limiter([{ name: 'management_address', max: app.config.RECEIVER_FLOOD_LIMIT, key: clientKey }]))
   app.addHook('onRequest', app.auth([app.verifyApiKey]))
-  // After authentication: the limit is per API key.
-  app.addHook('onRequest', app.limiter({ name: 'management_key', max: app.config.MANAGEMENT_RATE_LIMIT, key: (request) => request.principal?.keyId ?? request.ip }))
+  app.addHook('onRequest', app.limiter([{ name: 'management_key', max: app.config.MANAGEMENT_RATE_LIMIT, key: (request) => request.principal?.keyId ?? '' }]))
   app.addHook('preValidation', async (request) => refuseNul(request))
   await app.register(conversionRoutes)
   await app.register(diagnosticRoutes)
