@@ -18,7 +18,7 @@ export default fp(
   async function ingestPlugin(app) {
     const { config, metrics, prisma } = app
     const writer = new ConversionWriter({
-      prisma,
+      query: (statement) => app.db.query(statement),
       batchMax: config.RECEIVER_BATCH_MAX,
       queueMax: config.RECEIVER_QUEUE_MAX,
       // PGlite is one connection; on PostgreSQL leave connections for reads.

@@ -3,7 +3,7 @@
 // promise settles only after its batch statement has committed, so a 2xx always means stored.
 import type { Delivery } from './schemas/receiver.ts'
 import { UnavailableError, UnknownSheetError } from './errors.ts'
-import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
+import type { Database } from './database.ts'
 import { isDataError } from './storage-errors.ts'
 
 export interface WriteResult {
@@ -12,7 +12,8 @@ export interface WriteResult {
 }
 
 export interface ConversionWriterOptions {
-  prisma: PrismaClient
+  /** The store's hot-path query (Database.query). */
+  query: Database['query']
   /** Most deliveries in one statement. */
   batchMax: number
   /** Most deliveries held (queued or being written); a delivery beyond it is refused with 503 at once. */
@@ -33,12 +34,6 @@ interface Pending {
 interface Key {
   delivery: Delivery
   waiting: Pending[]
-}
-
-interface ConversionRow {
-  id: bigint
-  sheet_id: string
-  transaction_id: string
 }
 
 const keyOf = (d: Delivery) => `${d.sheet_id.length}:${d.sheet_id}${d.transaction_id}`
@@ -151,47 +146,99 @@ export class ConversionWriter {
     // Sorted so that concurrent batches (on any instance) take row locks in the same order.
     const rows = keys.map((key) => key.delivery).sort(compareDeliveries)
     const column = <K extends keyof Delivery>(name: K) => rows.map((row) => row[name] ?? null)
-    const inserted = await this.#options.prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
-      INSERT INTO conversions (sheet_id, transaction_id, payout, currency, campaign_id, adset_id, ad_id)
-      SELECT i.sheet_id, i.transaction_id, i.payout::numeric, COALESCE(i.currency, s.default_currency),
-             i.campaign_id, i.adset_id, i.ad_id
-      FROM unnest(${column('sheet_id')}::text[], ${column('transaction_id')}::text[], ${column('payout')}::text[],
-                  ${column('currency')}::text[], ${column('campaign_id')}::text[], ${column('adset_id')}::text[],
-                  ${column('ad_id')}::text[])
-           WITH ORDINALITY AS i(sheet_id, transaction_id, payout, currency, campaign_id, adset_id, ad_id, ord)
-      JOIN sheets s ON s.sheet_id = i.sheet_id AND s.active
-      ORDER BY i.ord
-      ON CONFLICT (sheet_id, transaction_id) DO NOTHING
-      RETURNING id, sheet_id, transaction_id`)
+    const written = await this.#options.query<BatchRow>({
+      ...BATCH_STATEMENT,
+      values: [column('sheet_id'), column('transaction_id'), column('payout'), column('currency'), column('campaign_id'), column('adset_id'), column('ad_id')],
+    })
     const byKey = new Map(keys.map((key) => [keyOf(key.delivery), key]))
-    for (const row of inserted) settle(byKey, row, 'stored')
+    for (const row of written) settle(byKey, row)
 
     if (byKey.size === 0) return
-    // The rest are repeats or belong to an unknown or disabled sheet. This is a new statement, so it
-    // sees rows that a concurrent batch committed while ours waited on them.
+    // The rest conflicted with a row that a concurrent batch committed after our statement took its
+    // snapshot (our INSERT waited for that batch). A new statement sees the committed rows.
     const rest = [...byKey.values()].map((key) => key.delivery)
-    const existing = await this.#options.prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
-      SELECT c.id, c.sheet_id, c.transaction_id
-      FROM unnest(${rest.map((d) => d.sheet_id)}::text[], ${rest.map((d) => d.transaction_id)}::text[]) AS k(sheet_id, transaction_id)
-      JOIN conversions c ON c.sheet_id = k.sheet_id AND c.transaction_id = k.transaction_id
-      JOIN sheets s ON s.sheet_id = c.sheet_id AND s.active`)
-    for (const row of existing) settle(byKey, row, 'duplicate')
-    for (const key of byKey.values()) {
-      const error = new UnknownSheetError(key.delivery.sheet_id)
-      for (const pending of key.waiting) pending.reject(error)
-    }
+    const committed = await this.#options.query<BatchRow>({
+      ...COMMITTED_STATEMENT,
+      values: [rest.map((d) => d.sheet_id), rest.map((d) => d.transaction_id)],
+    })
+    for (const row of committed) settle(byKey, row)
+    // Not there either: the sheet was disabled meanwhile.
+    for (const key of byKey.values()) reject(key, new UnknownSheetError(key.delivery.sheet_id))
   }
 }
 
-function settle(byKey: Map<string, Key>, row: ConversionRow, status: WriteResult['status']): void {
+interface BatchRow {
+  id: string | null
+  sheet_id: string
+  transaction_id: string
+  outcome: 'stored' | 'duplicate' | 'unknown_sheet'
+}
+
+// One statement per batch: inserts the new rows and, in the same round trip, reads the ids of the
+// repeats that were committed before it started and names the rows whose sheet is unknown or
+// disabled. The SELECT of repeats sees the statement's snapshot, never the rows this statement
+// inserts, so a key comes back once. Ids are cast to text: the two stores' query paths type bigint
+// differently.
+// On PostgreSQL it is a prepared statement, whose plan may be cached as a generic plan made once
+// without the parameters, possibly while the tables were nearly empty. The lookups are LATERAL
+// with OFFSET 0, which keeps them per-row index probes in any plan (a join could turn into a hash
+// join over the whole conversions table on every batch).
+const BATCH_STATEMENT = {
+  name: 'postback_conversion_batch_v1',
+  text: `
+    WITH input AS (
+      SELECT i.*, s.default_currency
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+             WITH ORDINALITY AS i(sheet_id, transaction_id, payout, currency, campaign_id, adset_id, ad_id, ord)
+      LEFT JOIN LATERAL (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id AND s.active OFFSET 0) s ON true
+    ), inserted AS (
+      INSERT INTO conversions (sheet_id, transaction_id, payout, currency, campaign_id, adset_id, ad_id)
+      SELECT sheet_id, transaction_id, payout::numeric, COALESCE(currency, default_currency), campaign_id, adset_id, ad_id
+      FROM input
+      WHERE default_currency IS NOT NULL
+      ORDER BY ord
+      ON CONFLICT (sheet_id, transaction_id) DO NOTHING
+      RETURNING id, sheet_id, transaction_id
+    )
+    SELECT id::text AS id, sheet_id, transaction_id, 'stored' AS outcome FROM inserted
+    UNION ALL
+    SELECT c.id::text, c.sheet_id, c.transaction_id, 'duplicate'
+    FROM input i
+    CROSS JOIN LATERAL (
+      SELECT c.id, c.sheet_id, c.transaction_id FROM conversions c
+      WHERE c.sheet_id = i.sheet_id AND c.transaction_id = i.transaction_id OFFSET 0
+    ) c
+    WHERE i.default_currency IS NOT NULL
+    UNION ALL
+    SELECT NULL, sheet_id, transaction_id, 'unknown_sheet' FROM input WHERE default_currency IS NULL`,
+}
+
+// Repeats whose first delivery a concurrent batch committed after our statement's snapshot.
+const COMMITTED_STATEMENT = {
+  name: 'postback_conversion_committed_v1',
+  text: `
+    SELECT c.id::text AS id, c.sheet_id, c.transaction_id, 'duplicate' AS outcome
+    FROM unnest($1::text[], $2::text[]) AS k(sheet_id, transaction_id)
+    CROSS JOIN LATERAL (
+      SELECT c.id, c.sheet_id, c.transaction_id FROM conversions c
+      WHERE c.sheet_id = k.sheet_id AND c.transaction_id = k.transaction_id OFFSET 0
+    ) c
+    WHERE EXISTS (SELECT FROM sheets s WHERE s.sheet_id = k.sheet_id AND s.active)`,
+}
+
+function settle(byKey: Map<string, Key>, row: BatchRow): void {
   const id = keyOf({ sheet_id: row.sheet_id, transaction_id: row.transaction_id })
   const key = byKey.get(id)
   if (!key) return
   byKey.delete(id)
-  const conversionId = row.id.toString()
-  key.waiting.forEach((pending, index) =>
-    pending.resolve({ status: index === 0 ? status : 'duplicate', conversionId }),
-  )
+  if (row.outcome === 'unknown_sheet' || row.id === null) return reject(key, new UnknownSheetError(row.sheet_id))
+  const conversionId = row.id
+  const status = row.outcome
+  key.waiting.forEach((pending, index) => pending.resolve({ status: index === 0 ? status : 'duplicate', conversionId }))
+}
+
+function reject(key: Key, error: unknown): void {
+  for (const pending of key.waiting) pending.reject(error)
 }
 
 function compareDeliveries(a: Delivery, b: Delivery): number {
