@@ -1,22 +1,15 @@
 // The server under test for `npm run bench` (bench/run.ts spawns it as a child process): the real app
 // from buildApp, configured from the environment like src/server.ts, plus two routes that exist only
-// here: GET /bench/noop (no database work, the same answer shape as the receiver) and the naive
-// receiver (bench/naive-receiver.ts). It tells its parent the URL over IPC and stops on SIGTERM.
-import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+// here: GET /bench/noop (bench/noop-route.ts) and the naive receiver (bench/naive-receiver.ts).
+// It tells its parent its URL over IPC and closes cleanly on SIGTERM.
 import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
-import { DeliveryAccepted } from '../src/schemas/receiver.ts'
 import naiveReceiver from './naive-receiver.ts'
-
-export const NOOP_PATH = '/bench/noop'
+import noopRoute from './noop-route.ts'
 
 const config = loadConfig()
-const app = (await buildApp(config)).withTypeProvider<TypeBoxTypeProvider>()
-app.get(
-  NOOP_PATH,
-  { schema: { hide: true, response: { 200: DeliveryAccepted } }, exposeHeadRoute: false },
-  async () => ({ status: 'stored' as const, conversion_id: '1' }),
-)
+const app = await buildApp(config)
+await app.register(noopRoute)
 await app.register(naiveReceiver)
 
 process.on('SIGTERM', () => {
