@@ -27,7 +27,11 @@ const byId = new Map(profile.nodes.map((node) => [node.id, node]))
 // Self time per node: each sample's time delta goes to the node that was on top of the stack.
 const self = new Map<number, number>()
 profile.samples.forEach((id, i) => self.set(id, (self.get(id) ?? 0) + (profile.timeDeltas[i] ?? 0)))
-const total = [...self.values()].reduce((a, b) => a + b, 0)
+// Percentages are of the time the thread was busy: a server idles while it waits for its clients
+// or for the database, and in `npm run bench` also while load goes to the other servers.
+const idleIds = new Set(profile.nodes.filter((node) => node.callFrame.functionName === '(idle)').map((node) => node.id))
+const sampled = [...self.values()].reduce((a, b) => a + b, 0)
+const total = [...self].filter(([id]) => !idleIds.has(id)).reduce((a, [, us]) => a + us, 0)
 
 function where(url: string): string {
   if (!url) return '(native / V8)'
@@ -44,6 +48,7 @@ function where(url: string): string {
 const byFunction = new Map<string, number>()
 const byPlace = new Map<string, number>()
 for (const [id, us] of self) {
+  if (idleIds.has(id)) continue
   const node = byId.get(id)!
   const { functionName, url, lineNumber } = node.callFrame
   const place = where(url)
@@ -53,7 +58,7 @@ for (const [id, us] of self) {
 }
 const top = Number(topText)
 const pct = (us: number) => `${((100 * us) / total).toFixed(1).padStart(5)} %`
-console.log(`${file}: ${(total / 1e6).toFixed(1)} s sampled`)
+console.log(`${file}: ${(sampled / 1e6).toFixed(1)} s sampled, ${(total / 1e6).toFixed(1)} s busy; percentages of the busy time`)
 console.log('\nself time by package / source file:')
 for (const [place, us] of [...byPlace].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`${pct(us)}  ${place}`)
 console.log('\nself time by function:')

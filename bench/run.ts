@@ -42,6 +42,7 @@ const { values: args } = parseArgs({
     'overload-queue': { type: 'string', default: '200' },
     'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
     env: { type: 'string', multiple: true, default: [] },
+    variant: { type: 'string', multiple: true, default: [] },
     'cpu-prof': { type: 'string' },
     json: { type: 'string' },
     'keep-logs': { type: 'boolean', default: false },
@@ -63,6 +64,8 @@ if (args.help) {
   --overload-queue N         RECEIVER_QUEUE_MAX in the overload case (200)
   --pg-url URL               PostgreSQL to create (and drop) the benchmark's own database through
   --env NAME=VALUE           environment for the receiver's server (repeatable), e.g. RECEIVER_BATCH_MAX=100
+  --variant LABEL:N=V,N=V    one more receiver, route "receiver:LABEL", with this environment on top,
+                             measured in the same rounds (repeatable): compares settings in one run
   --cpu-prof DIR             write V8 CPU profiles of the servers into DIR (one folder per server)
   --json FILE                also write the results as JSON
   --keep-logs                keep the servers' log files`)
@@ -70,7 +73,8 @@ if (args.help) {
 }
 
 type Store = 'postgresql' | 'pglite'
-type Route = 'noop' | 'receiver' | 'naive'
+/** noop, naive, receiver, or receiver:LABEL for a --variant. */
+type Route = string
 type Mix = 'unique' | 'half-repeats'
 
 const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean)
@@ -80,10 +84,18 @@ const warmup = Number(args.warmup)
 const connections = Number(args.connections)
 const stores = list(args.stores) as Store[]
 const mixes = list(args.mixes) as Mix[]
-const routes = list(args.routes) as Route[]
+const variants = new Map(
+  args.variant.map((spec) => {
+    const colon = spec.indexOf(':')
+    const env = Object.fromEntries(list(spec.slice(colon + 1)).map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+    return [`receiver:${spec.slice(0, colon)}` as Route, env] as const
+  }),
+)
+const routes = [...list(args.routes), ...variants.keys()]
 const overloadStores = list(args.overload) as Store[]
 const receiverEnv = Object.fromEntries(args.env.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
-const PATHS: Record<Route, string> = { noop: NOOP_PATH, receiver: RECEIVER_PATH, naive: NAIVE_RECEIVER_PATH }
+const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : RECEIVER_PATH)
+const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
 const SHEET = 'bench'
 const stamp = new Date().toISOString().replace(/\D/g, '').slice(0, 14)
 
@@ -333,7 +345,7 @@ function drive(server: Server, route: Route, tally: Tally, options: { seconds: n
               }
               tally.sent++
               ;(context as { transactionId?: string }).transactionId = transactionId
-              return { ...request, path: `${PATHS[route]}?sheet_id=${SHEET}&transaction_id=${transactionId}${QUERY_TAIL}` }
+              return { ...request, path: `${pathOf(route)}?sheet_id=${SHEET}&transaction_id=${transactionId}${QUERY_TAIL}` }
             },
             onResponse: (status, body, context) => {
               if (status === 200) tally.acknowledged.push([(context as { transactionId: string }).transactionId, body])
@@ -405,7 +417,7 @@ function report(result: CaseResult): void {
   const batch = result.averageBatch === null ? '' : `, batch ${result.averageBatch}`
   const check = result.missing === null ? '' : `, ${result.missing} of ${result.acknowledged} acknowledged missing`
   console.log(
-    `  ${result.route.padEnd(8)} ${String(result.requestsPerSecond).padStart(6)} req/s, p50 ${result.p50} ms, p99 ${result.p99} ms, peak RSS ${result.peakRssMb} MB, ` +
+    `  ${result.route.padEnd(16)} ${String(result.requestsPerSecond).padStart(6)} req/s, p50 ${result.p50} ms, p99 ${result.p99} ms, peak RSS ${result.peakRssMb} MB, ` +
       `CPU % server ${result.cpu.server} / load generator ${result.cpu.loadGenerator} / postgres ${result.cpu.postgres}${batch}${check}`,
   )
 }
@@ -418,8 +430,9 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
   const tallies = new Map<Route, Tally>()
   try {
     for (const route of routes) {
-      const name = `${store.kind}-${mix}-${route}`
-      servers.set(route, await startServer(name, { ...store.prepare(name), ...(route === 'receiver' ? receiverEnv : {}) }))
+      const name = `${store.kind}-${mix}-${route.replace(':', '-')}`
+      const env = isReceiver(route) ? { ...receiverEnv, ...variants.get(route) } : {}
+      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }))
       tallies.set(route, new Tally())
     }
     const repeats = mix === 'half-repeats'
@@ -432,7 +445,8 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
         await drive(servers.get(route)!, route, tallies.get(route)!, { seconds: duration / rounds, connections, repeats, measure: true, database: store.database })
       }
     }
-    const batch = servers.has('receiver') ? await averageBatch(servers.get('receiver')!.url) : null
+    const batches = new Map<Route, number | null>()
+    for (const route of routes.filter(isReceiver)) batches.set(route, await averageBatch(servers.get(route)!.url))
     const stopped = [...servers.entries()]
     for (const [route, server] of stopped) {
       await server.stop()
@@ -442,7 +456,7 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
     for (const [route, server] of stopped) {
       const tally = tallies.get(route)!
       const missing = route === 'noop' ? null : await verify(store, server, tally)
-      const result = summarize(store.kind, route, mix, connections, tally, missing, route === 'receiver' ? batch : null, load)
+      const result = summarize(store.kind, route, mix, connections, tally, missing, batches.get(route) ?? null, load)
       report(result)
       results.push(result)
     }
@@ -513,8 +527,8 @@ console.log(
 console.log('\n## Ratios\n')
 const ratioRows: string[][] = [['store', 'mix', 'receiver / no-db', 'receiver / naive', 'receiver p99 ms', 'acked missing', 'targets on PostgreSQL: >= 0.5, >= 8, p99 < 50 ms, 0 missing']]
 for (const kind of stores) {
-  for (const mix of mixes) {
-    const receiver = find(kind, 'receiver', mix)
+  for (const mix of mixes) for (const route of routes.filter(isReceiver)) {
+    const receiver = find(kind, route, mix)
     const noop = find(kind, 'noop', mix)
     const naive = find(kind, 'naive', mix)
     if (!receiver) continue
@@ -530,7 +544,7 @@ for (const kind of stores) {
             .map((ok) => (ok === undefined ? '-' : ok ? 'met' : 'MISSED'))
             .join(', ')
         : '(none on PGlite)'
-    ratioRows.push([kind, mix, ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
+    ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
   }
 }
 console.log(table(ratioRows))

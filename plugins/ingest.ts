@@ -20,6 +20,7 @@ export default fp(
     const writer = new ConversionWriter({
       query: (statement) => app.db.query(statement),
       batchMax: config.RECEIVER_BATCH_MAX,
+      batchWaitMs: config.RECEIVER_BATCH_WAIT_MS,
       queueMax: config.RECEIVER_QUEUE_MAX,
       // PGlite is one connection; on PostgreSQL leave connections for reads.
       concurrency: app.db.kind === 'pglite' ? 1 : Math.max(1, Math.floor(config.DB_POOL_MAX / 2)),

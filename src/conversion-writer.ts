@@ -16,6 +16,11 @@ export interface ConversionWriterOptions {
   query: Database['query']
   /** Most deliveries in one statement. */
   batchMax: number
+  /**
+   * Longest a delivery waits for others to join its batch, in ms, while a connection is free.
+   * 0: a batch starts at the end of the current turn of the event loop.
+   */
+  batchWaitMs: number
   /** Most deliveries held (queued or being written); a delivery beyond it is refused with 503 at once. */
   queueMax: number
   /** Statements in flight at once (PGlite has one connection: 1). */
@@ -41,10 +46,12 @@ const keyOf = (d: Delivery) => `${d.sheet_id.length}:${d.sheet_id}${d.transactio
 export class ConversionWriter {
   readonly #options: ConversionWriterOptions
   #queue: Pending[] = []
+  // When the oldest queued delivery arrived (performance.now()).
+  #oldestAt = 0
   #inFlight = 0
   #writingRows = 0
   #idle: Array<() => void> = []
-  #scheduled = false
+  #timer: NodeJS.Immediate | NodeJS.Timeout | undefined
 
   constructor(options: ConversionWriterOptions) {
     this.#options = options
@@ -62,8 +69,9 @@ export class ConversionWriter {
       )
     }
     return new Promise<WriteResult>((resolve, reject) => {
+      if (this.#queue.length === 0) this.#oldestAt = performance.now()
       this.#queue.push({ delivery, resolve, reject })
-      this.#schedule()
+      this.#schedule(true)
     })
   }
 
@@ -73,27 +81,43 @@ export class ConversionWriter {
     return new Promise((resolve) => this.#idle.push(resolve))
   }
 
-  #schedule(): void {
-    if (this.#scheduled || this.#inFlight >= this.#options.concurrency) return
-    this.#scheduled = true
-    // Let the deliveries parsed in this turn of the event loop join the batch.
-    setImmediate(() => {
-      this.#scheduled = false
+  /**
+   * Starts a batch, or arranges for one, if a connection is free and deliveries are queued: at once
+   * when the batch is full or its oldest delivery has waited `batchWaitMs`, else when it will have.
+   * `arriving`: called for a new delivery, which lets the rest of this turn of the event loop (the
+   * other deliveries parsed in it) join, even with no wait.
+   */
+  #schedule(arriving: boolean): void {
+    if (this.#queue.length === 0 || this.#inFlight >= this.#options.concurrency) return
+    const wait = this.#oldestAt + this.#options.batchWaitMs - performance.now()
+    if (this.#queue.length >= this.#options.batchMax || (wait <= 0 && !arriving)) {
+      this.#cancelTimer()
       this.#flush()
-    })
+      return
+    }
+    if (this.#timer) return
+    this.#timer = wait > 0 ? setTimeout(() => this.#onTimer(), wait) : setImmediate(() => this.#onTimer())
+  }
+
+  #onTimer(): void {
+    this.#timer = undefined
+    this.#flush()
+  }
+
+  #cancelTimer(): void {
+    if (!this.#timer) return
+    clearTimeout(this.#timer as NodeJS.Timeout)
+    clearImmediate(this.#timer as NodeJS.Immediate)
+    this.#timer = undefined
   }
 
   #flush(): void {
     while (this.#queue.length > 0 && this.#inFlight < this.#options.concurrency) {
       const batch = this.#queue.splice(0, this.#options.batchMax)
+      if (this.#queue.length > 0) this.#oldestAt = performance.now()
       this.#inFlight++
       this.#writingRows += batch.length
-      void this.#writeBatch(batch).finally(() => {
-        this.#inFlight--
-        this.#writingRows -= batch.length
-        if (this.#queue.length > 0) this.#schedule()
-        else if (this.#inFlight === 0) for (const resolve of this.#idle.splice(0)) resolve()
-      })
+      void this.#writeBatch(batch)
     }
   }
 
@@ -105,10 +129,22 @@ export class ConversionWriter {
       if (existing) existing.waiting.push(pending)
       else keys.set(key, { delivery: pending.delivery, waiting: [pending] })
     }
+    const settlements: Settlement[] = []
+    let error: unknown
     try {
-      await this.#writeKeys([...keys.values()])
+      await this.#writeKeys([...keys.values()], settlements)
+    } catch (failure) {
+      error = failure
+    }
+    // The connection is free: hand it the deliveries that queued meanwhile before answering this
+    // batch, so that the next statement runs while these answers are being sent.
+    this.#inFlight--
+    this.#writingRows -= batch.length
+    this.#schedule(false)
+    for (const settle of settlements) settle()
+    if (error === undefined) {
       this.#options.onBatch?.(batch.length)
-    } catch (error) {
+    } else {
       this.#options.onBatch?.(batch.length, error)
       const failure = new UnavailableError(
         'storage_unavailable',
@@ -116,25 +152,28 @@ export class ConversionWriter {
         this.#options.retryAfterSeconds,
       )
       failure.cause = error
+      // Requests settled above keep their answer; a promise settles once.
       for (const pending of batch) pending.reject(failure)
     }
+    if (this.#queue.length === 0 && this.#inFlight === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
 
   /**
-   * Writes the keys. A statement that failed on its data is split and the halves written one after
-   * the other, so one bad row cannot fail the rest; any other failure (the store is unreachable,
-   * say) fails the whole batch at once.
+   * Writes the keys, adding to `settlements` how to answer the requests of each statement that
+   * committed. A statement that failed on its data is split and the halves written one after the
+   * other, so one bad row cannot fail the rest; any other failure (the store is unreachable, say)
+   * fails the whole batch at once.
    */
-  async #writeKeys(keys: Key[]): Promise<void> {
+  async #writeKeys(keys: Key[], settlements: Settlement[]): Promise<void> {
     try {
-      await this.#insert(keys)
+      settlements.push(await this.#insert(keys))
     } catch (error) {
       if (keys.length === 1 || !isDataError(error)) throw error
       const middle = Math.ceil(keys.length / 2)
       let failure: unknown
       for (const half of [keys.slice(0, middle), keys.slice(middle)]) {
-        // Requests of a half that succeeded are settled already; the batch's failure settles the rest.
-        await this.#writeKeys(half).catch((halfError: unknown) => {
+        // The batch's failure answers the requests of a half that failed.
+        await this.#writeKeys(half, settlements).catch((halfError: unknown) => {
           failure ??= halfError
         })
       }
@@ -142,7 +181,8 @@ export class ConversionWriter {
     }
   }
 
-  async #insert(keys: Key[]): Promise<void> {
+  /** Writes the keys in one statement (two if a concurrent batch raced it); returns how to answer them. */
+  async #insert(keys: Key[]): Promise<Settlement> {
     // Sorted so that concurrent batches (on any instance) take row locks in the same order.
     const rows = keys.map((key) => key.delivery).sort(compareDeliveries)
     const column = <K extends keyof Delivery>(name: K) => rows.map((row) => row[name] ?? null)
@@ -150,22 +190,37 @@ export class ConversionWriter {
       ...BATCH_STATEMENT,
       values: [column('sheet_id'), column('transaction_id'), column('payout'), column('currency'), column('campaign_id'), column('adset_id'), column('ad_id')],
     })
-    const byKey = new Map(keys.map((key) => [keyOf(key.delivery), key]))
-    for (const row of written) settle(byKey, row)
-
-    if (byKey.size === 0) return
-    // The rest conflicted with a row that a concurrent batch committed after our statement took its
-    // snapshot (our INSERT waited for that batch). A new statement sees the committed rows.
-    const rest = [...byKey.values()].map((key) => key.delivery)
-    const committed = await this.#options.query<BatchRow>({
-      ...COMMITTED_STATEMENT,
-      values: [rest.map((d) => d.sheet_id), rest.map((d) => d.transaction_id)],
-    })
-    for (const row of committed) settle(byKey, row)
-    // Not there either: the sheet was disabled meanwhile.
-    for (const key of byKey.values()) reject(key, new UnknownSheetError(key.delivery.sheet_id))
+    const found = new Map<string, BatchRow>()
+    for (const row of written) found.set(keyOf(row), row)
+    // Keys not returned conflicted with a row that a concurrent batch committed after our statement
+    // took its snapshot (our INSERT waited for that batch). A new statement sees the committed rows.
+    const raced = keys.filter((key) => !found.has(keyOf(key.delivery))).map((key) => key.delivery)
+    if (raced.length > 0) {
+      const committed = await this.#options.query<BatchRow>({
+        ...COMMITTED_STATEMENT,
+        values: [raced.map((d) => d.sheet_id), raced.map((d) => d.transaction_id)],
+      })
+      for (const row of committed) found.set(keyOf(row), row)
+    }
+    return () => {
+      for (const key of keys) {
+        const row = found.get(keyOf(key.delivery))
+        // Not found at all: the sheet was disabled meanwhile.
+        if (!row || row.id === null || row.outcome === 'unknown_sheet') {
+          const error = new UnknownSheetError(key.delivery.sheet_id)
+          for (const pending of key.waiting) pending.reject(error)
+          continue
+        }
+        const conversionId = row.id
+        const status = row.outcome
+        key.waiting.forEach((pending, index) => pending.resolve({ status: index === 0 ? status : 'duplicate', conversionId }))
+      }
+    }
   }
 }
+
+/** Answers the requests of a committed statement. */
+type Settlement = () => void
 
 interface BatchRow {
   id: string | null
@@ -224,21 +279,6 @@ const COMMITTED_STATEMENT = {
       WHERE c.sheet_id = k.sheet_id AND c.transaction_id = k.transaction_id OFFSET 0
     ) c
     WHERE EXISTS (SELECT FROM sheets s WHERE s.sheet_id = k.sheet_id AND s.active)`,
-}
-
-function settle(byKey: Map<string, Key>, row: BatchRow): void {
-  const id = keyOf({ sheet_id: row.sheet_id, transaction_id: row.transaction_id })
-  const key = byKey.get(id)
-  if (!key) return
-  byKey.delete(id)
-  if (row.outcome === 'unknown_sheet' || row.id === null) return reject(key, new UnknownSheetError(row.sheet_id))
-  const conversionId = row.id
-  const status = row.outcome
-  key.waiting.forEach((pending, index) => pending.resolve({ status: index === 0 ? status : 'duplicate', conversionId }))
-}
-
-function reject(key: Key, error: unknown): void {
-  for (const pending of key.waiting) pending.reject(error)
 }
 
 function compareDeliveries(a: Delivery, b: Delivery): number {

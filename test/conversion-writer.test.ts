@@ -1,5 +1,5 @@
 // The group-commit writer on a real store: batches, splitting around a bad row, draining on close,
-// one statement per batch, and a repeat that races its first delivery.
+// one statement per batch, the longest wait, pipelining, and a repeat that races its first delivery.
 import pg from 'pg'
 import t from 'tap'
 import { ConversionWriter } from '../src/conversion-writer.ts'
@@ -13,7 +13,7 @@ const count = async (sheet: string) =>
 t.test('a row that fails on its data fails alone; the rest of its batch is stored', async (t) => {
   const sheet = await newSheet(app)
   const batches: number[] = []
-  const writer = new ConversionWriter({ query: (statement) => app.db.query(statement), batchMax: 100, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
+  const writer = new ConversionWriter({ query: (statement) => app.db.query(statement), batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
   // 'not-a-number' cannot pass the receiver's validation; here it stands for any row the database refuses.
   const deliveries: Delivery[] = Array.from({ length: 9 }, (_, i) => ({ sheet_id: sheet, transaction_id: `t${i}`, payout: i === 4 ? 'not-a-number' : `${i}` }))
   const results = await Promise.allSettled(deliveries.map((delivery) => writer.write(delivery)))
@@ -42,7 +42,7 @@ t.test('closing the app answers and stores the deliveries in flight', async (t) 
 })
 
 /** A writer on the test app's store that counts its statements and batch sizes. */
-function countingWriter(options: { batchMax?: number; concurrency?: number } = {}) {
+function countingWriter(options: { batchMax?: number; batchWaitMs?: number; concurrency?: number } = {}) {
   const statements: string[] = []
   const batches: number[] = []
   const writer = new ConversionWriter({
@@ -51,6 +51,7 @@ function countingWriter(options: { batchMax?: number; concurrency?: number } = {
       return app.db.query(statement)
     },
     batchMax: options.batchMax ?? 100,
+    batchWaitMs: options.batchWaitMs ?? 0,
     queueMax: 1000,
     concurrency: options.concurrency ?? 1,
     retryAfterSeconds: 3,
@@ -83,6 +84,63 @@ t.test('one statement answers a batch of new rows, repeats of stored rows, repea
   t.same(twin, { status: 'fulfilled', value: { status: 'duplicate', conversionId: (created as PromiseFulfilledResult<{ conversionId: string }>).value.conversionId } })
   t.match(unknown, { status: 'rejected', reason: { code: 'unknown_sheet', statusCode: 404 } })
   t.equal(await count(sheet), 2)
+})
+
+t.test('a batch waits up to RECEIVER_BATCH_WAIT_MS for deliveries to join it, and no longer once it is full', async (t) => {
+  const sheet = await newSheet(app)
+  const waiting = countingWriter({ batchWaitMs: 300 })
+  const started = Date.now()
+  const early = waiting.writer.write({ sheet_id: sheet, transaction_id: 'w1' })
+  await sleep(50)
+  const late = waiting.writer.write({ sheet_id: sheet, transaction_id: 'w2' })
+  await Promise.all([early, late])
+  t.same(waiting.batches, [2], 'a delivery that came 50 ms later joined the batch')
+  t.ok(Date.now() - started >= 290, 'the batch waited for the oldest delivery’s 300 ms')
+
+  const full = countingWriter({ batchMax: 3, batchWaitMs: 60_000 })
+  const before = Date.now()
+  await Promise.all(['f1', 'f2', 'f3'].map((transaction_id) => full.writer.write({ sheet_id: sheet, transaction_id })))
+  t.same(full.batches, [3])
+  t.ok(Date.now() - before < 10_000, 'a full batch is written at once')
+
+  const immediate = countingWriter({ batchWaitMs: 0 })
+  await immediate.writer.write({ sheet_id: sheet, transaction_id: 'i1' })
+  await immediate.writer.write({ sheet_id: sheet, transaction_id: 'i2' })
+  t.same(immediate.batches, [1, 1], 'without a wait, each delivery that finds the writer idle is written at once')
+})
+
+t.test('deliveries that arrive during a write go into the next statement, sent before the first batch is answered', async (t) => {
+  const sheet = await newSheet(app)
+  const events: string[] = []
+  // The first statement is held until the test has queued more deliveries behind it.
+  let release!: () => void
+  const held = new Promise<void>((resolve) => (release = resolve))
+  const writer = new ConversionWriter({
+    query: async (statement) => {
+      events.push('statement')
+      if (events.length === 1) await held
+      return app.db.query(statement)
+    },
+    batchMax: 100,
+    batchWaitMs: 0,
+    queueMax: 1000,
+    concurrency: 1,
+    retryAfterSeconds: 3,
+    onBatch: (size) => events.push(`batch of ${size} committed`),
+  })
+  const first = writer.write({ sheet_id: sheet, transaction_id: 'p0' }).then((result) => {
+    events.push('first answered')
+    return result
+  })
+  await new Promise((resolve) => setImmediate(resolve))
+  // The first batch is in flight; these queue behind it and go together.
+  const rest = Array.from({ length: 20 }, (_, i) => writer.write({ sheet_id: sheet, transaction_id: `p${i + 1}` }))
+  release()
+  const results = await Promise.all([first, ...rest])
+  // The connection goes back to work before the first batch's answers are sent.
+  t.same(events, ['statement', 'statement', 'batch of 1 committed', 'first answered', 'batch of 20 committed'])
+  t.equal(new Set(results.map((r) => r.conversionId)).size, 21)
+  t.ok(results.every((r) => r.status === 'stored'))
 })
 
 t.test('a repeat whose first delivery commits while the batch waits on it is a duplicate with that row’s id', { skip: !onPostgres && 'needs a second connection (PostgreSQL)' }, async (t) => {
