@@ -27,6 +27,8 @@ export interface ConversionWriterOptions {
   concurrency: number
   retryAfterSeconds: number
   onBatch?: (size: number, error?: unknown) => void
+  /** A delivery was refused because the queue was full. */
+  onOverload?: () => void
 }
 
 interface Pending {
@@ -53,8 +55,13 @@ export class ConversionWriter {
   #idle: Array<() => void> = []
   #timer: NodeJS.Immediate | NodeJS.Timeout | undefined
 
+  // One error for every delivery refused: under overload, refusing must stay cheap, and a new error
+  // per request would capture (and its log line format) a stack trace each time.
+  readonly #overloaded: UnavailableError
+
   constructor(options: ConversionWriterOptions) {
     this.#options = options
+    this.#overloaded = new UnavailableError('overloaded', 'too many deliveries waiting to be stored; retry later', options.retryAfterSeconds)
   }
 
   /** Deliveries waiting for, or in, a write. */
@@ -64,9 +71,8 @@ export class ConversionWriter {
 
   write(delivery: Delivery): Promise<WriteResult> {
     if (this.depth >= this.#options.queueMax) {
-      return Promise.reject(
-        new UnavailableError('overloaded', 'too many deliveries waiting to be stored; retry later', this.#options.retryAfterSeconds),
-      )
+      this.#options.onOverload?.()
+      return Promise.reject(this.#overloaded)
     }
     return new Promise<WriteResult>((resolve, reject) => {
       if (this.#queue.length === 0) this.#oldestAt = performance.now()
