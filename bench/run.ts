@@ -40,6 +40,8 @@ const { values: args } = parseArgs({
     overload: { type: 'string', default: 'postgresql,pglite' },
     'overload-connections': { type: 'string', default: '1000' },
     'overload-queue': { type: 'string', default: '200' },
+    'overload-duration': { type: 'string', default: '20' },
+    backlog: { type: 'string' },
     'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
     env: { type: 'string', multiple: true, default: [] },
     variant: { type: 'string', multiple: true, default: [] },
@@ -62,6 +64,9 @@ if (args.help) {
   --overload LIST            stores to run the overload case on (postgresql,pglite; '' for none)
   --overload-connections N   (1000)
   --overload-queue N         RECEIVER_QUEUE_MAX in the overload case (200)
+  --overload-duration S      (20)
+  --backlog N                the servers' listen backlog (default: the most connections of any case, at least
+                             Node's 511), so that opening all connections at once does not overflow it
   --pg-url URL               PostgreSQL to create (and drop) the benchmark's own database through
   --env NAME=VALUE           environment for the receiver's server (repeatable), e.g. RECEIVER_BATCH_MAX=100
   --variant LABEL:N=V,N=V    one more receiver, route "receiver:LABEL", with this environment on top,
@@ -97,6 +102,7 @@ const receiverEnv = Object.fromEntries(args.env.map((pair) => [pair.slice(0, pai
 const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : RECEIVER_PATH)
 const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
 const SHEET = 'bench'
+const backlog = Number(args.backlog ?? Math.max(511, connections, overloadStores.length ? Number(args['overload-connections']) : 0))
 const stamp = new Date().toISOString().replace(/\D/g, '').slice(0, 14)
 
 interface CaseResult {
@@ -110,8 +116,8 @@ interface CaseResult {
   p50: number
   p99: number
   peakRssMb: number
-  rssFirstHalfMb: number
-  rssSecondHalfMb: number
+  /** Peak RSS in each quarter of the measured time: flat when memory is bounded. */
+  rssQuartersMb: number[]
   statuses: Record<string, number>
   errors: number
   timeouts: number
@@ -141,9 +147,7 @@ interface StoreHandle {
 async function openStore(kind: Store): Promise<StoreHandle> {
   if (kind === 'postgresql') {
     const name = `bench_${stamp}_${process.pid}`
-    const admin = new pg.Client({ connectionString: args['pg-url'] })
-    await admin.connect()
-    await admin.query(`CREATE DATABASE ${name}`)
+    await adminQuery(`CREATE DATABASE ${name}`)
     const url = new URL(args['pg-url'])
     url.pathname = `/${name}`
     const databaseUrl = url.toString()
@@ -159,9 +163,9 @@ async function openStore(kind: Store): Promise<StoreHandle> {
       // Each mix starts on an empty table, as on PGlite.
       clean: () => db.withSession((session) => session.exec('TRUNCATE conversions, delivery_counters, delivery_rejections')),
       async close() {
-        await db.close()
-        await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
-        await admin.end()
+        await db.close().catch(() => undefined)
+        // A new connection: the server may have restarted meanwhile.
+        await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
         console.log(`PostgreSQL: dropped database ${name}`)
       },
     }
@@ -196,6 +200,16 @@ async function openStore(kind: Store): Promise<StoreHandle> {
   }
 }
 
+async function adminQuery(sql: string): Promise<void> {
+  const admin = new pg.Client({ connectionString: args['pg-url'] })
+  await admin.connect()
+  try {
+    await admin.query(sql)
+  } finally {
+    await admin.end()
+  }
+}
+
 async function readRows(query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>>) {
   const rows = await query('SELECT transaction_id, id::text AS id FROM conversions WHERE sheet_id = $1', [SHEET])
   return new Map(rows.map((row) => [row.transaction_id as string, row.id as string]))
@@ -215,7 +229,7 @@ async function startServer(name: string, env: Record<string, string>): Promise<S
   const logFd = openSync(logPath, 'w')
   // One folder per server: tsx's loader thread writes a (small) profile of its own beside the main thread's.
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
-  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts'], {
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog)], {
     cwd: ROOT,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
@@ -388,7 +402,9 @@ async function verify(store: StoreHandle, server: Server, tally: Tally): Promise
 
 function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: number, tally: Tally, missing: number | null, batch: number | null, load: number): CaseResult {
   const mb = (samples: Tally['rss']) => Math.round(Math.max(0, ...samples.map((s) => s.kb)) / 1024)
-  const middle = tally.rss.length ? (tally.rss[0]!.at + tally.rss[tally.rss.length - 1]!.at) / 2 : 0
+  const first = tally.rss[0]?.at ?? 0
+  const span = (tally.rss[tally.rss.length - 1]?.at ?? 0) - first
+  const quarter = (q: number) => tally.rss.filter((s) => s.at - first >= (q * span) / 4 && s.at - first <= ((q + 1) * span) / 4)
   const percent = (cpuSeconds: number) => Math.round((100 * cpuSeconds) / tally.seconds)
   return {
     store,
@@ -400,8 +416,7 @@ function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: nu
     p50: tally.percentile(0.5),
     p99: tally.percentile(0.99),
     peakRssMb: mb(tally.rss),
-    rssFirstHalfMb: mb(tally.rss.filter((s) => s.at <= middle)),
-    rssSecondHalfMb: mb(tally.rss.filter((s) => s.at > middle)),
+    rssQuartersMb: [0, 1, 2, 3].map((q) => mb(quarter(q))),
     statuses: tally.statuses,
     errors: tally.errors,
     timeouts: tally.timeouts,
@@ -470,12 +485,13 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
 async function runOverload(store: StoreHandle): Promise<CaseResult> {
   const load = loadavg()[0]!
   const conns = Number(args['overload-connections'])
-  console.log(`${store.kind}, overload: receiver with RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${conns} connections, ${duration} s (load ${load.toFixed(2)})`)
+  const seconds = Number(args['overload-duration'])
+  console.log(`${store.kind}, overload: receiver with RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${conns} connections, ${seconds} s (load ${load.toFixed(2)})`)
   const name = `${store.kind}-overload-receiver`
   const server = await startServer(name, { ...store.prepare(name), ...receiverEnv, RECEIVER_QUEUE_MAX: args['overload-queue'] })
   const tally = new Tally()
   try {
-    await drive(server, 'receiver', tally, { seconds: duration, connections: conns, repeats: false, measure: true, database: store.database })
+    await drive(server, 'receiver', tally, { seconds, connections: conns, repeats: false, measure: true, database: store.database })
     const batch = await averageBatch(server.url)
     await server.stop()
     const missing = await verify(store, server, tally)
@@ -500,12 +516,23 @@ const started = Date.now()
 console.log(`postback-store bench: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), Node.js ${process.version}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`)
 console.log(`autocannon in this process; each server under test in its own child process, LOG_LEVEL=warn; receiver env: ${Object.entries(receiverEnv).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'}\n`)
 
+// Interrupted: drop the database and folders made so far (the servers stop when this process goes).
+const open = new Set<StoreHandle>()
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    console.error(`\n${signal}: cleaning up`)
+    void Promise.allSettled([...open].map((store) => store.close())).then(() => process.exit(130))
+  })
+}
+
 for (const kind of stores) {
   const store = await openStore(kind)
+  open.add(store)
   try {
     for (const mix of mixes) results.push(...(await runMix(store, mix)))
     if (overloadStores.includes(kind)) results.push(await runOverload(store))
   } finally {
+    open.delete(store)
     await store.close()
   }
 }
@@ -551,17 +578,17 @@ console.log(table(ratioRows))
 
 const overloads = results.filter((r) => r.mix === 'overload')
 if (overloads.length) {
-  console.log(`\n## Overload: RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${args['overload-connections']} connections, ${duration} s\n`)
+  console.log(`\n## Overload: RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${args['overload-connections']} connections, ${args['overload-duration']} s, listen backlog ${backlog}\n`)
   console.log(
     table([
-      ['store', 'answers/s', '2xx', '503', 'other', 'errors', 'timeouts', 'p99 2xx ms', 'peak RSS MB', 'RSS 1st / 2nd half MB', 'acked missing', 'verdict'],
+      ['store', 'answers/s', '2xx', '503', 'other', 'errors', 'timeouts', 'p99 2xx ms', 'peak RSS MB', 'peak RSS by quarter MB', 'acked missing', 'verdict'],
       ...overloads.map((r) => {
         const count = (match: (code: string) => boolean) => Object.entries(r.statuses).filter(([code]) => match(code)).reduce((n, [, c]) => n + c, 0)
         const ok = count((code) => code.startsWith('2'))
         const unavailable = count((code) => code === '503')
         const other = count((code) => !code.startsWith('2') && code !== '503')
         const good = other === 0 && r.errors === 0 && r.timeouts === 0 && r.missing === 0
-        return [r.store, String(r.requestsPerSecond), String(ok), String(unavailable), String(other), String(r.errors), String(r.timeouts), String(r.p99), String(r.peakRssMb), `${r.rssFirstHalfMb} / ${r.rssSecondHalfMb}`, String(r.missing), good ? 'ok' : 'FAILED']
+        return [r.store, String(r.requestsPerSecond), String(ok), String(unavailable), String(other), String(r.errors), String(r.timeouts), String(r.p99), String(r.peakRssMb), r.rssQuartersMb.join(' / '), String(r.missing), good ? 'ok' : 'FAILED']
       }),
     ]),
   )

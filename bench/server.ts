@@ -12,7 +12,7 @@ const app = await buildApp(config)
 await app.register(noopRoute)
 await app.register(naiveReceiver)
 
-process.on('SIGTERM', () => {
+const close = () => {
   app.close().then(
     () => process.exit(0),
     (error: unknown) => {
@@ -20,6 +20,12 @@ process.on('SIGTERM', () => {
       process.exit(1)
     },
   )
-})
-const url = await app.listen({ host: config.HOST, port: config.PORT })
+}
+process.on('SIGTERM', close)
+// The bench has gone (killed, say): do not outlive it.
+process.on('disconnect', close)
+// The listen backlog: bench/run.ts opens all of a case's connections at once (1000 in the
+// overload case); Node's default of 511 would leave some waiting on TCP retransmissions.
+const backlog = Number(process.argv[2] ?? 511)
+const url = await app.listen({ host: config.HOST, port: config.PORT, backlog })
 process.send?.({ url })
