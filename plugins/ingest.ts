@@ -3,6 +3,7 @@
 // drain them; batch sizes and write failures are counted in `app.metrics`. On close it answers
 // what is queued before the store closes (it closes first,
 // having been registered after the prisma plugin).
+import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
 import { ConversionWriter } from '../src/conversion-writer.ts'
 import { DeliveryLog } from '../src/delivery-log.ts'
@@ -17,9 +18,11 @@ declare module 'fastify' {
 export default fp(
   async function ingestPlugin(app) {
     const { config, metrics, prisma } = app
+    const overload = overloadLog(app.log, config.RECEIVER_QUEUE_MAX)
     const writer = new ConversionWriter({
-      prisma,
+      query: (statement) => app.db.query(statement),
       batchMax: config.RECEIVER_BATCH_MAX,
+      batchWaitMs: config.RECEIVER_BATCH_WAIT_MS,
       queueMax: config.RECEIVER_QUEUE_MAX,
       // PGlite is one connection; on PostgreSQL leave connections for reads.
       concurrency: app.db.kind === 'pglite' ? 1 : Math.max(1, Math.floor(config.DB_POOL_MAX / 2)),
@@ -30,6 +33,7 @@ export default fp(
         metrics.databaseErrors.inc({ operation: 'conversion_batch' })
         app.log.error({ err: error, size }, 'conversion batch failed')
       },
+      onOverload: overload.refused,
     })
     const deliveryLog = new DeliveryLog({
       prisma,
@@ -42,9 +46,43 @@ export default fp(
     app.decorate('conversionWriter', writer)
     app.decorate('deliveryLog', deliveryLog)
     app.addHook('onClose', async () => {
+      overload.close()
       await writer.drain()
       await deliveryLog.flush()
     })
   },
   { name: 'ingest', dependencies: ['prisma', 'metrics'] },
 )
+
+const OVERLOAD_LOG_INTERVAL_MS = 10_000
+
+/**
+ * Deliveries refused with 503 overloaded, logged in summary (each is also counted in the metrics):
+ * a warn line at the first refusal, then every 10 s while refusals go on, the count since the last.
+ */
+function overloadLog(log: FastifyBaseLogger, queueMax: number) {
+  let refused = 0
+  let timer: NodeJS.Timeout | undefined
+  const report = () => {
+    timer = undefined
+    if (refused === 0) return
+    log.warn({ refused, queueMax }, `receiver overloaded: ${refused} deliveries refused with 503 in ${OVERLOAD_LOG_INTERVAL_MS / 1000} s`)
+    refused = 0
+    timer = setTimeout(report, OVERLOAD_LOG_INTERVAL_MS).unref()
+  }
+  return {
+    refused() {
+      if (timer) {
+        refused++
+        return
+      }
+      log.warn({ queueMax }, `receiver overloaded: RECEIVER_QUEUE_MAX=${queueMax} deliveries waiting; refusing more with 503`)
+      timer = setTimeout(report, OVERLOAD_LOG_INTERVAL_MS).unref()
+    },
+    close() {
+      clearTimeout(timer)
+      report()
+      clearTimeout(timer)
+    },
+  }
+}

@@ -91,7 +91,10 @@ function errorHandler(this: FastifyInstance, error: FastifyError, request: Fasti
   if (error instanceof AppError) {
     if (error instanceof UnavailableError) {
       reply.header('retry-after', String(error.retryAfter ?? this.config.RETRY_AFTER_SECONDS))
-      request.log.warn({ err: error.cause ?? error }, error.message)
+      // A refusal of a full queue is logged in summary by the ingest plugin: a warn line for each
+      // would cost CPU and memory exactly when the receiver has none to spare.
+      if (error.code === 'overloaded') request.log.debug(error.message)
+      else request.log.warn({ err: error.cause ?? error }, error.message)
     }
     const body: ErrorBody = { error: error.code, message: error.message }
     if (error.parameter) body.parameter = error.parameter

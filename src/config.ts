@@ -28,6 +28,7 @@ export const ConfigSchema = Type.Object({
   DB_CONNECT_TIMEOUT_MS: Count(5000, 100, 600_000, 'Longest wait for a PostgreSQL connection'),
   DB_STATEMENT_TIMEOUT_MS: Count(10_000, 100, 600_000, 'PostgreSQL statement timeout'),
   RECEIVER_BATCH_MAX: Count(500, 1, 10_000, 'Most deliveries written by one batch statement'),
+  RECEIVER_BATCH_WAIT_MS: Count(0, 0, 1000, 'Longest a delivery waits for others to join its batch while a connection is free (ms)'),
   RECEIVER_QUEUE_MAX: Count(5000, 1, 1_000_000, 'Most deliveries waiting for a write; beyond it the receiver answers 503'),
   RETRY_AFTER_SECONDS: Count(5, 1, 3600, 'Retry-After sent with 503 answers'),
   PUBLIC_BASE_URL: Type.Optional(

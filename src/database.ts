@@ -18,11 +18,25 @@ export interface SqlSession {
   exec(sql: string): Promise<void>
 }
 
+/** A statement of the hot path: positional parameters ($1, $2, ...) and a name unique to its text. */
+export interface Statement {
+  name: string
+  text: string
+  values: unknown[]
+}
+
 export interface Database {
   kind: 'postgresql' | 'pglite'
   /** Where the data is, for messages: the folder, or the URL without its password. */
   location: string
   prisma: PrismaClient
+  /**
+   * Runs a hot-path statement (the receiver's batch). On PostgreSQL it goes straight to the pg pool
+   * as a named prepared statement: parsed and planned once per connection, and none of Prisma's
+   * per-call work. On PGlite it goes through Prisma, which owns PGlite's one connection.
+   * Rows come back as pg gives them: bigint and numeric columns as strings.
+   */
+  query<Row>(statement: Statement): Promise<Row[]>
   withSession<T>(fn: (session: SqlSession) => Promise<T>): Promise<T>
   close(): Promise<void>
 }
@@ -59,6 +73,9 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
     kind: 'postgresql',
     location: redactUrl(url),
     prisma,
+    async query<Row>(statement: Statement) {
+      return (await pool.query(statement)).rows as Row[]
+    },
     async withSession(fn) {
       const client = await pool.connect()
       try {
@@ -90,6 +107,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
       kind: 'pglite',
       location: dataDir,
       prisma,
+      query: <Row>(statement: Statement) => prisma.$queryRawUnsafe<Row[]>(statement.text, ...statement.values),
       withSession: (fn) =>
         fn({
           query: async (sql, params) => (await pglite.query(sql, params)).rows as never[],

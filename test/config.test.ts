@@ -31,3 +31,9 @@ t.test('a bad value names the variable and what is allowed', async (t) => {
   }
   t.ok(new ConfigError('x') instanceof Error)
 })
+
+t.test('receiver batch settings: the longest wait defaults to 0 and is bounded', async (t) => {
+  t.equal(loadConfig({}).RECEIVER_BATCH_WAIT_MS, 0)
+  t.equal(loadConfig({ RECEIVER_BATCH_WAIT_MS: '5' }).RECEIVER_BATCH_WAIT_MS, 5)
+  t.throws(() => loadConfig({ RECEIVER_BATCH_WAIT_MS: '1001' }), { message: /^RECEIVER_BATCH_WAIT_MS="1001" is not allowed: a whole number from 0 to 1000/ })
+})

@@ -1,8 +1,10 @@
-// The group-commit writer on a real store: batches, splitting around a bad row, draining on close.
+// The group-commit writer on a real store: batches, splitting around a bad row, draining on close,
+// one statement per batch, the longest wait, pipelining, and a repeat that races its first delivery.
+import pg from 'pg'
 import t from 'tap'
 import { ConversionWriter } from '../src/conversion-writer.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
-import { newSheet, receiverUrl, testApp } from './helpers.ts'
+import { newSheet, onPostgres, receiverUrl, testApp } from './helpers.ts'
 
 const app = await testApp(t)
 const count = async (sheet: string) =>
@@ -11,7 +13,7 @@ const count = async (sheet: string) =>
 t.test('a row that fails on its data fails alone; the rest of its batch is stored', async (t) => {
   const sheet = await newSheet(app)
   const batches: number[] = []
-  const writer = new ConversionWriter({ prisma: app.prisma, batchMax: 100, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
+  const writer = new ConversionWriter({ query: (statement) => app.db.query(statement), batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
   // 'not-a-number' cannot pass the receiver's validation; here it stands for any row the database refuses.
   const deliveries: Delivery[] = Array.from({ length: 9 }, (_, i) => ({ sheet_id: sheet, transaction_id: `t${i}`, payout: i === 4 ? 'not-a-number' : `${i}` }))
   const results = await Promise.allSettled(deliveries.map((delivery) => writer.write(delivery)))
@@ -37,4 +39,131 @@ t.test('closing the app answers and stores the deliveries in flight', async (t) 
   const reopened = await testApp(t, local.config.DATABASE_URL ? {} : { DATA_DIR: local.config.DATA_DIR })
   const [row] = await reopened.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${sheet}`
   t.equal(row?.n, stored)
+})
+
+/** A writer on the test app's store that counts its statements and batch sizes. */
+function countingWriter(options: { batchMax?: number; batchWaitMs?: number; concurrency?: number } = {}) {
+  const statements: string[] = []
+  const batches: number[] = []
+  const writer = new ConversionWriter({
+    query: (statement) => {
+      statements.push(statement.name)
+      return app.db.query(statement)
+    },
+    batchMax: options.batchMax ?? 100,
+    batchWaitMs: options.batchWaitMs ?? 0,
+    queueMax: 1000,
+    concurrency: options.concurrency ?? 1,
+    retryAfterSeconds: 3,
+    onBatch: (size) => batches.push(size),
+  })
+  return { writer, statements, batches }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+t.test('one statement answers a batch of new rows, repeats of stored rows, repeats within the batch and unknown sheets', async (t) => {
+  const sheet = await newSheet(app)
+  const { writer, statements, batches } = countingWriter()
+  const first = await writer.write({ sheet_id: sheet, transaction_id: 'old' })
+  await writer.drain()
+  statements.length = 0
+  batches.length = 0
+  const results = await Promise.allSettled([
+    writer.write({ sheet_id: sheet, transaction_id: 'new' }),
+    writer.write({ sheet_id: sheet, transaction_id: 'old' }),
+    writer.write({ sheet_id: sheet, transaction_id: 'new' }),
+    writer.write({ sheet_id: 'no-such-sheet', transaction_id: 'new' }),
+  ])
+  await writer.drain()
+  t.same(batches, [4], 'one batch')
+  t.same(statements, ['postback_conversion_batch_v1'], 'one statement')
+  const [created, repeat, twin, unknown] = results
+  t.match(created, { status: 'fulfilled', value: { status: 'stored' } })
+  t.same(repeat, { status: 'fulfilled', value: { status: 'duplicate', conversionId: first.conversionId } })
+  t.same(twin, { status: 'fulfilled', value: { status: 'duplicate', conversionId: (created as PromiseFulfilledResult<{ conversionId: string }>).value.conversionId } })
+  t.match(unknown, { status: 'rejected', reason: { code: 'unknown_sheet', statusCode: 404 } })
+  t.equal(await count(sheet), 2)
+})
+
+t.test('a batch waits up to RECEIVER_BATCH_WAIT_MS for deliveries to join it, and no longer once it is full', async (t) => {
+  const sheet = await newSheet(app)
+  const waiting = countingWriter({ batchWaitMs: 300 })
+  const started = Date.now()
+  const early = waiting.writer.write({ sheet_id: sheet, transaction_id: 'w1' })
+  await sleep(50)
+  const late = waiting.writer.write({ sheet_id: sheet, transaction_id: 'w2' })
+  await Promise.all([early, late])
+  t.same(waiting.batches, [2], 'a delivery that came 50 ms later joined the batch')
+  t.ok(Date.now() - started >= 290, 'the batch waited for the oldest delivery’s 300 ms')
+
+  const full = countingWriter({ batchMax: 3, batchWaitMs: 60_000 })
+  const before = Date.now()
+  await Promise.all(['f1', 'f2', 'f3'].map((transaction_id) => full.writer.write({ sheet_id: sheet, transaction_id })))
+  t.same(full.batches, [3])
+  t.ok(Date.now() - before < 10_000, 'a full batch is written at once')
+
+  const immediate = countingWriter({ batchWaitMs: 0 })
+  await immediate.writer.write({ sheet_id: sheet, transaction_id: 'i1' })
+  await immediate.writer.write({ sheet_id: sheet, transaction_id: 'i2' })
+  t.same(immediate.batches, [1, 1], 'without a wait, each delivery that finds the writer idle is written at once')
+})
+
+t.test('deliveries that arrive during a write go into the next statement, sent before the first batch is answered', async (t) => {
+  const sheet = await newSheet(app)
+  const events: string[] = []
+  // The first statement is held until the test has queued more deliveries behind it.
+  let release!: () => void
+  const held = new Promise<void>((resolve) => (release = resolve))
+  const writer = new ConversionWriter({
+    query: async (statement) => {
+      events.push('statement')
+      if (events.length === 1) await held
+      return app.db.query(statement)
+    },
+    batchMax: 100,
+    batchWaitMs: 0,
+    queueMax: 1000,
+    concurrency: 1,
+    retryAfterSeconds: 3,
+    onBatch: (size) => events.push(`batch of ${size} committed`),
+  })
+  const first = writer.write({ sheet_id: sheet, transaction_id: 'p0' }).then((result) => {
+    events.push('first answered')
+    return result
+  })
+  await new Promise((resolve) => setImmediate(resolve))
+  // The first batch is in flight; these queue behind it and go together.
+  const rest = Array.from({ length: 20 }, (_, i) => writer.write({ sheet_id: sheet, transaction_id: `p${i + 1}` }))
+  release()
+  const results = await Promise.all([first, ...rest])
+  // The connection goes back to work before the first batch's answers are sent.
+  t.same(events, ['statement', 'statement', 'batch of 1 committed', 'first answered', 'batch of 20 committed'])
+  t.equal(new Set(results.map((r) => r.conversionId)).size, 21)
+  t.ok(results.every((r) => r.status === 'stored'))
+})
+
+// Needs a second connection: PostgreSQL only, run in the suite's PostgreSQL pass.
+if (onPostgres) t.test('a repeat whose first delivery commits while the batch waits on it is a duplicate with that row’s id', async (t) => {
+  const sheet = await newSheet(app)
+  const other = new pg.Client({ connectionString: process.env.DATABASE_URL })
+  await other.connect()
+  t.teardown(() => other.end())
+  // Another instance's batch, not yet committed: our INSERT must wait for it on the unique key.
+  await other.query('BEGIN')
+  const [row] = (await other.query(`INSERT INTO conversions (sheet_id, transaction_id, currency) VALUES ($1, 'raced', 'USD') RETURNING id::text`, [sheet])).rows
+  const { writer, statements } = countingWriter()
+  const result = writer.write({ sheet_id: sheet, transaction_id: 'raced' })
+  // Let our statement start and block on the other transaction's row.
+  for (let i = 0; i < 50; i++) {
+    const waiting = await other.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+    )
+    if (waiting.rows[0].n > 0) break
+    await sleep(20)
+  }
+  await other.query('COMMIT')
+  t.same(await result, { status: 'duplicate', conversionId: row.id })
+  t.same(statements, ['postback_conversion_batch_v1', 'postback_conversion_committed_v1'], 'the committed row is read by a second statement')
+  t.equal(await count(sheet), 1)
 })

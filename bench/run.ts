@@ -1,0 +1,599 @@
+// `npm run bench`: the receiver against its baselines, in one run, with one load generator.
+// For each store (a fresh PostgreSQL database, fresh PGlite folders) and each request mix (unique
+// transaction ids; half of them repeats), it starts three servers (bench/server.ts, each a child
+// process): load goes to (a) GET /bench/noop, no database work, (b) the naive receiver, one Prisma
+// write per request, (c) the real receiver, from autocannon in this process. The measured time is
+// cut into rounds that take turns between the three, so that a change in the machine's load
+// (other work on it) falls on all three alike and the ratios (c)/(a) and (c)/(b) stay fair.
+// It prints requests/s, p50/p99 of the 2xx answers, each server's peak RSS, CPU use, the ratios,
+// and then checks that every delivery answered 200 is in the database with the id it was answered
+// with. Last, an overload case: far more connections than the queue admits; every answer must be a
+// 2xx or a 503 and memory must stay bounded.
+// Options: `npm run bench -- --help`.
+import { spawn } from 'node:child_process'
+import { closeSync, cpSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import autocannon from 'autocannon'
+import pg from 'pg'
+import { loadConfig } from '../src/config.ts'
+import { openDatabase } from '../src/database.ts'
+import { migrate } from '../src/migrations.ts'
+import { createSheet } from '../src/sheets.ts'
+import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
+import { NOOP_PATH } from './noop-route.ts'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const RECEIVER_PATH = '/meta/postback/conversion'
+
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '4' },
+    warmup: { type: 'string', default: '2' },
+    connections: { type: 'string', default: '50' },
+    stores: { type: 'string', default: 'postgresql,pglite' },
+    mixes: { type: 'string', default: 'unique,half-repeats' },
+    routes: { type: 'string', default: 'noop,receiver,naive' },
+    overload: { type: 'string', default: 'postgresql,pglite' },
+    'overload-connections': { type: 'string', default: '1000' },
+    'overload-queue': { type: 'string', default: '200' },
+    'overload-duration': { type: 'string', default: '20' },
+    backlog: { type: 'string' },
+    'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
+    env: { type: 'string', multiple: true, default: [] },
+    variant: { type: 'string', multiple: true, default: [] },
+    'cpu-prof': { type: 'string' },
+    json: { type: 'string' },
+    'keep-logs': { type: 'boolean', default: false },
+    help: { type: 'boolean', default: false },
+  },
+})
+
+if (args.help) {
+  console.log(`npm run bench -- [options]
+  --duration S               measured seconds per route and mix (10), cut into --rounds
+  --rounds N                 turns the routes take (4): round 1 runs noop, receiver, naive; round 2 receiver, naive, noop; ...
+  --warmup S                 unmeasured seconds per server before the rounds (2)
+  --connections N            concurrent connections (50)
+  --stores LIST              postgresql,pglite
+  --mixes LIST               unique,half-repeats
+  --routes LIST              noop,receiver,naive
+  --overload LIST            stores to run the overload case on (postgresql,pglite; '' for none)
+  --overload-connections N   (1000)
+  --overload-queue N         RECEIVER_QUEUE_MAX in the overload case (200)
+  --overload-duration S      (20)
+  --backlog N                the servers' listen backlog (default: the most connections of any case, at least
+                             Node's 511), so that opening all connections at once does not overflow it
+  --pg-url URL               PostgreSQL to create (and drop) the benchmark's own database through
+  --env NAME=VALUE           environment for the receiver's server (repeatable), e.g. RECEIVER_BATCH_MAX=100
+  --variant LABEL:N=V,N=V    one more receiver, route "receiver:LABEL", with this environment on top,
+                             measured in the same rounds (repeatable): compares settings in one run
+  --cpu-prof DIR             write V8 CPU profiles of the servers into DIR (one folder per server)
+  --json FILE                also write the results as JSON
+  --keep-logs                keep the servers' log files`)
+  process.exit(0)
+}
+
+type Store = 'postgresql' | 'pglite'
+/** noop, naive, receiver, or receiver:LABEL for a --variant. */
+type Route = string
+type Mix = 'unique' | 'half-repeats'
+
+const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean)
+const duration = Number(args.duration)
+const rounds = Math.max(1, Number(args.rounds))
+const warmup = Number(args.warmup)
+const connections = Number(args.connections)
+const stores = list(args.stores) as Store[]
+const mixes = list(args.mixes) as Mix[]
+const variants = new Map(
+  args.variant.map((spec) => {
+    const colon = spec.indexOf(':')
+    const env = Object.fromEntries(list(spec.slice(colon + 1)).map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+    return [`receiver:${spec.slice(0, colon)}` as Route, env] as const
+  }),
+)
+const routes = [...list(args.routes), ...variants.keys()]
+const overloadStores = list(args.overload) as Store[]
+const receiverEnv = Object.fromEntries(args.env.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : RECEIVER_PATH)
+const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
+const SHEET = 'bench'
+const backlog = Number(args.backlog ?? Math.max(511, connections, overloadStores.length ? Number(args['overload-connections']) : 0))
+const stamp = new Date().toISOString().replace(/\D/g, '').slice(0, 14)
+
+interface CaseResult {
+  store: Store
+  route: Route
+  mix: Mix | 'overload'
+  connections: number
+  seconds: number
+  requestsPerSecond: number
+  /** Latency of the 2xx answers, ms. */
+  p50: number
+  p99: number
+  peakRssMb: number
+  /** Peak RSS in each quarter of the measured time: flat when memory is bounded. */
+  rssQuartersMb: number[]
+  statuses: Record<string, number>
+  errors: number
+  timeouts: number
+  acknowledged: number
+  /** Acknowledged deliveries not in the database, or there with another id; null for the no-database route. */
+  missing: number | null
+  /** CPU used while measured, in % of one core: the server, this load generator, PostgreSQL's processes for this database. */
+  cpu: { server: number; loadGenerator: number; postgres: number }
+  /** Deliveries per batch statement (postback_batch_size), warm-up included. */
+  averageBatch: number | null
+  loadAverage: number
+}
+
+/** One store under test: how a server reaches it, and a way to read it back after the server stopped. */
+interface StoreHandle {
+  kind: Store
+  /** The PostgreSQL database's name. */
+  database?: string
+  /** Environment for one server; on PGlite, a fresh copy of the prepared folder. */
+  prepare(name: string): Record<string, string>
+  /** Rows (transaction id to conversion id) of the bench sheet, read after the server stopped. */
+  rows(env: Record<string, string>): Promise<Map<string, string>>
+  clean(env: Record<string, string>): Promise<void>
+  close(): Promise<void>
+}
+
+async function openStore(kind: Store): Promise<StoreHandle> {
+  if (kind === 'postgresql') {
+    const name = `bench_${stamp}_${process.pid}`
+    await adminQuery(`CREATE DATABASE ${name}`)
+    const url = new URL(args['pg-url'])
+    url.pathname = `/${name}`
+    const databaseUrl = url.toString()
+    const db = await openDatabase(loadConfig({ DATABASE_URL: databaseUrl }))
+    await db.withSession((session) => migrate(session))
+    await createSheet(db.prisma, { sheetId: SHEET, currency: 'USD' })
+    console.log(`PostgreSQL: created database ${name}`)
+    return {
+      kind,
+      database: name,
+      prepare: () => ({ DATABASE_URL: databaseUrl }),
+      rows: () => db.withSession((session) => readRows(session.query.bind(session))),
+      // Each mix starts on an empty table, as on PGlite.
+      clean: () => db.withSession((session) => session.exec('TRUNCATE conversions, delivery_counters, delivery_rejections')),
+      async close() {
+        await db.close().catch(() => undefined)
+        // A new connection: the server may have restarted meanwhile.
+        await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+        console.log(`PostgreSQL: dropped database ${name}`)
+      },
+    }
+  }
+  const base = mkdtempSync(join(tmpdir(), 'postback-bench-'))
+  const template = join(base, 'template')
+  const db = await openDatabase(loadConfig({ DATA_DIR: template }))
+  await db.withSession((session) => migrate(session))
+  await createSheet(db.prisma, { sheetId: SHEET, currency: 'USD' })
+  await db.close()
+  return {
+    kind,
+    prepare(name) {
+      const dir = join(base, name)
+      cpSync(template, dir, { recursive: true })
+      return { DATA_DIR: dir }
+    },
+    async rows(env) {
+      const db = await openDatabase(loadConfig({ DATA_DIR: env.DATA_DIR }))
+      try {
+        return await db.withSession((session) => readRows(session.query.bind(session)))
+      } finally {
+        await db.close()
+      }
+    },
+    async clean(env) {
+      rmSync(env.DATA_DIR!, { recursive: true, force: true })
+    },
+    async close() {
+      rmSync(base, { recursive: true, force: true })
+    },
+  }
+}
+
+async function adminQuery(sql: string): Promise<void> {
+  const admin = new pg.Client({ connectionString: args['pg-url'] })
+  await admin.connect()
+  try {
+    await admin.query(sql)
+  } finally {
+    await admin.end()
+  }
+}
+
+async function readRows(query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>>) {
+  const rows = await query('SELECT transaction_id, id::text AS id FROM conversions WHERE sheet_id = $1', [SHEET])
+  return new Map(rows.map((row) => [row.transaction_id as string, row.id as string]))
+}
+
+interface Server {
+  name: string
+  url: string
+  pid: number
+  env: Record<string, string>
+  stop(): Promise<void>
+}
+
+/** A server under test as a child process; resolves once it listens. Its log lines go to a file. */
+async function startServer(name: string, env: Record<string, string>): Promise<Server> {
+  const logPath = join(tmpdir(), `postback-bench-${stamp}-${name}.log`)
+  const logFd = openSync(logPath, 'w')
+  // One folder per server: tsx's loader thread writes a (small) profile of its own beside the main thread's.
+  const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog)], {
+    cwd: ROOT,
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', logFd, logFd, 'ipc'],
+  })
+  closeSync(logFd)
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name}: no answer in 60 s; see ${logPath}`)), 60_000)
+    child.on('message', (message: { url: string }) => {
+      clearTimeout(timer)
+      resolve(message.url)
+    })
+    void exited.then((code) => reject(new Error(`${name} exited (${code}) before listening:\n${readFileSync(logPath, 'utf8').slice(-2000)}`)))
+  })
+  return {
+    name,
+    url,
+    pid: child.pid!,
+    env,
+    async stop() {
+      child.kill('SIGTERM')
+      const code = await exited
+      if (code !== 0) throw new Error(`${name} exited with ${code}; see ${logPath}`)
+      if (!args['keep-logs']) rmSync(logPath, { force: true })
+    },
+  }
+}
+
+/** CPU seconds (user + system) a process has used, from /proc. */
+function cpuSeconds(pid: number | 'self'): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return 0
+  }
+}
+
+/**
+ * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database and the
+ * shared WAL writer, checkpointer and background writer (other databases' backends are left out).
+ */
+function postgresCpuSeconds(database: string | undefined): number {
+  if (!database) return 0
+  let total = 0
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue
+      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8')
+      if (title.includes(` ${database} `) || /^postgres: (walwriter|checkpointer|background writer)/.test(title)) total += cpuSeconds(Number(entry))
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return total
+}
+
+function rssKb(pid: number): number {
+  try {
+    return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0)
+  } catch {
+    return 0
+  }
+}
+
+/** The average batch size from the server's /metrics (postback_batch_size). */
+async function averageBatch(url: string): Promise<number | null> {
+  const text = await (await fetch(`${url}/metrics`)).text()
+  const sum = /^postback_batch_size_sum (\S+)$/m.exec(text)
+  const count = /^postback_batch_size_count (\S+)$/m.exec(text)
+  return sum && count && Number(count[1]) > 0 ? Math.round((10 * Number(sum[1])) / Number(count[1])) / 10 : null
+}
+
+/** What the load generator saw of one route, added up over its slices. */
+class Tally {
+  seconds = 0
+  requests = 0
+  errors = 0
+  timeouts = 0
+  statuses: Record<string, number> = {}
+  latencies: number[] = []
+  acknowledged: Array<[transactionId: string, body: string]> = []
+  rss: Array<{ at: number; kb: number }> = []
+  cpu = { server: 0, loadGenerator: 0, postgres: 0 }
+  // Ids sent lately, for the repeats of the half-repeats mix; kept across slices.
+  recent: string[] = []
+  sent = 0
+
+  percentile(p: number): number {
+    if (this.latencies.length === 0) return 0
+    const sorted = Float64Array.from(this.latencies).sort()
+    return Math.round(10 * sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!) / 10
+  }
+}
+
+const QUERY_TAIL = '&payout=12.50&currency=USD&campaign_id=120210000000000001&adset_id=120210000000000002&ad_id=120210000000000003'
+
+/**
+ * Drives one slice of load at a server. Every request is a full postback; with `repeats`, every
+ * other request repeats one of the last 1000 transaction ids sent (some meet their first delivery
+ * in the same batch, most an already stored row). With `measure`, the slice is added to `tally`
+ * (only the 200 answers are recorded otherwise, to be checked in the database too).
+ */
+function drive(server: Server, route: Route, tally: Tally, options: { seconds: number; connections: number; repeats: boolean; measure: boolean; database?: string }) {
+  const prefix = `${server.name}-${options.measure ? 'm' : 'w'}`
+  const before = { server: cpuSeconds(server.pid), loadGenerator: cpuSeconds('self'), postgres: postgresCpuSeconds(options.database) }
+  const sampler = options.measure ? setInterval(() => tally.rss.push({ at: Date.now(), kb: rssKb(server.pid) }), 100) : undefined
+  return new Promise<void>((resolve, reject) => {
+    const instance = autocannon(
+      {
+        url: server.url,
+        connections: options.connections,
+        duration: options.seconds,
+        timeout: 10,
+        requests: [
+          {
+            method: 'GET',
+            setupRequest: (request, context) => {
+              let transactionId: string
+              if (options.repeats && tally.sent % 2 === 1 && tally.recent.length > 0) {
+                transactionId = tally.recent[Math.floor(Math.random() * tally.recent.length)]!
+              } else {
+                transactionId = `${prefix}-${tally.sent}`
+                tally.recent.push(transactionId)
+                if (tally.recent.length > 1000) tally.recent.shift()
+              }
+              tally.sent++
+              ;(context as { transactionId?: string }).transactionId = transactionId
+              return { ...request, path: `${pathOf(route)}?sheet_id=${SHEET}&transaction_id=${transactionId}${QUERY_TAIL}` }
+            },
+            onResponse: (status, body, context) => {
+              if (status === 200) tally.acknowledged.push([(context as { transactionId: string }).transactionId, body])
+            },
+          },
+        ],
+      },
+      (error, result) => {
+        clearInterval(sampler)
+        if (error) return reject(error)
+        if (options.measure) {
+          tally.seconds += result.duration
+          tally.requests += result.requests.total
+          tally.errors += result.errors
+          tally.timeouts += result.timeouts
+          tally.cpu.server += cpuSeconds(server.pid) - before.server
+          tally.cpu.loadGenerator += cpuSeconds('self') - before.loadGenerator
+          tally.cpu.postgres += postgresCpuSeconds(options.database) - before.postgres
+        }
+        resolve()
+      },
+    )
+    if (options.measure) {
+      instance.on('response', (_client: unknown, statusCode: number, _bytes: number, responseTime: number) => {
+        tally.statuses[statusCode] = (tally.statuses[statusCode] ?? 0) + 1
+        if (statusCode >= 200 && statusCode < 300) tally.latencies.push(responseTime)
+      })
+    }
+  })
+}
+
+async function verify(store: StoreHandle, server: Server, tally: Tally): Promise<number> {
+  const rows = await store.rows(server.env)
+  let missing = 0
+  for (const [transactionId, body] of tally.acknowledged) {
+    if (rows.get(transactionId) !== (JSON.parse(body) as { conversion_id: string }).conversion_id) missing++
+  }
+  return missing
+}
+
+function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: number, tally: Tally, missing: number | null, batch: number | null, load: number): CaseResult {
+  const mb = (samples: Tally['rss']) => Math.round(Math.max(0, ...samples.map((s) => s.kb)) / 1024)
+  const first = tally.rss[0]?.at ?? 0
+  const span = (tally.rss[tally.rss.length - 1]?.at ?? 0) - first
+  const quarter = (q: number) => tally.rss.filter((s) => s.at - first >= (q * span) / 4 && s.at - first <= ((q + 1) * span) / 4)
+  const percent = (cpuSeconds: number) => Math.round((100 * cpuSeconds) / tally.seconds)
+  return {
+    store,
+    route,
+    mix,
+    connections: conns,
+    seconds: Math.round(tally.seconds * 10) / 10,
+    requestsPerSecond: Math.round(tally.requests / tally.seconds),
+    p50: tally.percentile(0.5),
+    p99: tally.percentile(0.99),
+    peakRssMb: mb(tally.rss),
+    rssQuartersMb: [0, 1, 2, 3].map((q) => mb(quarter(q))),
+    statuses: tally.statuses,
+    errors: tally.errors,
+    timeouts: tally.timeouts,
+    acknowledged: tally.acknowledged.length,
+    missing,
+    cpu: { server: percent(tally.cpu.server), loadGenerator: percent(tally.cpu.loadGenerator), postgres: percent(tally.cpu.postgres) },
+    averageBatch: batch,
+    loadAverage: load,
+  }
+}
+
+function report(result: CaseResult): void {
+  const batch = result.averageBatch === null ? '' : `, batch ${result.averageBatch}`
+  const check = result.missing === null ? '' : `, ${result.missing} of ${result.acknowledged} acknowledged missing`
+  console.log(
+    `  ${result.route.padEnd(16)} ${String(result.requestsPerSecond).padStart(6)} req/s, p50 ${result.p50} ms, p99 ${result.p99} ms, peak RSS ${result.peakRssMb} MB, ` +
+      `CPU % server ${result.cpu.server} / load generator ${result.cpu.loadGenerator} / postgres ${result.cpu.postgres}${batch}${check}`,
+  )
+}
+
+/** The three routes of one store and mix, measured in turns. */
+async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
+  const load = loadavg()[0]!
+  console.log(`${store.kind}, ${mix}: ${routes.join(', ')}; ${connections} connections, ${warmup} s warm-up each, then ${rounds} rounds of ${(duration / rounds).toFixed(1)} s each (load ${load.toFixed(2)})`)
+  const servers = new Map<Route, Server>()
+  const tallies = new Map<Route, Tally>()
+  try {
+    for (const route of routes) {
+      const name = `${store.kind}-${mix}-${route.replace(':', '-')}`
+      const env = isReceiver(route) ? { ...receiverEnv, ...variants.get(route) } : {}
+      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }))
+      tallies.set(route, new Tally())
+    }
+    const repeats = mix === 'half-repeats'
+    for (const route of routes) {
+      if (warmup > 0) await drive(servers.get(route)!, route, tallies.get(route)!, { seconds: warmup, connections, repeats, measure: false })
+    }
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < routes.length; i++) {
+        const route = routes[(i + round) % routes.length]!
+        await drive(servers.get(route)!, route, tallies.get(route)!, { seconds: duration / rounds, connections, repeats, measure: true, database: store.database })
+      }
+    }
+    const batches = new Map<Route, number | null>()
+    for (const route of routes.filter(isReceiver)) batches.set(route, await averageBatch(servers.get(route)!.url))
+    const stopped = [...servers.entries()]
+    for (const [route, server] of stopped) {
+      await server.stop()
+      servers.delete(route)
+    }
+    const results: CaseResult[] = []
+    for (const [route, server] of stopped) {
+      const tally = tallies.get(route)!
+      const missing = route === 'noop' ? null : await verify(store, server, tally)
+      const result = summarize(store.kind, route, mix, connections, tally, missing, batches.get(route) ?? null, load)
+      report(result)
+      results.push(result)
+    }
+    for (const [, server] of stopped) await store.clean(server.env)
+    return results
+  } finally {
+    for (const server of servers.values()) await server.stop().catch(() => undefined)
+  }
+}
+
+async function runOverload(store: StoreHandle): Promise<CaseResult> {
+  const load = loadavg()[0]!
+  const conns = Number(args['overload-connections'])
+  const seconds = Number(args['overload-duration'])
+  console.log(`${store.kind}, overload: receiver with RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${conns} connections, ${seconds} s (load ${load.toFixed(2)})`)
+  const name = `${store.kind}-overload-receiver`
+  const server = await startServer(name, { ...store.prepare(name), ...receiverEnv, RECEIVER_QUEUE_MAX: args['overload-queue'] })
+  const tally = new Tally()
+  try {
+    await drive(server, 'receiver', tally, { seconds, connections: conns, repeats: false, measure: true, database: store.database })
+    const batch = await averageBatch(server.url)
+    await server.stop()
+    const missing = await verify(store, server, tally)
+    await store.clean(server.env)
+    const result = summarize(store.kind, 'receiver', 'overload', conns, tally, missing, batch, load)
+    report(result)
+    return result
+  } catch (error) {
+    await server.stop().catch(() => undefined)
+    throw error
+  }
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)))
+  const line = (row: string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i]!)).join(' | ')} |`
+  return [line(rows[0]!), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n')
+}
+
+const results: CaseResult[] = []
+const started = Date.now()
+console.log(`postback-store bench: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), Node.js ${process.version}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`)
+console.log(`autocannon in this process; each server under test in its own child process, LOG_LEVEL=warn; receiver env: ${Object.entries(receiverEnv).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'}\n`)
+
+// Interrupted: drop the database and folders made so far (the servers stop when this process goes).
+const open = new Set<StoreHandle>()
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    console.error(`\n${signal}: cleaning up`)
+    void Promise.allSettled([...open].map((store) => store.close())).then(() => process.exit(130))
+  })
+}
+
+for (const kind of stores) {
+  const store = await openStore(kind)
+  open.add(store)
+  try {
+    for (const mix of mixes) results.push(...(await runMix(store, mix)))
+    if (overloadStores.includes(kind)) results.push(await runOverload(store))
+  } finally {
+    open.delete(store)
+    await store.close()
+  }
+}
+
+const find = (store: Store, route: Route, mix: string) => results.find((r) => r.store === store && r.route === route && r.mix === mix)
+const ratio = (a?: number, b?: number) => (a !== undefined && b ? (a / b).toFixed(2) : '-')
+const statusText = (s: Record<string, number>) => Object.entries(s).map(([code, n]) => `${code}: ${n}`).join(', ')
+
+console.log(`\n## Results: ${duration} s per route and mix (${rounds} rounds), ${connections} connections\n`)
+console.log(
+  table([
+    ['store', 'mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'peak RSS MB', 'answers', 'errors', 'timeouts', 'acked', 'missing', 'CPU % server / load gen / pg', 'batch'],
+    ...results
+      .filter((r) => r.mix !== 'overload')
+      .map((r) => [r.store, r.mix, r.route, String(r.requestsPerSecond), String(r.p50), String(r.p99), String(r.peakRssMb), statusText(r.statuses), String(r.errors), String(r.timeouts), String(r.acknowledged), r.missing === null ? '-' : String(r.missing), `${r.cpu.server} / ${r.cpu.loadGenerator} / ${r.cpu.postgres}`, r.averageBatch === null ? '-' : String(r.averageBatch)]),
+  ]),
+)
+
+console.log('\n## Ratios\n')
+const ratioRows: string[][] = [['store', 'mix', 'receiver / no-db', 'receiver / naive', 'receiver p99 ms', 'acked missing', 'targets on PostgreSQL: >= 0.5, >= 8, p99 < 50 ms, 0 missing']]
+for (const kind of stores) {
+  for (const mix of mixes) for (const route of routes.filter(isReceiver)) {
+    const receiver = find(kind, route, mix)
+    const noop = find(kind, 'noop', mix)
+    const naive = find(kind, 'naive', mix)
+    if (!receiver) continue
+    const lost = (receiver.missing ?? 0) + (naive?.missing ?? 0)
+    const verdicts =
+      kind === 'postgresql'
+        ? [
+            noop ? receiver.requestsPerSecond >= 0.5 * noop.requestsPerSecond : undefined,
+            naive ? receiver.requestsPerSecond >= 8 * naive.requestsPerSecond : undefined,
+            receiver.p99 < 50,
+            lost === 0,
+          ]
+            .map((ok) => (ok === undefined ? '-' : ok ? 'met' : 'MISSED'))
+            .join(', ')
+        : '(none on PGlite)'
+    ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
+  }
+}
+console.log(table(ratioRows))
+
+const overloads = results.filter((r) => r.mix === 'overload')
+if (overloads.length) {
+  console.log(`\n## Overload: RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${args['overload-connections']} connections, ${args['overload-duration']} s, listen backlog ${backlog}\n`)
+  console.log(
+    table([
+      ['store', 'answers/s', '2xx', '503', 'other', 'errors', 'timeouts', 'p99 2xx ms', 'peak RSS MB', 'peak RSS by quarter MB', 'acked missing', 'verdict'],
+      ...overloads.map((r) => {
+        const count = (match: (code: string) => boolean) => Object.entries(r.statuses).filter(([code]) => match(code)).reduce((n, [, c]) => n + c, 0)
+        const ok = count((code) => code.startsWith('2'))
+        const unavailable = count((code) => code === '503')
+        const other = count((code) => !code.startsWith('2') && code !== '503')
+        const good = other === 0 && r.errors === 0 && r.timeouts === 0 && r.missing === 0
+        return [r.store, String(r.requestsPerSecond), String(ok), String(unavailable), String(other), String(r.errors), String(r.timeouts), String(r.p99), String(r.peakRssMb), r.rssQuartersMb.join(' / '), String(r.missing), good ? 'ok' : 'FAILED']
+      }),
+    ]),
+  )
+}
+console.log(`\nTotal bench time ${Math.round((Date.now() - started) / 1000)} s; load average now ${loadavg().map((l) => l.toFixed(2)).join(' ')}.`)
+if (args.json) {
+  writeFileSync(args.json, `${JSON.stringify({ machine: { cores: cpus().length, model: cpus()[0]?.model, node: process.version }, duration, rounds, warmup, connections, receiverEnv, results }, null, 2)}\n`)
+}
