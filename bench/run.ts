@@ -24,6 +24,7 @@ import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
+import { adminQuery as runAdminQuery, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -92,13 +93,13 @@ const mixes = list(args.mixes) as Mix[]
 const variants = new Map(
   args.variant.map((spec) => {
     const colon = spec.indexOf(':')
-    const env = Object.fromEntries(list(spec.slice(colon + 1)).map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+    const env = envPairs(list(spec.slice(colon + 1)))
     return [`receiver:${spec.slice(0, colon)}` as Route, env] as const
   }),
 )
 const routes = [...list(args.routes), ...variants.keys()]
 const overloadStores = list(args.overload) as Store[]
-const receiverEnv = Object.fromEntries(args.env.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+const receiverEnv = envPairs(args.env)
 const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : RECEIVER_PATH)
 const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
 const SHEET = 'bench'
@@ -203,15 +204,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
   }
 }
 
-async function adminQuery(sql: string): Promise<void> {
-  const admin = new pg.Client({ connectionString: args['pg-url'] })
-  await admin.connect()
-  try {
-    await admin.query(sql)
-  } finally {
-    await admin.end()
-  }
-}
+const adminQuery = (sql: string) => runAdminQuery(args['pg-url'], sql)
 
 async function readRows(query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>>) {
   const rows = await query('SELECT transaction_id, id::text AS id FROM conversions WHERE sheet_id = $1', [SHEET])
@@ -518,11 +511,6 @@ async function runOverload(store: StoreHandle): Promise<CaseResult> {
   }
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)))
-  const line = (row: string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i]!)).join(' | ')} |`
-  return [line(rows[0]!), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n')
-}
 
 const results: CaseResult[] = []
 const started = Date.now()

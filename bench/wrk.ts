@@ -9,6 +9,7 @@ import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
+import { adminQuery, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const { values: args } = parseArgs({
@@ -32,21 +33,13 @@ if (spawnSync('wrk', ['--version']).error) {
   process.exit(2)
 }
 
-async function admin(sql: string) {
-  const client = new pg.Client({ connectionString: args['pg-url'] })
-  await client.connect()
-  try {
-    await client.query(sql)
-  } finally {
-    await client.end()
-  }
-}
+const admin = (sql: string) => adminQuery(args['pg-url'], sql)
 
 const database = `bench_wrk_${Date.now()}_${process.pid}`
 const url = new URL(args['pg-url'])
 url.pathname = `/${database}`
 await admin(`CREATE DATABASE ${database}`)
-const serverEnv = Object.fromEntries(args.env.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+const serverEnv = envPairs(args.env)
 const server = spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts'], {
   cwd: ROOT,
   env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), ...serverEnv },
@@ -111,11 +104,6 @@ try {
       rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), String(t.non2xx), String(t.errors)])
     }
     ratios.push([mix, (rps('receiver') / rps('noop')).toFixed(2), (rps('receiver') / rps('naive')).toFixed(2)])
-  }
-  const table = (data: string[][]) => {
-    const widths = data[0]!.map((_, i) => Math.max(...data.map((row) => row[i]!.length)))
-    const line = (row: string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i]!)).join(' | ')} |`
-    return [line(data[0]!), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...data.slice(1).map(line)].join('\n')
   }
   console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's. Load average now ${loadavg()[0]!.toFixed(2)}.`)
 } finally {
