@@ -24,6 +24,7 @@ import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
+import { adminQuery as runAdminQuery, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -65,8 +66,8 @@ if (args.help) {
   --overload-connections N   (1000)
   --overload-queue N         RECEIVER_QUEUE_MAX in the overload case (200)
   --overload-duration S      (20)
-  --backlog N                the servers' listen backlog (default: the most connections of any case, at least
-                             Node's 511), so that opening all connections at once does not overflow it
+  --backlog N                the servers' listen backlog (default: 4 times the most connections of any case,
+                             at least Node's 511), so that opening all connections at once does not overflow it
   --pg-url URL               PostgreSQL to create (and drop) the benchmark's own database through
   --env NAME=VALUE           environment for the receiver's server (repeatable), e.g. RECEIVER_BATCH_MAX=100
   --variant LABEL:N=V,N=V    one more receiver, route "receiver:LABEL", with this environment on top,
@@ -92,17 +93,18 @@ const mixes = list(args.mixes) as Mix[]
 const variants = new Map(
   args.variant.map((spec) => {
     const colon = spec.indexOf(':')
-    const env = Object.fromEntries(list(spec.slice(colon + 1)).map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+    const env = envPairs(list(spec.slice(colon + 1)))
     return [`receiver:${spec.slice(0, colon)}` as Route, env] as const
   }),
 )
 const routes = [...list(args.routes), ...variants.keys()]
 const overloadStores = list(args.overload) as Store[]
-const receiverEnv = Object.fromEntries(args.env.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+const receiverEnv = envPairs(args.env)
 const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : RECEIVER_PATH)
 const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
 const SHEET = 'bench'
-const backlog = Number(args.backlog ?? Math.max(511, connections, overloadStores.length ? Number(args['overload-connections']) : 0))
+// Room for every connection of a case and its reconnections (the kernel caps it at net.core.somaxconn).
+const backlog = Number(args.backlog ?? Math.max(511, 4 * connections, overloadStores.length ? 4 * Number(args['overload-connections']) : 0))
 const stamp = new Date().toISOString().replace(/\D/g, '').slice(0, 14)
 
 interface CaseResult {
@@ -126,6 +128,8 @@ interface CaseResult {
   missing: number | null
   /** CPU used while measured, in % of one core: the server, this load generator, PostgreSQL's processes for this database. */
   cpu: { server: number; loadGenerator: number; postgres: number }
+  /** Connections the kernel dropped from a full listen queue while measured (TcpExt ListenOverflows, machine-wide). */
+  listenOverflows: number
   /** Deliveries per batch statement (postback_batch_size), warm-up included. */
   averageBatch: number | null
   loadAverage: number
@@ -200,15 +204,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
   }
 }
 
-async function adminQuery(sql: string): Promise<void> {
-  const admin = new pg.Client({ connectionString: args['pg-url'] })
-  await admin.connect()
-  try {
-    await admin.query(sql)
-  } finally {
-    await admin.end()
-  }
-}
+const adminQuery = (sql: string) => runAdminQuery(args['pg-url'], sql)
 
 async function readRows(query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>>) {
   const rows = await query('SELECT transaction_id, id::text AS id FROM conversions WHERE sheet_id = $1', [SHEET])
@@ -288,6 +284,13 @@ function postgresCpuSeconds(database: string | undefined): number {
   return total
 }
 
+function listenOverflows(): number {
+  const lines = readFileSync('/proc/net/netstat', 'utf8').split('\n').filter((line) => line.startsWith('TcpExt:'))
+  const names = lines[0]?.split(' ') ?? []
+  const values = lines[1]?.split(' ') ?? []
+  return Number(values[names.indexOf('ListenOverflows')] ?? 0)
+}
+
 function rssKb(pid: number): number {
   try {
     return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0)
@@ -315,6 +318,7 @@ class Tally {
   acknowledged: Array<[transactionId: string, body: string]> = []
   rss: Array<{ at: number; kb: number }> = []
   cpu = { server: 0, loadGenerator: 0, postgres: 0 }
+  listenOverflows = 0
   // Ids sent lately, for the repeats of the half-repeats mix; kept across slices.
   recent: string[] = []
   sent = 0
@@ -336,7 +340,7 @@ const QUERY_TAIL = '&payout=12.50&currency=USD&campaign_id=120210000000000001&ad
  */
 function drive(server: Server, route: Route, tally: Tally, options: { seconds: number; connections: number; repeats: boolean; measure: boolean; database?: string }) {
   const prefix = `${server.name}-${options.measure ? 'm' : 'w'}`
-  const before = { server: cpuSeconds(server.pid), loadGenerator: cpuSeconds('self'), postgres: postgresCpuSeconds(options.database) }
+  const before = { server: cpuSeconds(server.pid), loadGenerator: cpuSeconds('self'), postgres: postgresCpuSeconds(options.database), overflows: listenOverflows() }
   const sampler = options.measure ? setInterval(() => tally.rss.push({ at: Date.now(), kb: rssKb(server.pid) }), 100) : undefined
   return new Promise<void>((resolve, reject) => {
     const instance = autocannon(
@@ -378,6 +382,7 @@ function drive(server: Server, route: Route, tally: Tally, options: { seconds: n
           tally.cpu.server += cpuSeconds(server.pid) - before.server
           tally.cpu.loadGenerator += cpuSeconds('self') - before.loadGenerator
           tally.cpu.postgres += postgresCpuSeconds(options.database) - before.postgres
+          tally.listenOverflows += listenOverflows() - before.overflows
         }
         resolve()
       },
@@ -423,6 +428,7 @@ function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: nu
     acknowledged: tally.acknowledged.length,
     missing,
     cpu: { server: percent(tally.cpu.server), loadGenerator: percent(tally.cpu.loadGenerator), postgres: percent(tally.cpu.postgres) },
+    listenOverflows: tally.listenOverflows,
     averageBatch: batch,
     loadAverage: load,
   }
@@ -505,11 +511,6 @@ async function runOverload(store: StoreHandle): Promise<CaseResult> {
   }
 }
 
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)))
-  const line = (row: string[]) => `| ${row.map((cell, i) => cell.padEnd(widths[i]!)).join(' | ')} |`
-  return [line(rows[0]!), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.slice(1).map(line)].join('\n')
-}
 
 const results: CaseResult[] = []
 const started = Date.now()
@@ -581,14 +582,14 @@ if (overloads.length) {
   console.log(`\n## Overload: RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${args['overload-connections']} connections, ${args['overload-duration']} s, listen backlog ${backlog}\n`)
   console.log(
     table([
-      ['store', 'answers/s', '2xx', '503', 'other', 'errors', 'timeouts', 'p99 2xx ms', 'peak RSS MB', 'peak RSS by quarter MB', 'acked missing', 'verdict'],
+      ['store', 'answers/s', '2xx', '503', 'other', 'errors', 'timeouts', 'listen overflows', 'p99 2xx ms', 'peak RSS MB', 'peak RSS by quarter MB', 'acked missing', 'verdict'],
       ...overloads.map((r) => {
         const count = (match: (code: string) => boolean) => Object.entries(r.statuses).filter(([code]) => match(code)).reduce((n, [, c]) => n + c, 0)
         const ok = count((code) => code.startsWith('2'))
         const unavailable = count((code) => code === '503')
         const other = count((code) => !code.startsWith('2') && code !== '503')
         const good = other === 0 && r.errors === 0 && r.timeouts === 0 && r.missing === 0
-        return [r.store, String(r.requestsPerSecond), String(ok), String(unavailable), String(other), String(r.errors), String(r.timeouts), String(r.p99), String(r.peakRssMb), r.rssQuartersMb.join(' / '), String(r.missing), good ? 'ok' : 'FAILED']
+        return [r.store, String(r.requestsPerSecond), String(ok), String(unavailable), String(other), String(r.errors), String(r.timeouts), String(r.listenOverflows), String(r.p99), String(r.peakRssMb), r.rssQuartersMb.join(' / '), String(r.missing), good ? 'ok' : 'FAILED']
       }),
     ]),
   )

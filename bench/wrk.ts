@@ -1,0 +1,111 @@
+// `npm run bench:wrk`: the ratios of `npm run bench` again, with an independent load generator:
+// wrk (Debian's package: apt-get install wrk) in its own process, with bench/wrk/postback.lua,
+// against one bench server (bench/server.ts) on a fresh PostgreSQL database: GET /bench/noop, the
+// naive receiver and the receiver, in rounds that take turns, unique ids and half repeats.
+// Options: --duration S per route and mix (10), --rounds N (2), --connections N (50), --threads N (1),
+// --pg-url URL, --env NAME=VALUE for the server.
+import { spawn, spawnSync } from 'node:child_process'
+import { cpus, loadavg } from 'node:os'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import pg from 'pg'
+import { adminQuery, envPairs, table } from './support.ts'
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const { values: args } = parseArgs({
+  options: {
+    duration: { type: 'string', default: '10' },
+    rounds: { type: 'string', default: '2' },
+    connections: { type: 'string', default: '50' },
+    threads: { type: 'string', default: '1' },
+    'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
+    env: { type: 'string', multiple: true, default: [] },
+  },
+})
+const rounds = Math.max(1, Number(args.rounds))
+const slice = Number(args.duration) / rounds
+const ROUTES = { noop: '/bench/noop', naive: '/bench/naive', receiver: '/meta/postback/conversion' } as const
+type Route = keyof typeof ROUTES
+const MIXES = ['unique', 'half-repeats'] as const
+
+if (spawnSync('wrk', ['--version']).error) {
+  console.error('wrk is not installed: apt-get install -y wrk')
+  process.exit(2)
+}
+
+const admin = (sql: string) => adminQuery(args['pg-url'], sql)
+
+const database = `bench_wrk_${Date.now()}_${process.pid}`
+const url = new URL(args['pg-url'])
+url.pathname = `/${database}`
+await admin(`CREATE DATABASE ${database}`)
+const serverEnv = envPairs(args.env)
+const server = spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts'], {
+  cwd: ROOT,
+  env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), ...serverEnv },
+  stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+})
+const cleanup = async () => {
+  server.kill('SIGTERM')
+  await new Promise((resolve) => (server.exitCode === null ? server.once('exit', resolve) : resolve(null)))
+  await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+}
+process.on('SIGINT', () => void cleanup().then(() => process.exit(130)))
+
+try {
+  const base = await new Promise<string>((resolve, reject) => {
+    server.once('message', (message: { url: string }) => resolve(message.url))
+    server.once('exit', (code) => reject(new Error(`bench server exited (${code})`)))
+  })
+  const db = new pg.Client({ connectionString: url.toString() })
+  await db.connect()
+  await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
+  await db.end()
+
+  console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${rounds} rounds of ${slice} s per route; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
+  const stamp = Date.now().toString(36)
+  const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors']]
+  const ratios: string[][] = [['mix', 'receiver / no-db', 'receiver / naive']]
+  for (const mix of MIXES) {
+    const totals = new Map<Route, { requests: number; seconds: number; p50: number[]; p99: number[]; non2xx: number; errors: number }>()
+    const order = Object.keys(ROUTES) as Route[]
+    for (let round = 0; round < rounds; round++) {
+      for (let i = 0; i < order.length; i++) {
+        const route = order[(i + round) % order.length]!
+        const result = spawnSync(
+          'wrk',
+          ['-t', args.threads, '-c', args.connections, '-d', `${slice}s`, '--timeout', '10s', '--latency', '-s', 'bench/wrk/postback.lua', base],
+          {
+            cwd: ROOT,
+            encoding: 'utf8',
+            env: { ...process.env, WRK_PATH: ROUTES[route], WRK_SHEET: 'bench', WRK_PREFIX: `${stamp}-${mix}-${route}-${round}`, WRK_REPEATS: mix === 'half-repeats' ? '1' : '0' },
+          },
+        )
+        const out = result.stdout
+        const total = totals.get(route) ?? { requests: 0, seconds: 0, p50: [], p99: [], non2xx: 0, errors: 0 }
+        const done = /(\d+) requests in ([\d.]+)(ms|s|m)/.exec(out)
+        if (!done) throw new Error(`unexpected wrk output:\n${out}\n${result.stderr}`)
+        total.requests += Number(done[1])
+        total.seconds += Number(done[2]) * (done[3] === 'ms' ? 0.001 : done[3] === 'm' ? 60 : 1)
+        const ms = (text: string | undefined) => (!text ? NaN : text.endsWith('us') ? parseFloat(text) / 1000 : text.endsWith('ms') ? parseFloat(text) : parseFloat(text) * 1000)
+        total.p50.push(ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]))
+        total.p99.push(ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1]))
+        total.non2xx += Number(/Non-2xx or 3xx responses: (\d+)/.exec(out)?.[1] ?? 0)
+        const socket = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out)
+        total.errors += socket ? socket.slice(1).reduce((n, v) => n + Number(v), 0) : 0
+        totals.set(route, total)
+      }
+    }
+    const rps = (route: Route) => totals.get(route)!.requests / totals.get(route)!.seconds
+    const worst = (values: number[]) => Math.max(...values).toFixed(1)
+    const middle = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!.toFixed(1)
+    for (const route of order) {
+      const t = totals.get(route)!
+      rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), String(t.non2xx), String(t.errors)])
+    }
+    ratios.push([mix, (rps('receiver') / rps('noop')).toFixed(2), (rps('receiver') / rps('naive')).toFixed(2)])
+  }
+  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's. Load average now ${loadavg()[0]!.toFixed(2)}.`)
+} finally {
+  await cleanup()
+}
