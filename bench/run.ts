@@ -24,7 +24,7 @@ import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
-import { adminQuery as runAdminQuery, envPairs, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -227,7 +227,7 @@ async function startServer(name: string, env: Record<string, string>): Promise<S
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog)], {
     cwd: ROOT,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...env },
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...BENCH_SERVER_ENV, ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
   })
   closeSync(logFd)
