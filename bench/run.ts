@@ -24,7 +24,7 @@ import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
-import { adminQuery as runAdminQuery, envPairs, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -227,7 +227,7 @@ async function startServer(name: string, env: Record<string, string>): Promise<S
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog)], {
     cwd: ROOT,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...env },
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...BENCH_SERVER_ENV, ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
   })
   closeSync(logFd)
@@ -268,19 +268,26 @@ function cpuSeconds(pid: number | 'self'): number {
  * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database and the
  * shared WAL writer, checkpointer and background writer (other databases' backends are left out).
  */
-function postgresCpuSeconds(database: string | undefined): number {
-  if (!database) return 0
-  let total = 0
+function postgresCpuSeconds(database: string | undefined): Map<number, number> {
+  const seconds = new Map<number, number>()
+  if (!database) return seconds
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue
     try {
       if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue
       const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8')
-      if (title.includes(` ${database} `) || /^postgres: (walwriter|checkpointer|background writer)/.test(title)) total += cpuSeconds(Number(entry))
+      if (title.includes(` ${database} `) || /^postgres: (walwriter|checkpointer|background writer)/.test(title)) seconds.set(Number(entry), cpuSeconds(Number(entry)))
     } catch {
       // Gone meanwhile.
     }
   }
+  return seconds
+}
+
+/** CPU seconds PostgreSQL's processes used between two snapshots (a process that ended meanwhile is left out). */
+function postgresCpuUsed(before: Map<number, number>, after: Map<number, number>): number {
+  let total = 0
+  for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? 0)
   return total
 }
 
@@ -381,7 +388,7 @@ function drive(server: Server, route: Route, tally: Tally, options: { seconds: n
           tally.timeouts += result.timeouts
           tally.cpu.server += cpuSeconds(server.pid) - before.server
           tally.cpu.loadGenerator += cpuSeconds('self') - before.loadGenerator
-          tally.cpu.postgres += postgresCpuSeconds(options.database) - before.postgres
+          tally.cpu.postgres += postgresCpuUsed(before.postgres, postgresCpuSeconds(options.database))
           tally.listenOverflows += listenOverflows() - before.overflows
         }
         resolve()

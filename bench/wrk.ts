@@ -9,7 +9,7 @@ import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
-import { adminQuery, envPairs, table } from './support.ts'
+import { adminQuery, BENCH_SERVER_ENV, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const { values: args } = parseArgs({
@@ -42,7 +42,7 @@ await admin(`CREATE DATABASE ${database}`)
 const serverEnv = envPairs(args.env)
 const server = spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts'], {
   cwd: ROOT,
-  env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), ...serverEnv },
+  env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), ...BENCH_SERVER_ENV, ...serverEnv },
   stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
 })
 const cleanup = async () => {
