@@ -85,6 +85,21 @@ export function decodeCursor(cursor: string, order: 'asc' | 'desc'): Position {
   return { order, at: date, id: id! }
 }
 
+/** A keyset page: the first `limit` rows, and a cursor at the last of them when more follow. */
+export function keysetPage<Row extends { received_at: Date; id_text: string }, Item>(
+  rows: Row[],
+  limit: number,
+  order: 'asc' | 'desc',
+  toItem: (row: Row) => Item,
+): { data: Item[]; next_cursor: string | null } {
+  const page = rows.slice(0, limit)
+  const last = page.at(-1)
+  return {
+    data: page.map(toItem),
+    next_cursor: rows.length > limit && last ? encodeCursor({ order, at: last.received_at, id: last.id_text }) : null,
+  }
+}
+
 export async function listConversions(
   prisma: PrismaClient,
   scope: SheetScope,
@@ -108,12 +123,7 @@ export async function listConversions(
     ${SELECT_CONVERSION} ${whereClause(where)}
     ORDER BY received_at ${direction}, id ${direction}
     LIMIT ${limit + 1}`)
-  const page = rows.slice(0, limit)
-  const last = page.at(-1)
-  return {
-    data: page.map(toConversion),
-    next_cursor: rows.length > limit && last ? encodeCursor({ order, at: last.received_at, id: last.id_text }) : null,
-  }
+  return keysetPage(rows, limit, order, toConversion)
 }
 
 export async function getConversion(prisma: PrismaClient, scope: SheetScope, id: string): Promise<Conversion | null> {

@@ -1,6 +1,6 @@
 // Delivery diagnostics for "my network sends but nothing shows": the rejected-delivery log and the
 // receiver status of one sheet (last delivery, last-24-hour counts, frequent rejection reasons).
-import { decodeCursor, encodeCursor, parseTime, type SheetScope } from './conversions.ts'
+import { decodeCursor, keysetPage, parseTime, type SheetScope } from './conversions.ts'
 import { NotFoundError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
 import type { Rejection, RejectionQuery, SheetStatus } from './schemas/management.ts'
@@ -31,12 +31,7 @@ export async function listRejections(
     ${where.length ? Prisma.sql`WHERE ${Prisma.join(where, ' AND ')}` : Prisma.empty}
     ORDER BY received_at DESC, id DESC
     LIMIT ${limit + 1}`)
-  const page = rows.slice(0, limit)
-  const last = page.at(-1)
-  return {
-    data: page.map(({ id_text, received_at, ...row }) => ({ id: id_text, ...row, received_at: received_at.toISOString() })),
-    next_cursor: rows.length > limit && last ? encodeCursor({ order: 'desc', at: last.received_at, id: last.id_text }) : null,
-  }
+  return keysetPage(rows, limit, 'desc', ({ id_text, received_at, ...row }) => ({ id: id_text, ...row, received_at: received_at.toISOString() }))
 }
 
 const TOP_REASONS = 5
