@@ -1,12 +1,14 @@
 // The benchmark's baseline (registered only by bench/server.ts, never by the app): the receiver as a
 // first version would write it, awaiting one Prisma write per request, with the same validation
-// (parseDelivery) and the same answers as the real receiver. No group commit, no queue bound.
+// (parseDelivery) and the same answers as the real receiver for first deliveries and repeats (it makes
+// no lifecycle moves: the benchmark's baseline mix has none). No group commit, no queue bound.
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { parseDelivery } from '../src/delivery.ts'
 import { UnknownSheetError } from '../src/errors.ts'
 import type { ParsedQuery } from '../src/query-string.ts'
-import { receiverRouteSchema } from '../src/schemas/receiver.ts'
+import type { ConversionStatus } from '../src/lifecycle.ts'
+import { receiverRouteSchema, type Delivery } from '../src/schemas/receiver.ts'
 
 export const NAIVE_RECEIVER_PATH = '/bench/naive'
 
@@ -22,7 +24,7 @@ export default async function naiveReceiver(fastify: FastifyInstance) {
       exposeHeadRoute: false,
     },
     async (request) => {
-      const delivery = request.query
+      const delivery = request.query as unknown as Delivery
       // The benchmark's requests name the currency; a delivery without one costs a sheet read.
       let currency = delivery.currency
       if (!currency) {
@@ -40,18 +42,21 @@ export default async function naiveReceiver(fastify: FastifyInstance) {
             campaignId: delivery.campaign_id ?? null,
             adsetId: delivery.adset_id ?? null,
             adId: delivery.ad_id ?? null,
+            event: delivery.event ?? '',
+            status: delivery.status ?? 'approved',
+            networkStatus: delivery.network_status ?? null,
           },
         ],
         skipDuplicates: true,
-        select: { id: true },
+        select: { id: true, status: true },
       })
-      if (created) return { status: 'stored' as const, conversion_id: created.id.toString() }
+      if (created) return { status: 'stored' as const, conversion_id: created.id.toString(), conversion_status: created.status as ConversionStatus }
       const existing = await app.prisma.conversion.findUnique({
-        where: { sheetId_transactionId: { sheetId: delivery.sheet_id, transactionId: delivery.transaction_id } },
-        select: { id: true },
+        where: { sheetId_transactionId_event: { sheetId: delivery.sheet_id, transactionId: delivery.transaction_id, event: delivery.event ?? '' } },
+        select: { id: true, status: true },
       })
       if (!existing) throw new UnknownSheetError(delivery.sheet_id)
-      return { status: 'duplicate' as const, conversion_id: existing.id.toString() }
+      return { status: 'duplicate' as const, conversion_id: existing.id.toString(), conversion_status: existing.status as ConversionStatus }
     },
   )
 }

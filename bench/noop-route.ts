@@ -11,6 +11,6 @@ export default async function noopRoute(fastify: FastifyInstance) {
   fastify.withTypeProvider<TypeBoxTypeProvider>().get(
     NOOP_PATH,
     { schema: { hide: true, response: { 200: DeliveryAccepted } }, exposeHeadRoute: false },
-    async () => ({ status: 'stored' as const, conversion_id: '1' }),
+    async () => ({ status: 'stored' as const, conversion_id: '1', conversion_status: 'approved' as const }),
   )
 }

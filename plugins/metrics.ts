@@ -13,7 +13,7 @@ export type DatabaseOperation = 'request' | 'conversion_batch' | 'delivery_log' 
 
 export interface Metrics {
   registry: Registry
-  /** Receiver deliveries: `{ outcome: 'stored' | 'duplicate' }`, or `{ outcome: 'rejected', reason: <error code> }`. */
+  /** Receiver deliveries: `{ outcome: 'stored' | 'updated' | 'duplicate' }`, or `{ outcome: 'rejected', reason: <error code> }`. */
   postbacks: Counter<'outcome' | 'reason'>
   /** Deliveries per group-commit statement. */
   batchSize: Histogram
@@ -47,7 +47,7 @@ export default fp(
       registry,
       postbacks: new Counter({
         name: 'postback_deliveries_total',
-        help: 'Receiver deliveries by outcome (stored, duplicate, rejected) and, for rejections, the reason (the error code)',
+        help: 'Receiver deliveries by outcome (stored, updated, duplicate, rejected) and, for rejections, the reason (the error code)',
         labelNames: ['outcome', 'reason'],
         registers,
       }),

@@ -6,7 +6,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { parseDelivery } from '../src/delivery.ts'
 import { AppError, InputError } from '../src/errors.ts'
 import type { ParsedQuery } from '../src/query-string.ts'
-import { receiverRouteSchema } from '../src/schemas/receiver.ts'
+import { receiverRouteSchema, type Delivery } from '../src/schemas/receiver.ts'
 import { isSheetId } from '../src/sheets.ts'
 import { clientKey } from './rate-limit.ts'
 
@@ -72,10 +72,13 @@ export default async function receiver(fastify: FastifyInstance) {
       onRequest: rateLimit,
     },
     async (request) => {
-      const result = await app.conversionWriter.write(request.query)
+      // The validator above turned the query into a checked Delivery.
+      const delivery = request.query as unknown as Delivery
+      const result = await app.conversionWriter.write(delivery)
       app.metrics.postbacks.inc({ outcome: result.status })
-      if (result.status === 'duplicate') app.deliveryLog.recordDuplicate(request.query.sheet_id)
-      return { status: result.status, conversion_id: result.conversionId }
+      if (result.status !== 'stored') app.deliveryLog.recordOutcome(delivery.sheet_id, result.status)
+      if (result.status === 'updated') request.log.info({ conversionId: result.conversionId, conversionStatus: result.conversionStatus }, 'conversion updated')
+      return { status: result.status, conversion_id: result.conversionId, conversion_status: result.conversionStatus }
     },
   )
 }

@@ -1,15 +1,13 @@
 // Group commit for the receiver: deliveries that arrive while a write is under way wait in a bounded
-// queue and are written together by one INSERT ... ON CONFLICT DO NOTHING RETURNING. Each caller's
-// promise settles only after its batch statement has committed, so a 2xx always means stored.
+// queue and are written together by one statement (src/conversion-batch.ts). Each caller's promise
+// settles only after its batch statement has committed, so a 2xx always means stored.
+import { keyOf, statusOf, writeDeliveries, type WriteResult } from './conversion-batch.ts'
 import type { Delivery } from './schemas/receiver.ts'
-import { UnavailableError, UnknownSheetError } from './errors.ts'
+import { AppError, UnavailableError, UnknownSheetError } from './errors.ts'
 import type { Database } from './database.ts'
-import { isDataError } from './storage-errors.ts'
+import { dataErrorMessage, isDataError } from './storage-errors.ts'
 
-export interface WriteResult {
-  status: 'stored' | 'duplicate'
-  conversionId: string
-}
+export type { WriteResult }
 
 export interface ConversionWriterOptions {
   /** The store's hot-path query (Database.query). */
@@ -33,23 +31,22 @@ export interface ConversionWriterOptions {
 
 interface Pending {
   delivery: Delivery
+  /** When it was queued (performance.now()). */
+  arrivedAt: number
   resolve: (result: WriteResult) => void
   reject: (error: unknown) => void
 }
 
-// One row per distinct (sheet_id, transaction_id) of a batch, with every request waiting on it.
-interface Key {
+// One delivery to write for a key, with every request of the batch that it answers: consecutive
+// deliveries of one key with the same status share it (the later ones are repeats).
+interface Run {
   delivery: Delivery
   waiting: Pending[]
 }
 
-const keyOf = (d: Delivery) => `${d.sheet_id.length}:${d.sheet_id}${d.transaction_id}`
-
 export class ConversionWriter {
   readonly #options: ConversionWriterOptions
   #queue: Pending[] = []
-  // When the oldest queued delivery arrived (performance.now()).
-  #oldestAt = 0
   #inFlight = 0
   #writingRows = 0
   #idle: Array<() => void> = []
@@ -75,8 +72,7 @@ export class ConversionWriter {
       return Promise.reject(this.#overloaded)
     }
     return new Promise<WriteResult>((resolve, reject) => {
-      if (this.#queue.length === 0) this.#oldestAt = performance.now()
-      this.#queue.push({ delivery, resolve, reject })
+      this.#queue.push({ delivery, arrivedAt: performance.now(), resolve, reject })
       this.#schedule(true)
     })
   }
@@ -95,7 +91,7 @@ export class ConversionWriter {
    */
   #schedule(arriving: boolean): void {
     if (this.#queue.length === 0 || this.#inFlight >= this.#options.concurrency) return
-    const wait = this.#oldestAt + this.#options.batchWaitMs - performance.now()
+    const wait = this.#queue[0]!.arrivedAt + this.#options.batchWaitMs - performance.now()
     if (this.#queue.length >= this.#options.batchMax || (wait <= 0 && !arriving)) {
       this.#cancelTimer()
       this.#flush()
@@ -120,7 +116,6 @@ export class ConversionWriter {
   #flush(): void {
     while (this.#queue.length > 0 && this.#inFlight < this.#options.concurrency) {
       const batch = this.#queue.splice(0, this.#options.batchMax)
-      if (this.#queue.length > 0) this.#oldestAt = performance.now()
       this.#inFlight++
       this.#writingRows += batch.length
       void this.#writeBatch(batch)
@@ -128,17 +123,25 @@ export class ConversionWriter {
   }
 
   async #writeBatch(batch: Pending[]): Promise<void> {
-    const keys = new Map<string, Key>()
+    // Per key, the runs of its deliveries in arrival order. Statement n writes the n-th run of every
+    // key, so that one key's different statuses apply one at a time, in the order they came.
+    const runs = new Map<string, Run[]>()
     for (const pending of batch) {
       const key = keyOf(pending.delivery)
-      const existing = keys.get(key)
-      if (existing) existing.waiting.push(pending)
-      else keys.set(key, { delivery: pending.delivery, waiting: [pending] })
+      const keyRuns = runs.get(key) ?? []
+      const last = keyRuns.at(-1)
+      if (last && statusOf(last.delivery) === statusOf(pending.delivery)) last.waiting.push(pending)
+      else keyRuns.push({ delivery: pending.delivery, waiting: [pending] })
+      runs.set(key, keyRuns)
     }
     const settlements: Settlement[] = []
     let error: unknown
     try {
-      await this.#writeKeys([...keys.values()], settlements)
+      for (let round = 0; ; round++) {
+        const next = [...runs.values()].flatMap((keyRuns) => keyRuns[round] ?? [])
+        if (next.length === 0) break
+        await this.#writeRuns(next, settlements)
+      }
     } catch (failure) {
       error = failure
     }
@@ -148,146 +151,69 @@ export class ConversionWriter {
     this.#writingRows -= batch.length
     this.#schedule(false)
     for (const settle of settlements) settle()
-    if (error === undefined) {
-      this.#options.onBatch?.(batch.length)
-    } else {
-      this.#options.onBatch?.(batch.length, error)
-      const failure = new UnavailableError(
-        'storage_unavailable',
-        'the conversion could not be stored now; retry later',
-        this.#options.retryAfterSeconds,
-      )
+    if (error !== undefined) {
+      const failure = isDataError(error)
+        ? refusedValue(error)
+        : new UnavailableError('storage_unavailable', 'the conversion could not be stored now; retry later', this.#options.retryAfterSeconds)
       failure.cause = error
       // Requests settled above keep their answer; a promise settles once.
       for (const pending of batch) pending.reject(failure)
     }
     if (this.#queue.length === 0 && this.#inFlight === 0) for (const resolve of this.#idle.splice(0)) resolve()
+    // Observers last: every request is answered whatever they do.
+    try {
+      this.#options.onBatch?.(batch.length, error)
+    } catch {
+      // An observer's failure is not the deliveries' concern.
+    }
   }
 
   /**
-   * Writes the keys, adding to `settlements` how to answer the requests of each statement that
-   * committed. A statement that failed on its data is split and the halves written one after the
-   * other, so one bad row cannot fail the rest; any other failure (the store is unreachable, say)
-   * fails the whole batch at once.
+   * Writes the runs (one per key), adding to `settlements` how to answer the requests of each
+   * statement that committed. A statement that failed on its data is split and the halves written one
+   * after the other, so one bad row cannot fail the rest; any other failure (the store is
+   * unreachable, say) fails at once, without trying what is left.
    */
-  async #writeKeys(keys: Key[], settlements: Settlement[]): Promise<void> {
+  async #writeRuns(runs: Run[], settlements: Settlement[]): Promise<void> {
     try {
-      settlements.push(await this.#insert(keys))
+      const outcomes = await writeDeliveries(this.#options.query, runs.map((run) => run.delivery))
+      settlements.push(() => settle(runs, outcomes))
     } catch (error) {
-      if (keys.length === 1 || !isDataError(error)) throw error
-      const middle = Math.ceil(keys.length / 2)
-      let failure: unknown
-      for (const half of [keys.slice(0, middle), keys.slice(middle)]) {
-        // The batch's failure answers the requests of a half that failed.
-        await this.#writeKeys(half, settlements).catch((halfError: unknown) => {
-          failure ??= halfError
-        })
-      }
-      if (failure) throw failure
-    }
-  }
-
-  /** Writes the keys in one statement (two if a concurrent batch raced it); returns how to answer them. */
-  async #insert(keys: Key[]): Promise<Settlement> {
-    // Sorted so that concurrent batches (on any instance) take row locks in the same order.
-    const rows = keys.map((key) => key.delivery).sort(compareDeliveries)
-    const column = <K extends keyof Delivery>(name: K) => rows.map((row) => row[name] ?? null)
-    const written = await this.#options.query<BatchRow>({
-      ...BATCH_STATEMENT,
-      values: [column('sheet_id'), column('transaction_id'), column('payout'), column('currency'), column('campaign_id'), column('adset_id'), column('ad_id')],
-    })
-    const found = new Map<string, BatchRow>()
-    for (const row of written) found.set(keyOf(row), row)
-    // Keys not returned conflicted with a row that a concurrent batch committed after our statement
-    // took its snapshot (our INSERT waited for that batch). A new statement sees the committed rows.
-    const raced = keys.filter((key) => !found.has(keyOf(key.delivery))).map((key) => key.delivery)
-    if (raced.length > 0) {
-      const committed = await this.#options.query<BatchRow>({
-        ...COMMITTED_STATEMENT,
-        values: [raced.map((d) => d.sheet_id), raced.map((d) => d.transaction_id)],
-      })
-      for (const row of committed) found.set(keyOf(row), row)
-    }
-    return () => {
-      for (const key of keys) {
-        const row = found.get(keyOf(key.delivery))
-        // Not found at all: the sheet was disabled meanwhile.
-        if (!row || row.id === null || row.outcome === 'unknown_sheet') {
-          const error = new UnknownSheetError(key.delivery.sheet_id)
-          for (const pending of key.waiting) pending.reject(error)
-          continue
+      if (runs.length === 1 || !isDataError(error)) throw error
+      const middle = Math.ceil(runs.length / 2)
+      let dataFailure: unknown
+      for (const half of [runs.slice(0, middle), runs.slice(middle)]) {
+        try {
+          await this.#writeRuns(half, settlements)
+        } catch (halfError) {
+          if (!isDataError(halfError)) throw halfError
+          // The batch's failure answers the requests of a half that failed on its data.
+          dataFailure ??= halfError
         }
-        const conversionId = row.id
-        const status = row.outcome
-        key.waiting.forEach((pending, index) => pending.resolve({ status: index === 0 ? status : 'duplicate', conversionId }))
       }
+      if (dataFailure) throw dataFailure
     }
   }
+}
+
+/** Answers the requests of the runs of a committed statement. */
+function settle(runs: Run[], outcomes: Map<string, WriteResult | null>): void {
+  for (const run of runs) {
+    const outcome = outcomes.get(keyOf(run.delivery))
+    if (!outcome) {
+      // Its sheet is unknown, or was disabled meanwhile.
+      const error = new UnknownSheetError(run.delivery.sheet_id)
+      for (const pending of run.waiting) pending.reject(error)
+      continue
+    }
+    run.waiting.forEach((pending, index) => pending.resolve(index === 0 ? outcome : { ...outcome, status: 'duplicate' }))
+  }
+}
+
+/** A delivery the database refused on its data: a 4xx, since a retry would be refused again. */
+function refusedValue(error: unknown): AppError {
+  return new AppError(400, 'invalid_parameter', `the store refused a value of this delivery: ${dataErrorMessage(error)}`)
 }
 
 /** Answers the requests of a committed statement. */
 type Settlement = () => void
-
-interface BatchRow {
-  id: string | null
-  sheet_id: string
-  transaction_id: string
-  outcome: 'stored' | 'duplicate' | 'unknown_sheet'
-}
-
-// One statement per batch: inserts the new rows and, in the same round trip, reads the ids of the
-// repeats that were committed before it started and names the rows whose sheet is unknown or
-// disabled. The SELECT of repeats sees the statement's snapshot, never the rows this statement
-// inserts, so a key comes back once. Ids are cast to text: the two stores' query paths type bigint
-// differently.
-// On PostgreSQL it is a prepared statement, whose plan may be cached as a generic plan made once
-// without the parameters, possibly while the tables were nearly empty. The lookups are LATERAL
-// with OFFSET 0, which keeps them per-row index probes in any plan (a join could turn into a hash
-// join over the whole conversions table on every batch).
-const BATCH_STATEMENT = {
-  name: 'postback_conversion_batch_v1',
-  text: `
-    WITH input AS (
-      SELECT i.*, s.default_currency
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-             WITH ORDINALITY AS i(sheet_id, transaction_id, payout, currency, campaign_id, adset_id, ad_id, ord)
-      LEFT JOIN LATERAL (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id AND s.active OFFSET 0) s ON true
-    ), inserted AS (
-      INSERT INTO conversions (sheet_id, transaction_id, payout, currency, campaign_id, adset_id, ad_id)
-      SELECT sheet_id, transaction_id, payout::numeric, COALESCE(currency, default_currency), campaign_id, adset_id, ad_id
-      FROM input
-      WHERE default_currency IS NOT NULL
-      ORDER BY ord
-      ON CONFLICT (sheet_id, transaction_id) DO NOTHING
-      RETURNING id, sheet_id, transaction_id
-    )
-    SELECT id::text AS id, sheet_id, transaction_id, 'stored' AS outcome FROM inserted
-    UNION ALL
-    SELECT c.id::text, c.sheet_id, c.transaction_id, 'duplicate'
-    FROM input i
-    CROSS JOIN LATERAL (
-      SELECT c.id, c.sheet_id, c.transaction_id FROM conversions c
-      WHERE c.sheet_id = i.sheet_id AND c.transaction_id = i.transaction_id OFFSET 0
-    ) c
-    WHERE i.default_currency IS NOT NULL
-    UNION ALL
-    SELECT NULL, sheet_id, transaction_id, 'unknown_sheet' FROM input WHERE default_currency IS NULL`,
-}
-
-// Repeats whose first delivery a concurrent batch committed after our statement's snapshot.
-const COMMITTED_STATEMENT = {
-  name: 'postback_conversion_committed_v1',
-  text: `
-    SELECT c.id::text AS id, c.sheet_id, c.transaction_id, 'duplicate' AS outcome
-    FROM unnest($1::text[], $2::text[]) AS k(sheet_id, transaction_id)
-    CROSS JOIN LATERAL (
-      SELECT c.id, c.sheet_id, c.transaction_id FROM conversions c
-      WHERE c.sheet_id = k.sheet_id AND c.transaction_id = k.transaction_id OFFSET 0
-    ) c
-    WHERE EXISTS (SELECT FROM sheets s WHERE s.sheet_id = k.sheet_id AND s.active)`,
-}
-
-function compareDeliveries(a: Delivery, b: Delivery): number {
-  if (a.sheet_id !== b.sheet_id) return a.sheet_id < b.sheet_id ? -1 : 1
-  return a.transaction_id < b.transaction_id ? -1 : a.transaction_id > b.transaction_id ? 1 : 0
-}

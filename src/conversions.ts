@@ -3,20 +3,29 @@
 // Raw SQL: payouts are read as text so that decimals stay exact (`12.50` stays `12.50`).
 import { InputError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
-import type { Conversion, ConversionQuery, SummaryQuery, SummaryRow } from './schemas/management.ts'
+import { STATUSES } from './lifecycle.ts'
+import type { Conversion, ConversionQuery, HistoryEntry, SummaryQuery, SummaryRow } from './schemas/management.ts'
 
 /** The sheets a caller may see: a list, or null for every sheet (a global key). */
 export type SheetScope = readonly string[] | null
 
-interface ConversionRow extends Omit<Conversion, 'id' | 'payout' | 'currency' | 'received_at'> {
+interface ConversionRow extends Omit<Conversion, 'id' | 'payout' | 'currency' | 'received_at' | 'updated_at'> {
   id_text: string
   payout_text: string | null
   currency_text: string
   received_at: Date
+  updated_at: Date | null
 }
 
-export function toConversion({ id_text, payout_text, currency_text, received_at, ...row }: ConversionRow): Conversion {
-  return { id: id_text, ...row, payout: payout_text, currency: currency_text, received_at: received_at.toISOString() }
+export function toConversion({ id_text, payout_text, currency_text, received_at, updated_at, ...row }: ConversionRow): Conversion {
+  return {
+    id: id_text,
+    ...row,
+    payout: payout_text,
+    currency: currency_text,
+    received_at: received_at.toISOString(),
+    updated_at: updated_at?.toISOString() ?? null,
+  }
 }
 
 const MAX_ID = 9_223_372_036_854_775_807n
@@ -55,6 +64,9 @@ function conditions(scope: SheetScope, query: Omit<ConversionQuery, 'limit' | 'c
     if (value !== undefined) where.push(Prisma.sql`${Prisma.raw(name)} = ${value}`)
   }
   if (query.currency !== undefined) where.push(Prisma.sql`currency = ${query.currency.toUpperCase()}`)
+  if (query.status !== undefined) where.push(Prisma.sql`status = ${query.status}`)
+  // The base conversion is stored with event '': `event=` selects it.
+  if (query.event !== undefined) where.push(Prisma.sql`event = ${query.event}`)
   return where
 }
 
@@ -63,7 +75,8 @@ const whereClause = (where: Prisma.Sql[]) => (where.length ? Prisma.sql`WHERE ${
 // Output columns are renamed (id_text): ORDER BY resolves a bare name to an output column first, and
 // ordering by the text of an id ("9" > "10") would break the keyset order.
 const SELECT_CONVERSION = Prisma.sql`SELECT id::text AS id_text, sheet_id, transaction_id, payout::text AS payout_text,
-  currency::text AS currency_text, campaign_id, adset_id, ad_id, received_at FROM conversions`
+  currency::text AS currency_text, campaign_id, adset_id, ad_id, NULLIF(event, '') AS event, status, network_status,
+  received_at, updated_at FROM conversions`
 
 // A cursor names the last row of a page by its position (received_at, id) and the order it was read in.
 interface Position {
@@ -138,7 +151,17 @@ const GROUP_COLUMNS = {
   campaign: ['campaign_id'],
   adset: ['campaign_id', 'adset_id'],
   ad: ['campaign_id', 'adset_id', 'ad_id'],
+  event: [`NULLIF(event, '') AS event`],
 } as const
+
+/** The status split of a summary row: `conversions` and `revenue` are the approved numbers. */
+const STATUS_COLUMNS = STATUSES.flatMap((status) => {
+  const prefix = status === 'approved' ? '' : `${status}_`
+  return [
+    `(count(*) FILTER (WHERE status = '${status}'))::int AS ${prefix}conversions`,
+    `COALESCE(sum(payout) FILTER (WHERE status = '${status}'), 0)::text AS ${prefix}revenue`,
+  ]
+}).join(', ')
 
 /**
  * An IANA zone name ("Europe/Berlin", "UTC") that the database knows: it computes the day buckets.
@@ -162,9 +185,29 @@ export async function summarize(prisma: PrismaClient, scope: SheetScope, query: 
   // Grouped and ordered by position: the day expression is written once.
   const keys = Prisma.raw(columns.map((_, index) => index + 1).join(', '))
   const rows = await prisma.$queryRaw<Array<Record<string, string | number | null>>>(Prisma.sql`
-    SELECT ${Prisma.join([...columns, Prisma.sql`count(*)::int AS conversions`, Prisma.sql`COALESCE(sum(payout), 0)::text AS revenue`])}
+    SELECT ${Prisma.join(columns)}, ${Prisma.raw(STATUS_COLUMNS)}
     FROM conversions ${whereClause(conditions(scope, query))}
     GROUP BY ${keys}
     ORDER BY ${keys}`)
   return rows as SummaryRow[]
+}
+
+/**
+ * The deliveries that stored or moved a conversion, oldest first; null when the caller may not see
+ * it. A conversion never moved has no history rows: its one entry is the row itself.
+ */
+export async function conversionHistory(prisma: PrismaClient, scope: SheetScope, id: string): Promise<HistoryEntry[] | null> {
+  if (!isStorableId(id)) return null
+  const where = [Prisma.sql`c.id = ${id}::bigint`]
+  if (scope !== null) where.push(Prisma.sql`c.sheet_id = ANY(${[...scope]}::text[])`)
+  const rows = await prisma.$queryRaw<Array<Omit<HistoryEntry, 'recorded_at'> & { recorded_at: Date }>>(Prisma.sql`
+    SELECT COALESCE(h.status, c.status) AS status, CASE WHEN h.id IS NULL THEN c.network_status ELSE h.network_status END AS network_status,
+      (CASE WHEN h.id IS NULL THEN c.payout ELSE h.payout END)::text AS payout, COALESCE(h.currency, c.currency)::text AS currency,
+      COALESCE(h.recorded_at, c.received_at) AS recorded_at
+    FROM conversions c
+    LEFT JOIN conversion_history h ON h.conversion_id = c.id
+    ${whereClause(where)}
+    ORDER BY h.id`)
+  if (rows.length === 0) return null
+  return rows.map(({ recorded_at, ...row }) => ({ ...row, recorded_at: recorded_at.toISOString() }))
 }

@@ -1,6 +1,6 @@
 // Diagnostics of deliveries that leave no new conversion row, kept for known sheets only, so that
 // "my network sends but nothing shows" has an answer: the bounded log of rejected deliveries
-// (newest entries per sheet) and hourly counters of duplicates and rejections by reason.
+// (newest entries per sheet) and hourly counters of duplicates, status updates and rejections by reason.
 // It is diagnostics, not data: entries are buffered and written in the background (a flood of bad
 // requests costs one statement per flush, never a wait in the answer), the buffer is capped, and
 // what is buffered when the process is killed is lost.
@@ -26,7 +26,7 @@ export interface DeliveryLogOptions {
 const RAW_QUERY_MAX = 2048
 const HOUR_MS = 3_600_000
 
-type Outcome = 'duplicate' | 'rejected'
+type Outcome = 'duplicate' | 'updated' | 'rejected'
 /** sheet id, hour (ISO), outcome, reason, count */
 type CountRow = readonly [string, string, Outcome, string, number]
 
@@ -52,8 +52,9 @@ export class DeliveryLog {
     this.#rejections.push({ ...rejection, rawQuery: rejection.rawQuery.slice(0, RAW_QUERY_MAX), receivedAt: new Date() })
   }
 
-  recordDuplicate(sheetId: string): void {
-    this.#count(sheetId, 'duplicate', '')
+  /** A delivery that was committed without storing a new conversion: a repeat, or a status move. */
+  recordOutcome(sheetId: string, outcome: 'duplicate' | 'updated'): void {
+    this.#count(sheetId, outcome, '')
   }
 
   #count(sheetId: string, outcome: Outcome, reason: string): void {

@@ -6,9 +6,10 @@ import type { TString } from '@sinclair/typebox'
 import { CURRENCIES } from './currencies.ts'
 import { InputError } from './errors.ts'
 import { MalformedValue, type ParsedQuery, type QueryValue } from './query-string.ts'
-import { DeliveryQuery, type Delivery } from './schemas/receiver.ts'
+import { mapStatus, MAPPING_PARAMETERS, type StatusMapping } from './lifecycle.ts'
+import { DeliveryQuery, type Delivery, type DeliveryQuery as DeliveryQueryType } from './schemas/receiver.ts'
 
-type Parameter = keyof Delivery & string
+type Parameter = keyof DeliveryQueryType & string
 const PARAMETERS = Object.keys(DeliveryQuery.properties) as Parameter[]
 const REQUIRED = new Set<string>(DeliveryQuery.required ?? [])
 
@@ -27,13 +28,25 @@ export function isUnreplacedMacro(value: string): boolean {
   return MACRO.test(value) || PLACEHOLDER.test(value.trim())
 }
 
+const MAPPING = new Set<string>(Object.values(MAPPING_PARAMETERS))
+
 export function parseDelivery(query: ParsedQuery): Delivery {
-  const delivery: Record<string, string> = {}
+  const values: Record<string, string> = {}
   for (const name of PARAMETERS) {
     const value = readParameter(name, query[name])
-    if (value !== undefined) delivery[name] = value
+    if (value !== undefined) values[name] = value
   }
-  return delivery as Delivery
+  // The status word is mapped to its canonical status and kept as sent; the mapping parameters
+  // only serve that and are not stored.
+  const { status: word, ...rest } = values
+  const mapping: StatusMapping = {}
+  const delivery: Record<string, string> = {}
+  for (const [name, value] of Object.entries(rest)) {
+    if (MAPPING.has(name)) mapping[name as keyof StatusMapping] = value
+    else delivery[name] = value
+  }
+  const status = mapStatus(word, mapping)
+  return { ...(delivery as Omit<Delivery, 'status' | 'network_status'>), status, ...(word === undefined ? {} : { network_status: word }) }
 }
 
 function readParameter(name: Parameter, input: QueryValue | undefined): string | undefined {

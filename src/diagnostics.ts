@@ -38,7 +38,7 @@ const TOP_REASONS = 5
 
 /**
  * The receiver side of one sheet. Stored deliveries are counted from the conversions themselves;
- * duplicates and rejections from hourly counters, so "the last 24 hours" is the last 24 hourly
+ * status updates, duplicates and rejections from hourly counters, so "the last 24 hours" is the last 24 hourly
  * buckets, the current one included.
  */
 export async function sheetStatus(prisma: PrismaClient, sheetId: string): Promise<SheetStatus> {
@@ -59,7 +59,7 @@ export async function sheetStatus(prisma: PrismaClient, sheetId: string): Promis
     active: sheet.active,
     last_received_at: sheet.last_received_at?.toISOString() ?? null,
     last_rejected_at: sheet.last_rejected_at?.toISOString() ?? null,
-    last_24h: { stored: sheet.stored, duplicate: total('duplicate'), rejected: total('rejected') },
+    last_24h: { stored: sheet.stored, updated: total('updated'), duplicate: total('duplicate'), rejected: total('rejected') },
     top_rejection_reasons: counters
       .filter((row) => row.outcome === 'rejected')
       .sort((a, b) => b.count - a.count || a.reason.localeCompare(b.reason))

@@ -1,16 +1,17 @@
 // Receiver URLs with a tracker's macros filled in, ready to paste into a network's postback field.
 // The Meta ids reach the tracker through the ad's URL parameters (Meta's {{campaign.id}},
-// {{adset.id}}, {{ad.id}}) into the tracker's sub-id slots 1 to 3; the note says so.
+// {{adset.id}}, {{ad.id}}) into the tracker's sub-id slots 1 to 3; the note says so. `status` carries the
+// conversion's status word (src/lifecycle.ts maps it); `event` the conversion type where the tracker has a macro for it.
 import type { TRACKERS } from './schemas/management.ts'
 
 type Tracker = (typeof TRACKERS)[number]
 
 const MACROS: Record<Tracker, Record<string, string>> = {
-  keitaro: { transaction_id: '{subid}', payout: '{revenue}', currency: '{currency}', campaign_id: '{sub_id_1}', adset_id: '{sub_id_2}', ad_id: '{sub_id_3}' },
-  voluum: { transaction_id: '{externalid}', payout: '{payout}', currency: '{currency}', campaign_id: '{var1}', adset_id: '{var2}', ad_id: '{var3}' },
-  redtrack: { transaction_id: '{clickid}', payout: '{sum}', currency: '{currency}', campaign_id: '{sub1}', adset_id: '{sub2}', ad_id: '{sub3}' },
-  binom: { transaction_id: '{clickid}', payout: '{payout}', currency: '{currency}', campaign_id: '{t1}', adset_id: '{t2}', ad_id: '{t3}' },
-  generic: { transaction_id: '{transaction_id}', payout: '{payout}', currency: '{currency}', campaign_id: '{campaign_id}', adset_id: '{adset_id}', ad_id: '{ad_id}' },
+  keitaro: { transaction_id: '{subid}', payout: '{revenue}', currency: '{currency}', status: '{status}', campaign_id: '{sub_id_1}', adset_id: '{sub_id_2}', ad_id: '{sub_id_3}' },
+  voluum: { transaction_id: '{externalid}', payout: '{payout}', currency: '{currency}', status: '{status}', campaign_id: '{var1}', adset_id: '{var2}', ad_id: '{var3}' },
+  redtrack: { transaction_id: '{clickid}', payout: '{sum}', currency: '{currency}', status: '{status}', event: '{type}', campaign_id: '{sub1}', adset_id: '{sub2}', ad_id: '{sub3}' },
+  binom: { transaction_id: '{clickid}', payout: '{payout}', currency: '{currency}', status: '{status}', campaign_id: '{t1}', adset_id: '{t2}', ad_id: '{t3}' },
+  generic: { transaction_id: '{transaction_id}', payout: '{payout}', currency: '{currency}', status: '{status}', event: '{event}', campaign_id: '{campaign_id}', adset_id: '{adset_id}', ad_id: '{ad_id}' },
 }
 
 export function receiverUrl(baseUrl: string, sheetId: string, tracker: Tracker) {
@@ -24,6 +25,7 @@ export function receiverUrl(baseUrl: string, sheetId: string, tracker: Tracker) 
     note:
       tracker === 'generic'
         ? "Replace each {name} with your system's value for it; leave out the parameters you do not have."
-        : `Pass Meta's {{campaign.id}}, {{adset.id}} and {{ad.id}} into the tracker's sub-id slots 1, 2 and 3 in your ad URLs, or change those three macros to the slots you use.`,
+        : `Pass Meta's {{campaign.id}}, {{adset.id}} and {{ad.id}} into the tracker's sub-id slots 1, 2 and 3 in your ad URLs, or change those three macros to the slots you use. ` +
+          'If your network names statuses with its own words (1, 2, 3, ...), add approved_status=, pending_status= and rejected_status= with those words.',
   }
 }

@@ -61,3 +61,10 @@ export function isUnavailableError(error: unknown): boolean {
   }
   return false
 }
+
+/** What the database said about a value it refused, for the answer: the server's message, without a driver's wrapping. */
+export function dataErrorMessage(error: unknown): string {
+  const cause = adapterCause(error) as (AdapterCause & { originalMessage?: string; message?: string }) | undefined
+  const message = cause?.originalMessage ?? cause?.message ?? (error as { message?: unknown } | null)?.message
+  return typeof message === 'string' ? message : 'a value the store cannot take'
+}

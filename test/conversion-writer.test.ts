@@ -2,7 +2,7 @@
 // one statement per batch, the longest wait, pipelining, and a repeat that races its first delivery.
 import pg from 'pg'
 import t from 'tap'
-import { ConversionWriter } from '../src/conversion-writer.ts'
+import { ConversionWriter, type ConversionWriterOptions } from '../src/conversion-writer.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
 import { newSheet, onPostgres, receiverUrl, testApp } from './helpers.ts'
 
@@ -10,7 +10,7 @@ const app = await testApp(t)
 const count = async (sheet: string) =>
   (await app.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${sheet}`)[0]?.n
 
-t.test('a row that fails on its data fails alone; the rest of its batch is stored', async (t) => {
+t.test('a row that fails on its data fails alone with a 400 naming the problem; the rest of its batch is stored', async (t) => {
   const sheet = await newSheet(app)
   const batches: number[] = []
   const writer = new ConversionWriter({ query: (statement) => app.db.query(statement), batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
@@ -19,7 +19,8 @@ t.test('a row that fails on its data fails alone; the rest of its batch is store
   const results = await Promise.allSettled(deliveries.map((delivery) => writer.write(delivery)))
   t.same(batches, [9], 'one batch')
   t.same(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled'])
-  t.match((results[4] as PromiseRejectedResult).reason, { code: 'storage_unavailable', statusCode: 503, retryAfter: 3 })
+  // A retry would be refused again: a 4xx, so that the network stops retrying and shows why.
+  t.match((results[4] as PromiseRejectedResult).reason, { code: 'invalid_parameter', statusCode: 400, message: /refused a value.*not-a-number/ })
   t.equal(await count(sheet), 8)
 })
 
@@ -62,6 +63,11 @@ function countingWriter(options: { batchMax?: number; batchWaitMs?: number; conc
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
+/** A writer on the test app's store whose statements go through `query` (to hold or fail them). */
+function writerThrough(query: ConversionWriterOptions['query'], options: Partial<ConversionWriterOptions> = {}) {
+  return new ConversionWriter({ query, batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, ...options })
+}
+
 t.test('one statement answers a batch of new rows, repeats of stored rows, repeats within the batch and unknown sheets', async (t) => {
   const sheet = await newSheet(app)
   const { writer, statements, batches } = countingWriter()
@@ -77,11 +83,11 @@ t.test('one statement answers a batch of new rows, repeats of stored rows, repea
   ])
   await writer.drain()
   t.same(batches, [4], 'one batch')
-  t.same(statements, ['postback_conversion_batch_v1'], 'one statement')
+  t.same(statements, ['postback_conversion_batch_v2'], 'one statement')
   const [created, repeat, twin, unknown] = results
   t.match(created, { status: 'fulfilled', value: { status: 'stored' } })
-  t.same(repeat, { status: 'fulfilled', value: { status: 'duplicate', conversionId: first.conversionId } })
-  t.same(twin, { status: 'fulfilled', value: { status: 'duplicate', conversionId: (created as PromiseFulfilledResult<{ conversionId: string }>).value.conversionId } })
+  t.same(repeat, { status: 'fulfilled', value: { status: 'duplicate', conversionId: first.conversionId, conversionStatus: 'approved' } })
+  t.same(twin, { status: 'fulfilled', value: { status: 'duplicate', conversionId: (created as PromiseFulfilledResult<{ conversionId: string }>).value.conversionId, conversionStatus: 'approved' } })
   t.match(unknown, { status: 'rejected', reason: { code: 'unknown_sheet', statusCode: 404 } })
   t.equal(await count(sheet), 2)
 })
@@ -163,7 +169,77 @@ if (onPostgres) t.test('a repeat whose first delivery commits while the batch wa
     await sleep(20)
   }
   await other.query('COMMIT')
-  t.same(await result, { status: 'duplicate', conversionId: row.id })
-  t.same(statements, ['postback_conversion_batch_v1', 'postback_conversion_committed_v1'], 'the committed row is read by a second statement')
+  t.same(await result, { status: 'duplicate', conversionId: row.id, conversionStatus: 'approved' })
+  t.same(statements, ['postback_conversion_batch_v2', 'postback_conversion_committed_v2'], 'the committed row is read by a second statement')
   t.equal(await count(sheet), 1)
+})
+
+t.test('an observer that throws cannot keep a request unanswered', async (t) => {
+  const sheet = await newSheet(app)
+  let fail = false
+  const writer = writerThrough(
+    async (statement) => {
+      // A connection that is gone: not a data error, so the whole batch is refused with 503.
+      if (fail) throw Object.assign(new Error('connection refused'), { code: 'ECONNREFUSED' })
+      return app.db.query(statement)
+    },
+    {
+      onBatch: () => {
+        throw new Error('observer failed')
+      },
+    },
+  )
+  const stored = await writer.write({ sheet_id: sheet, transaction_id: 'o1' })
+  t.equal(stored.status, 'stored', 'a committed batch is answered before its observer runs')
+  fail = true
+  const refused = await Promise.race([
+    writer.write({ sheet_id: sheet, transaction_id: 'o2' }).then(() => 'resolved', (error: { code?: string }) => error.code),
+    sleep(5000).then(() => 'unanswered after 5 s'),
+  ])
+  t.equal(refused, 'storage_unavailable', 'a failed batch is answered before its observer runs')
+  const drained = await Promise.race([writer.drain().then(() => 'drained'), sleep(5000).then(() => 'drain hangs')])
+  t.equal(drained, 'drained')
+})
+
+t.test('after a data error splits a batch, a failure that is not about data ends the batch at once', async (t) => {
+  const sheet = await newSheet(app)
+  const statements: number[] = []
+  const writer = writerThrough(async (statement) => {
+    statements.push((statement.values[0] as unknown[]).length)
+    // The first half's statement finds the store gone.
+    if (statements.length === 2) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
+    return app.db.query(statement)
+  })
+  const deliveries = Array.from({ length: 8 }, (_, i) => ({ sheet_id: sheet, transaction_id: `s${i}`, payout: i === 6 ? 'not-a-number' : '1' }))
+  const results = await Promise.allSettled(deliveries.map((delivery) => writer.write(delivery)))
+  t.same(statements, [8, 4], 'the whole batch, then its first half; the second half is not tried')
+  t.ok(results.every((r) => r.status === 'rejected' && (r.reason as { code: string }).code === 'storage_unavailable'), 'every request gets the 503')
+  t.equal(await count(sheet), 0)
+})
+
+t.test("the oldest queued delivery's wait counts from its arrival, not from when the batch before it left", async (t) => {
+  const sheet = await newSheet(app)
+  let release!: () => void
+  const held = new Promise<void>((resolve) => (release = resolve))
+  let calls = 0
+  const writer = writerThrough(
+    async (statement) => {
+      if (calls++ === 0) await held
+      return app.db.query(statement)
+    },
+    { batchMax: 2, batchWaitMs: 1000 },
+  )
+  // A full batch goes at once and is held; five more queue behind it, all arriving now.
+  const first = Promise.all([writer.write({ sheet_id: sheet, transaction_id: 'q0' }), writer.write({ sheet_id: sheet, transaction_id: 'q1' })])
+  await sleep(10)
+  const arrived = Date.now()
+  const queued = ['q2', 'q3', 'q4', 'q5', 'q6'].map((transaction_id) => writer.write({ sheet_id: sheet, transaction_id }))
+  await sleep(1500)
+  release()
+  await first
+  await Promise.all(queued)
+  // q6 is alone in the last batch. Its 1 s wait was over while the first batch was held (1.5 s), so it
+  // goes as soon as the connection is free; were the wait restarted when q2..q5 left, about 2.5 s.
+  const waited = Date.now() - arrived
+  t.ok(waited < 2200, `the last delivery was written ${waited} ms after it arrived (1500 ms held, wait 1000 ms from arrival)`)
 })

@@ -46,5 +46,6 @@ t.test('parameters are checked in a fixed order and the first problem is named',
     transaction_id: 't',
     payout: '1.0',
     currency: 'USD',
+    status: 'approved',
   })
 })

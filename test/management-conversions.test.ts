@@ -43,8 +43,9 @@ t.test('an item carries every field, ids and decimals as strings, times in UTC',
   const { data: body } = await list({ sheet_id: sheet })
   if (!body?.data[0]) throw new Error('no row')
   t.equal(body.next_cursor, null)
-  t.same(Object.keys(body.data[0]).sort(), ['ad_id', 'adset_id', 'campaign_id', 'currency', 'id', 'payout', 'received_at', 'sheet_id', 'transaction_id'])
+  t.same(Object.keys(body.data[0]).sort(), ['ad_id', 'adset_id', 'campaign_id', 'currency', 'event', 'id', 'network_status', 'payout', 'received_at', 'sheet_id', 'status', 'transaction_id', 'updated_at'])
   t.match(body.data[0], { id, sheet_id: sheet, transaction_id: 'full', payout: '0.10', currency: 'GBP', campaign_id: '1', adset_id: '2', ad_id: '3' })
+  t.same([body.data[0].event, body.data[0].status, body.data[0].network_status, body.data[0].updated_at], [null, 'approved', null, null], 'a base conversion sent without status')
   t.match(body.data[0].received_at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/)
   t.ok(Math.abs(Date.parse(body.data[0].received_at) - Date.now()) < 60_000)
   const one = await api.GET('/api/v1/postback/conversions/{id}', { params: { path: { id: id! } } })
@@ -176,10 +177,10 @@ t.test('summary figures equal sums computed from the rows sent, per currency', a
     }
   }
   const adRow = (await summary({ sheet_id: sheet, group_by: 'ad' })).data?.data[0] ?? {}
-  t.same(Object.keys(adRow).sort(), ['ad_id', 'adset_id', 'campaign_id', 'conversions', 'currency', 'revenue'], 'an ad row names its ad set and campaign')
+  t.same(Object.keys(adRow).sort(), ['ad_id', 'adset_id', 'campaign_id', 'conversions', 'currency', 'pending_conversions', 'pending_revenue', 'rejected_conversions', 'rejected_revenue', 'revenue'], 'an ad row names its ad set and campaign')
   const noPayout = await newSheet(app)
   await deliverAll(app, [{ sheet_id: noPayout, transaction_id: 'n', campaign_id: 'c' }])
-  t.same((await summary({ sheet_id: noPayout, group_by: 'campaign' })).data?.data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '0' }])
+  t.same((await summary({ sheet_id: noPayout, group_by: 'campaign' })).data?.data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '0', pending_conversions: 0, pending_revenue: '0', rejected_conversions: 0, rejected_revenue: '0' }])
 })
 
 t.test('day buckets follow the requested time zone across a day boundary', async (t) => {

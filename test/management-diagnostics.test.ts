@@ -18,7 +18,7 @@ t.test('sheet status: last received, last-24-hour counts by outcome, top rejecti
     active: true,
     last_received_at: null,
     last_rejected_at: null,
-    last_24h: { stored: 0, duplicate: 0, rejected: 0 },
+    last_24h: { stored: 0, updated: 0, duplicate: 0, rejected: 0 },
     top_rejection_reasons: [],
   })
   await deliverAll(app, [1, 2, 3].map((i) => ({ sheet_id: sheet, transaction_id: `t${i}` })))
@@ -29,7 +29,7 @@ t.test('sheet status: last received, last-24-hour counts by outcome, top rejecti
   await deliver({ sheet_id: sheet, transaction_id: 'x', currency: 'QQQ' })
   const { data: body, response } = await status(sheet)
   t.equal(response.status, 200)
-  t.same(body?.last_24h, { stored: 3, duplicate: 4, rejected: 6 })
+  t.same(body?.last_24h, { stored: 3, updated: 0, duplicate: 4, rejected: 6 })
   t.same(body?.top_rejection_reasons, [
     { reason: 'unreplaced_macro', count: 3 },
     { reason: 'unknown_currency', count: 2 },
@@ -76,7 +76,8 @@ t.test('receiver URLs carry each tracker’s macros and are refused until the ne
     const url = data?.url ?? ''
     t.ok(url.startsWith(`https://postback.example.com/meta/postback/conversion?sheet_id=${sheet}&`), url)
     t.match(url, `transaction_id=${transaction}&payout=${payout}&currency=`)
-    t.same(Object.keys(data?.parameters ?? {}), ['transaction_id', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id'])
+    const events = tracker === 'redtrack' || tracker === 'generic' ? ['event'] : []
+    t.same(Object.keys(data?.parameters ?? {}), ['transaction_id', 'payout', 'currency', 'status', ...events, 'campaign_id', 'adset_id', 'ad_id'])
     // Pasted unchanged (macros unreplaced), the receiver says so.
     const pasted = await fetch(url.replace('https://postback.example.com', baseUrl))
     t.same([pasted.status, ((await pasted.json()) as { error: string }).error], [400, 'unreplaced_macro'], `${tracker}: unreplaced macros refused`)

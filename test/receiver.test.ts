@@ -48,7 +48,7 @@ t.test('a repeat is a duplicate with the first row id and changes nothing', asyn
   const sheet = await newSheet(app)
   const first = await deliver({ sheet_id: sheet, transaction_id: 'tx', payout: '1.00' })
   const again = await deliver({ sheet_id: sheet, transaction_id: 'tx', payout: '99', currency: 'GBP', ad_id: '5' })
-  t.same(again, { ...again, status: 200, body: { status: 'duplicate', conversion_id: first.body.conversion_id } })
+  t.same(again, { ...again, status: 200, body: { status: 'duplicate', conversion_id: first.body.conversion_id, conversion_status: 'approved' } })
   const rows = await storedRows(sheet)
   t.equal(rows.length, 1)
   t.same([rows[0]?.payout, rows[0]?.currency, rows[0]?.ad_id], ['1.00', 'USD', null])
@@ -74,7 +74,7 @@ t.test('currency defaults to the sheet currency; optional parameters sent empty 
 
 t.test('unknown parameters are ignored', async (t) => {
   const sheet = await newSheet(app)
-  const { status, body } = await deliver({ sheet_id: sheet, transaction_id: 'x', sub1: '{sub1}', status: 'approved' })
+  const { status, body } = await deliver({ sheet_id: sheet, transaction_id: 'x', sub1: '{sub1}', goal: 'approved' })
   t.equal(status, 200)
   t.equal(body.status, 'stored')
 })

@@ -2,10 +2,10 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { sheetScope } from '../../src/api-keys.ts'
-import { getConversion, listConversions, summarize } from '../../src/conversions.ts'
+import { conversionHistory, getConversion, listConversions, summarize } from '../../src/conversions.ts'
 import { NotFoundError } from '../../src/errors.ts'
 import { ErrorRef, ref } from '../../src/schemas/common.ts'
-import { authResponses, bearerSecurity, Conversion, ConversionPage, ConversionParams, ConversionQuery, Summary, SummaryQuery } from '../../src/schemas/management.ts'
+import { authResponses, bearerSecurity, Conversion, ConversionHistory, ConversionPage, ConversionParams, ConversionQuery, Summary, SummaryQuery } from '../../src/schemas/management.ts'
 import { principalOf } from '../auth.ts'
 
 const listSchema = {
@@ -27,9 +27,21 @@ const getSchema = {
   response: { 200: ref(Conversion), 404: ErrorRef, ...authResponses },
 }
 
+const historySchema = {
+  summary: "A conversion's history",
+  description: 'The deliveries that stored or moved the conversion (status, network word, payout, currency), oldest first. Repeats and refused moves change nothing and are not in it.',
+  tags: ['conversions'],
+  operationId: 'getConversionHistory',
+  security: bearerSecurity,
+  params: ConversionParams,
+  response: { 200: ref(ConversionHistory), 404: ErrorRef, ...authResponses },
+}
+
 const summarySchema = {
-  summary: 'Conversions and revenue per campaign, ad set or ad',
-  description: 'One row per group and currency (optionally per day in a time zone). Revenue is an exact decimal; different currencies are never summed together.',
+  summary: 'Conversions and revenue per campaign, ad set, ad or event',
+  description:
+    'One row per group and currency (optionally per day in a time zone). `conversions` and `revenue` are the approved numbers (what the postback column shows); ' +
+    'pending (revenue on hold) and rejected are beside them. Revenue is an exact decimal; different currencies are never summed together.',
   tags: ['conversions'],
   operationId: 'getSummary',
   security: bearerSecurity,
@@ -48,6 +60,12 @@ export default async function conversionRoutes(fastify: FastifyInstance) {
     const conversion = await getConversion(app.prisma, sheetScope(principalOf(request)), request.params.id)
     if (!conversion) throw new NotFoundError('not_found', `conversion ${request.params.id} does not exist`, 'id')
     return conversion
+  })
+
+  app.get('/conversions/:id/history', { schema: historySchema }, async (request) => {
+    const data = await conversionHistory(app.prisma, sheetScope(principalOf(request)), request.params.id)
+    if (!data) throw new NotFoundError('not_found', `conversion ${request.params.id} does not exist`, 'id')
+    return { data }
   })
 
   app.get('/summary', { schema: summarySchema }, async (request) => ({

@@ -21,7 +21,7 @@ const rejectionsSchema = {
 
 const statusSchema = {
   summary: 'Receiver status of a sheet',
-  description: 'Last received conversion, last-24-hour counts of stored, duplicate and rejected deliveries, and the most frequent rejection reasons.',
+  description: 'Last received conversion, last-24-hour counts of stored, updated, duplicate and rejected deliveries, and the most frequent rejection reasons.',
   tags: ['diagnostics'],
   operationId: 'getSheetStatus',
   security: bearerSecurity,

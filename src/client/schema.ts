@@ -13,7 +13,7 @@ export interface paths {
         };
         /**
          * Receive a conversion postback
-         * @description Called by affiliate networks and trackers. Stores the conversion once per (sheet_id, transaction_id); repeats are acknowledged as duplicates. Safe to retry.
+         * @description Called by affiliate networks and trackers. Stores the conversion once per (sheet_id, transaction_id, event); a later delivery with another status moves it along its lifecycle (pending to approved or rejected, approved to rejected); repeats are acknowledged as duplicates. Safe to retry.
          */
         get: operations["receivePostback"];
         put?: never;
@@ -61,6 +61,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/postback/conversions/{id}/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A conversion's history
+         * @description The deliveries that stored or moved the conversion (status, network word, payout, currency), oldest first. Repeats and refused moves change nothing and are not in it.
+         */
+        get: operations["getConversionHistory"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/postback/summary": {
         parameters: {
             query?: never;
@@ -69,8 +89,8 @@ export interface paths {
             cookie?: never;
         };
         /**
-         * Conversions and revenue per campaign, ad set or ad
-         * @description One row per group and currency (optionally per day in a time zone). Revenue is an exact decimal; different currencies are never summed together.
+         * Conversions and revenue per campaign, ad set, ad or event
+         * @description One row per group and currency (optionally per day in a time zone). `conversions` and `revenue` are the approved numbers (what the postback column shows); pending (revenue on hold) and rejected are beside them. Revenue is an exact decimal; different currencies are never summed together.
          */
         get: operations["getSummary"];
         put?: never;
@@ -110,7 +130,7 @@ export interface paths {
         };
         /**
          * Receiver status of a sheet
-         * @description Last received conversion, last-24-hour counts of stored, duplicate and rejected deliveries, and the most frequent rejection reasons.
+         * @description Last received conversion, last-24-hour counts of stored, updated, duplicate and rejected deliveries, and the most frequent rejection reasons.
          */
         get: operations["getSheetStatus"];
         put?: never;
@@ -236,32 +256,66 @@ export interface components {
             campaign_id: string | null;
             adset_id: string | null;
             ad_id: string | null;
+            event: string | null;
+            /**
+             * @description Only `approved` conversions count as conversions and revenue; `pending` is revenue on hold
+             * @enum {string}
+             */
+            status: "approved" | "pending" | "rejected";
+            network_status: string | null;
             /**
              * Format: date-time
              * @description When the conversion was stored
              */
             received_at: string;
+            updated_at: string | null;
         };
         /** @description A page of conversions */
         ConversionPage: {
             data: components["schemas"]["Conversion"][];
             next_cursor: string | null;
         };
-        /** @description Conversions and revenue of one group in one currency */
+        /** @description A stored or applied delivery of a conversion */
+        HistoryEntry: {
+            /** @enum {string} */
+            status: "approved" | "pending" | "rejected";
+            network_status: string | null;
+            payout: string | null;
+            currency: string;
+            /**
+             * Format: date-time
+             * @description When the delivery was stored or applied
+             */
+            recorded_at: string;
+        };
+        /** @description The deliveries that stored or moved a conversion, oldest first */
+        ConversionHistory: {
+            data: components["schemas"]["HistoryEntry"][];
+        };
+        /** @description Conversions and revenue of one group in one currency, by status */
         SummaryRow: {
-            campaign_id: string | null;
+            campaign_id?: string | null;
             adset_id?: string | null;
             ad_id?: string | null;
+            event?: string | null;
             /**
              * Format: date
              * @description With interval=day: the day in `tz`
              */
             day?: string;
             currency: string;
-            /** @description Number of conversions */
+            /** @description Number of approved conversions: what the postback conversion column shows */
             conversions: number;
-            /** @description Sum of payouts, exact decimal; conversions without payout add nothing */
+            /** @description Sum of approved payouts, exact decimal; conversions without payout add nothing */
             revenue: string;
+            /** @description Number of pending conversions */
+            pending_conversions: number;
+            /** @description Sum of pending payouts: revenue on hold */
+            pending_revenue: string;
+            /** @description Number of rejected conversions */
+            rejected_conversions: number;
+            /** @description Sum of rejected payouts */
+            rejected_revenue: string;
         };
         /** @description One row per group and currency; currencies are never summed together */
         Summary: {
@@ -297,6 +351,8 @@ export interface components {
             /** @description Deliveries in the last 24 hours, by outcome */
             last_24h: {
                 stored: number;
+                /** @description Deliveries that moved a conversion to another status */
+                updated: number;
                 duplicate: number;
                 rejected: number;
             };
@@ -395,6 +451,19 @@ export interface operations {
                 adset_id?: string;
                 /** @description Meta ad id */
                 ad_id?: string;
+                /** @description The conversion type (`lead`, `purchase`, `deposit`, ...); with sheet_id and transaction_id, the idempotency key. Absent: the base conversion */
+                event?: string;
+                /**
+                 * @description The network's status word, case-insensitive: approved (`approved`, `approve`, `sale`, `confirmed`, `paid`), pending (`pending`, `lead`, `hold`, `on_hold`), rejected (`rejected`, `declined`, `canceled`, `cancelled`, `chargeback`, `reversed`, `refunded`, `fraud`), or a word of the mapping parameters. Absent: approved
+                 * @example sale
+                 */
+                status?: string;
+                /** @description Comma-separated status words of your network that mean approved, as in Keitaro's approved_status */
+                approved_status?: string;
+                /** @description Comma-separated status words of your network that mean pending, as in Keitaro's pending_status */
+                pending_status?: string;
+                /** @description Comma-separated status words of your network that mean rejected, as in Keitaro's rejected_status */
+                rejected_status?: string;
             };
             header?: never;
             path?: never;
@@ -409,10 +478,18 @@ export interface operations {
                 };
                 content: {
                     "application/json": {
-                        /** @description `stored` for a first delivery, `duplicate` for a repeat (nothing changed) */
-                        status: "stored" | "duplicate";
+                        /**
+                         * @description `stored` for a first delivery, `updated` when it moved the conversion to another status, `duplicate` when it changed nothing (a repeat, or a move the lifecycle does not allow: rejected is final, nothing moves back to pending)
+                         * @enum {string}
+                         */
+                        status: "stored" | "updated" | "duplicate";
                         /** @description Id of the stored conversion (a decimal integer) */
                         conversion_id: string;
+                        /**
+                         * @description The conversion status: only `approved` conversions count as conversions and revenue
+                         * @enum {string}
+                         */
+                        conversion_status: "approved" | "pending" | "rejected";
                     };
                 };
             };
@@ -473,6 +550,10 @@ export interface operations {
                 currency?: string;
                 /** @description The network's conversion id */
                 transaction_id?: string;
+                /** @description Only conversions of this status */
+                status?: "approved" | "pending" | "rejected";
+                /** @description Only conversions of this event; empty (`event=`) for base conversions (sent without `event`) */
+                event?: string;
                 /** @description Items per page */
                 limit?: number;
                 /** @description `next_cursor` of the previous page */
@@ -619,6 +700,83 @@ export interface operations {
             };
         };
     };
+    getConversionHistory: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Conversion id */
+                id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The deliveries that stored or moved a conversion, oldest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ConversionHistory"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     getSummary: {
         parameters: {
             query: {
@@ -638,8 +796,12 @@ export interface operations {
                 currency?: string;
                 /** @description The network's conversion id */
                 transaction_id?: string;
-                /** @description Group by campaign, ad set (with its campaign) or ad (with its ad set and campaign) */
-                group_by: "campaign" | "adset" | "ad";
+                /** @description Only conversions of this status */
+                status?: "approved" | "pending" | "rejected";
+                /** @description Only conversions of this event; empty (`event=`) for base conversions (sent without `event`) */
+                event?: string;
+                /** @description Group by campaign, ad set (with its campaign), ad (with its ad set and campaign) or event */
+                group_by: "campaign" | "adset" | "ad" | "event";
                 /** @description Also group by day of received_at in `tz` */
                 interval?: "day";
                 /**

@@ -2,6 +2,7 @@
 // ISO 8601 in UTC. Schemas with an `$id` are shared components of the OpenAPI document.
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { ErrorRef, ref, StringEnum } from './common.ts'
+import { STATUSES } from '../lifecycle.ts'
 
 const Timestamp = (description: string) => Type.String({ format: 'date-time', description })
 const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
@@ -19,7 +20,11 @@ export const Conversion = Type.Object(
     campaign_id: Nullable(Type.String()),
     adset_id: Nullable(Type.String()),
     ad_id: Nullable(Type.String()),
+    event: Nullable(Type.String({ description: 'The conversion type; null for the base conversion (a delivery without `event`)' })),
+    status: StringEnum(STATUSES, { description: 'Only `approved` conversions count as conversions and revenue; `pending` is revenue on hold' }),
+    network_status: Nullable(Type.String({ description: 'The status word as the network sent it; null when it sent none' })),
     received_at: Timestamp('When the conversion was stored'),
+    updated_at: Nullable(Timestamp('When a delivery last moved its status; null if never')),
   },
   { $id: 'Conversion', description: 'A stored conversion' },
 )
@@ -53,6 +58,8 @@ const conversionFilters = {
   ad_id: Type.Optional(Type.String({ maxLength: 255, description: 'Meta ad id' })),
   currency: Type.Optional(Type.String({ pattern: '^[A-Za-z]{3}$', description: 'ISO 4217 code' })),
   transaction_id: Type.Optional(Type.String({ maxLength: 255, description: "The network's conversion id" })),
+  status: Type.Optional(StringEnum(STATUSES, { description: 'Only conversions of this status' })),
+  event: Type.Optional(Type.String({ maxLength: 255, description: 'Only conversions of this event; empty (`event=`) for base conversions (sent without `event`)' })),
 }
 
 export const ConversionQuery = Type.Object(
@@ -64,8 +71,8 @@ export type ConversionQuery = Static<typeof ConversionQuery>
 export const SummaryQuery = Type.Object(
   {
     ...conversionFilters,
-    group_by: StringEnum(['campaign', 'adset', 'ad'], {
-      description: 'Group by campaign, ad set (with its campaign) or ad (with its ad set and campaign)',
+    group_by: StringEnum(['campaign', 'adset', 'ad', 'event'], {
+      description: 'Group by campaign, ad set (with its campaign), ad (with its ad set and campaign) or event',
     }),
     interval: Type.Optional(StringEnum(['day'], { description: 'Also group by day of received_at in `tz`' })),
     tz: Type.Optional(Type.String({ maxLength: 64, default: 'UTC', description: 'IANA time zone of the day buckets', examples: ['Europe/Berlin'] })),
@@ -76,15 +83,20 @@ export type SummaryQuery = Static<typeof SummaryQuery>
 
 export const SummaryRow = Type.Object(
   {
-    campaign_id: Nullable(Type.String()),
+    campaign_id: Type.Optional(Nullable(Type.String({ description: 'With group_by campaign, adset or ad' }))),
     adset_id: Type.Optional(Nullable(Type.String({ description: 'With group_by adset or ad' }))),
     ad_id: Type.Optional(Nullable(Type.String({ description: 'With group_by ad' }))),
+    event: Type.Optional(Nullable(Type.String({ description: 'With group_by event: the event, null for base conversions' }))),
     day: Type.Optional(Type.String({ format: 'date', description: 'With interval=day: the day in `tz`' })),
     currency: Type.String(),
-    conversions: Type.Integer({ description: 'Number of conversions' }),
-    revenue: Type.String({ description: 'Sum of payouts, exact decimal; conversions without payout add nothing' }),
+    conversions: Type.Integer({ description: 'Number of approved conversions: what the postback conversion column shows' }),
+    revenue: Type.String({ description: 'Sum of approved payouts, exact decimal; conversions without payout add nothing' }),
+    pending_conversions: Type.Integer({ description: 'Number of pending conversions' }),
+    pending_revenue: Type.String({ description: 'Sum of pending payouts: revenue on hold' }),
+    rejected_conversions: Type.Integer({ description: 'Number of rejected conversions' }),
+    rejected_revenue: Type.String({ description: 'Sum of rejected payouts' }),
   },
-  { $id: 'SummaryRow', description: 'Conversions and revenue of one group in one currency' },
+  { $id: 'SummaryRow', description: 'Conversions and revenue of one group in one currency, by status' },
 )
 export type SummaryRow = Static<typeof SummaryRow>
 
@@ -132,6 +144,7 @@ export const SheetStatus = Type.Object(
     last_24h: Type.Object(
       {
         stored: Type.Integer(),
+        updated: Type.Integer({ description: 'Deliveries that moved a conversion to another status' }),
         duplicate: Type.Integer(),
         rejected: Type.Integer(),
       },
@@ -144,6 +157,23 @@ export const SheetStatus = Type.Object(
   { $id: 'SheetStatus', description: 'Is the network delivering? The receiver side of one sheet' },
 )
 export type SheetStatus = Static<typeof SheetStatus>
+
+export const HistoryEntry = Type.Object(
+  {
+    status: StringEnum(STATUSES),
+    network_status: Nullable(Type.String({ description: 'The status word as the network sent it' })),
+    payout: Nullable(Type.String({ description: 'Exact decimal, as it stood after this delivery' })),
+    currency: Type.String(),
+    recorded_at: Timestamp('When the delivery was stored or applied'),
+  },
+  { $id: 'HistoryEntry', description: 'A stored or applied delivery of a conversion' },
+)
+export type HistoryEntry = Static<typeof HistoryEntry>
+
+export const ConversionHistory = Type.Object(
+  { data: Type.Array(ref(HistoryEntry)) },
+  { $id: 'ConversionHistory', description: 'The deliveries that stored or moved a conversion, oldest first' },
+)
 
 export const TRACKERS = ['keitaro', 'voluum', 'redtrack', 'binom', 'generic'] as const
 
@@ -225,4 +255,4 @@ export const authResponses = {
   503: ErrorRef,
 }
 
-export const managementSchemas = [Conversion, ConversionPage, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, ApiKey, CreatedApiKey]
+export const managementSchemas = [Conversion, ConversionPage, HistoryEntry, ConversionHistory, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, ApiKey, CreatedApiKey]

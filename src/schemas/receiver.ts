@@ -1,9 +1,13 @@
 // The public receiver's request and response schemas.
 import { Type, type Static } from '@sinclair/typebox'
-import { ErrorRef } from './common.ts'
+import { ErrorRef, StringEnum } from './common.ts'
+import { MAPPING_PARAMETERS, STATUSES, type ConversionStatus } from '../lifecycle.ts'
 
 const Identifier = (maxLength: number, description: string) =>
   Type.String({ minLength: 1, maxLength, description })
+
+const MappingWords = (status: ConversionStatus) =>
+  Type.String({ minLength: 1, maxLength: 255, description: `Comma-separated status words of your network that mean ${status}, as in Keitaro's ${status}_status` })
 
 export const DeliveryQuery = Type.Object(
   {
@@ -26,17 +30,45 @@ export const DeliveryQuery = Type.Object(
     campaign_id: Type.Optional(Identifier(255, 'Meta campaign id')),
     adset_id: Type.Optional(Identifier(255, 'Meta ad set id')),
     ad_id: Type.Optional(Identifier(255, 'Meta ad id')),
+    event: Type.Optional(
+      Identifier(255, 'The conversion type (`lead`, `purchase`, `deposit`, ...); with sheet_id and transaction_id, the idempotency key. Absent: the base conversion'),
+    ),
+    status: Type.Optional(
+      Type.String({
+        minLength: 1,
+        maxLength: 64,
+        description:
+          "The network's status word, case-insensitive: approved (`approved`, `approve`, `sale`, `confirmed`, `paid`), pending (`pending`, `lead`, `hold`, `on_hold`), " +
+          'rejected (`rejected`, `declined`, `canceled`, `cancelled`, `chargeback`, `reversed`, `refunded`, `fraud`), or a word of the mapping parameters. Absent: approved',
+        examples: ['sale'],
+      }),
+    ),
+    approved_status: Type.Optional(MappingWords('approved')),
+    pending_status: Type.Optional(MappingWords('pending')),
+    rejected_status: Type.Optional(MappingWords('rejected')),
   },
   { additionalProperties: true },
 )
-export type Delivery = Static<typeof DeliveryQuery>
+export type DeliveryQuery = Static<typeof DeliveryQuery>
+
+/** A checked delivery, as the writer takes it: the status mapped to its canonical word (absent: approved). */
+export type Delivery = Omit<DeliveryQuery, 'status' | (typeof MAPPING_PARAMETERS)[ConversionStatus]> & {
+  status?: ConversionStatus
+  /** The status word as the network sent it. */
+  network_status?: string
+}
+
+export const ConversionStatusSchema = StringEnum(STATUSES, { description: 'The conversion status: only `approved` conversions count as conversions and revenue' })
 
 export const DeliveryAccepted = Type.Object(
   {
-    status: Type.Union([Type.Literal('stored'), Type.Literal('duplicate')], {
-      description: '`stored` for a first delivery, `duplicate` for a repeat (nothing changed)',
+    status: StringEnum(['stored', 'updated', 'duplicate'], {
+      description:
+        '`stored` for a first delivery, `updated` when it moved the conversion to another status, `duplicate` when it changed nothing ' +
+        '(a repeat, or a move the lifecycle does not allow: rejected is final, nothing moves back to pending)',
     }),
     conversion_id: Type.String({ description: 'Id of the stored conversion (a decimal integer)' }),
+    conversion_status: ConversionStatusSchema,
   },
   { description: 'The conversion is committed' },
 )
@@ -45,7 +77,8 @@ export type DeliveryAccepted = Static<typeof DeliveryAccepted>
 export const receiverRouteSchema = {
   summary: 'Receive a conversion postback',
   description:
-    'Called by affiliate networks and trackers. Stores the conversion once per (sheet_id, transaction_id); ' +
+    'Called by affiliate networks and trackers. Stores the conversion once per (sheet_id, transaction_id, event); ' +
+    'a later delivery with another status moves it along its lifecycle (pending to approved or rejected, approved to rejected); ' +
     'repeats are acknowledged as duplicates. Safe to retry.',
   tags: ['receiver'],
   operationId: 'receivePostback',
