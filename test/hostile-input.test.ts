@@ -94,7 +94,11 @@ const macro = fc.oneof(
   fc.constantFrom('REPLACE', 'OPTIONAL'),
 )
 const noValue = fc.constantFrom(...NO_VALUE_WORDS).chain((word) => fc.constantFrom(word, word.toUpperCase(), ` ${word} `))
-const controlled = fc.tuple(fc.string({ maxLength: 10 }), fc.integer({ min: 0, max: 0x1f }), fc.string({ maxLength: 10 })).map(([a, c, b]) => `${a}${String.fromCharCode(c)}${b}`)
+// Not blank: a value of whitespace only ("\t") is an empty one, which an optional parameter may be.
+const controlled = fc
+  .tuple(fc.string({ maxLength: 10 }), fc.integer({ min: 0, max: 0x1f }), fc.string({ maxLength: 10 }))
+  .map(([a, c, b]) => `${a}${String.fromCharCode(c)}${b}`)
+  .filter((text) => text.trim() !== '')
 const badPayout = fc.oneof(
   fc.string({ minLength: 1, maxLength: 20 }).filter((text) => text.trim() !== '' && !/^[+-]?(\d+(\.\d{0,6})?|\.\d{1,6})$/.test(text)),
   fc.constantFrom('1e308', '-1e-300', 'Infinity', 'NaN', '0x1F', '1,5', '1.2.3', '1000000000000', '0.0000001', '99999999999999999999999', ' 1', '1 '),
