@@ -4,6 +4,8 @@
 import { readFileSync } from 'node:fs'
 import t from 'tap'
 import { isNoValue, isUnreplacedMacro, NO_VALUE_WORDS } from '../src/delivery.ts'
+import { receiverUrl as trackerReceiverUrl } from '../src/receiver-url.ts'
+import { TRACKERS } from '../src/schemas/management.ts'
 import { newSheet, receiverUrl, testApp } from './helpers.ts'
 
 // Unreplaced macros as each network's (or template language's) postback template writes them.
@@ -87,6 +89,14 @@ t.test('isUnreplacedMacro: network macros, every shape with any name, and not th
   for (const value of REAL_IDS) {
     t.notOk(isUnreplacedMacro(value), `${value}: not a macro`)
     t.notOk(isNoValue(value), `${value}: not a no-value word`)
+  }
+})
+
+t.test('the receiver URL builder fills in macros that the receiver refuses, every one of them', async (t) => {
+  for (const tracker of TRACKERS) {
+    for (const [parameter, macro] of Object.entries(trackerReceiverUrl('https://x.example', 's', tracker).parameters)) {
+      t.ok(isUnreplacedMacro(macro), `${tracker}: ${parameter}=${macro}`)
+    }
   }
 })
 
