@@ -13,19 +13,37 @@ type Parameter = keyof DeliveryQueryType & string
 const PARAMETERS = Object.keys(DeliveryQuery.properties) as Parameter[]
 const REQUIRED = new Set<string>(DeliveryQuery.required ?? [])
 
-// Tracker macro syntaxes left unreplaced, and the placeholder words some networks put in their
-// templates. A brace pair ({x} {{x}} ${x}) is a macro anywhere in a value: real ids do not carry
-// braces, and networks wrap macros in text ("tx-{clickid}"). The other forms ([x] [[x]] %x% #x#
-// ##x##) count only as the whole value, since '%', '#' and '[' do occur in real ids and amounts.
+// Tracker macros left unreplaced, and the placeholder words some networks put in their templates.
+// Braces ({x} {{x}} {{{x}}} ${x} {{ x }} {x|default}) are a macro anywhere in a value: real ids do
+// not carry braces, and networks wrap macros in text ("tx-{clickid}"); a name with braces on one
+// side only ("{clickid", "clickid}") is a template typo. Square brackets, percent signs and hashes,
+// at any depth and also unbalanced ([x] [[[x]]] %%x%% ##x## [[x]]]), count only as the whole value,
+// since '%', '#' and '[' do occur in real ids and amounts ("ABC#123", "50%off", "[2024]-x").
+// A name starts with a letter or '_'; between '#' or '%' a number is a name too ("#1#", "%1%"): no
+// id or amount is written so, while "[1]" is a one-item list a network may pass through.
 const NAME = String.raw`[A-Za-z_][\w.:-]*`
+const NUMBERED_NAME = String.raw`\w[\w.:-]*`
 const MACRO = new RegExp(
-  [String.raw`\{[^{}]*\}`, String.raw`^\s*(?:\[\[?${NAME}\]\]?|%${NAME}%|##?${NAME}##?)\s*$`].join('|'),
+  [
+    String.raw`\{[^{}]*\}`,
+    String.raw`^\s*(?:\$?\{+\s*${NAME}|${NAME}\s*\}+)\s*$`,
+    String.raw`^\s*(?:\[+\s*${NAME}\s*\]+|%+\s*${NUMBERED_NAME}\s*%+|#+\s*${NUMBERED_NAME}\s*#+)\s*$`,
+  ].join('|'),
 )
 const PLACEHOLDER = /^(?:REPLACE|OPTIONAL)$/i
 const CONTROL = /[\u0000-\u001F\u007F-\u009F]/
 
+/** What template engines print for a missing value (JavaScript, C's printf, Go, Ruby, Python). */
+export const NO_VALUE_WORDS = ['null', 'undefined', '(null)', 'nil', '<nil>', 'none', 'NaN'] as const
+const NO_VALUE = new Set<string>(NO_VALUE_WORDS.map((word) => word.toLowerCase()))
+
 export function isUnreplacedMacro(value: string): boolean {
   return MACRO.test(value) || PLACEHOLDER.test(value.trim())
+}
+
+/** A word for "no value" as the whole value: stored, every later one would be its duplicate. */
+export function isNoValue(value: string): boolean {
+  return NO_VALUE.has(value.trim().toLowerCase())
 }
 
 const MAPPING = new Set<string>(Object.values(MAPPING_PARAMETERS))
@@ -61,6 +79,7 @@ function readParameter(name: Parameter, input: QueryValue | undefined): string |
     if (REQUIRED.has(name)) throw new InputError('missing_parameter', name, `${name} is required`)
     return undefined
   }
+  if (isNoValue(input)) throw noValueError(name, input)
   if (isUnreplacedMacro(input)) throw macroError(name, input)
   if (CONTROL.test(input)) {
     throw new InputError('invalid_parameter', name, `${name} contains control characters`)
@@ -79,6 +98,15 @@ function macroError(name: string, value: string): InputError {
     'unreplaced_macro',
     name,
     `${name} is an unreplaced tracker macro ${quote(value)}: set the network's postback URL to fill in a value`,
+  )
+}
+
+function noValueError(name: string, value: string): InputError {
+  const absent = REQUIRED.has(name) ? '' : ', or leave the parameter out'
+  return new InputError(
+    'invalid_parameter',
+    name,
+    `${name} is ${quote(value)}: the network's template produced no value for ${name}; set the network's postback URL to fill in a value${absent}`,
   )
 }
 

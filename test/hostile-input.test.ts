@@ -3,7 +3,7 @@
 import fc from 'fast-check'
 import t from 'tap'
 import { CURRENCIES } from '../src/currencies.ts'
-import { isUnreplacedMacro } from '../src/delivery.ts'
+import { isNoValue, isUnreplacedMacro, NO_VALUE_WORDS } from '../src/delivery.ts'
 import { listen, newKeyHeader, newSheet, receiverUrl, testApp } from './helpers.ts'
 
 const app = await testApp(t, { RECEIVER_RATE_LIMIT: '100000000', RECEIVER_FLOOD_LIMIT: '100000000' })
@@ -17,12 +17,13 @@ const rows = async (transactionId?: string) =>
 // Rows of this file's sheet only: on PostgreSQL other test files write to the same tables meanwhile.
 const count = async () => (await app.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${sheet}`)[0]!.n
 
-// A printable identifier: any Unicode text without control characters, not blank, not a macro.
+// A printable identifier: any Unicode text without control characters, not blank, not a macro,
+// not a word for no value.
 const identifier = (maxLength: number) =>
   fc
     .string({ unit: 'grapheme', minLength: 1, maxLength })
     .map((text) => text.replace(/[\u0000-\u001F\u007F-\u009F]/g, ''))
-    .filter((text) => text.trim() !== '' && text.length <= maxLength && !isUnreplacedMacro(text))
+    .filter((text) => text.trim() !== '' && text.length <= maxLength && !isUnreplacedMacro(text) && !isNoValue(text))
 
 // A payout and its expected stored form: sign, integer digits (with leading zeros), fraction digits.
 const payout = fc
@@ -80,15 +81,24 @@ const macroName = fc.stringMatching(/^[A-Za-z_][A-Za-z0-9_]{0,15}$/)
 const macro = fc.oneof(
   macroName.map((n) => `{${n}}`),
   macroName.map((n) => `{{${n}}}`),
+  macroName.map((n) => `{{{${n}}}}`),
+  macroName.map((n) => `{{ ${n} }}`),
   macroName.map((n) => `\${${n}}`),
   macroName.map((n) => `[${n}]`),
   macroName.map((n) => `[[${n}]]`),
+  macroName.map((n) => `[[[${n}]]]`),
   macroName.map((n) => `%${n}%`),
+  macroName.map((n) => `%%${n}%%`),
   macroName.map((n) => `#${n}#`),
   macroName.map((n) => `##${n}##`),
   fc.constantFrom('REPLACE', 'OPTIONAL'),
 )
-const controlled = fc.tuple(fc.string({ maxLength: 10 }), fc.integer({ min: 0, max: 0x1f }), fc.string({ maxLength: 10 })).map(([a, c, b]) => `${a}${String.fromCharCode(c)}${b}`)
+const noValue = fc.constantFrom(...NO_VALUE_WORDS).chain((word) => fc.constantFrom(word, word.toUpperCase(), ` ${word} `))
+// Not blank: a value of whitespace only ("\t") is an empty one, which an optional parameter may be.
+const controlled = fc
+  .tuple(fc.string({ maxLength: 10 }), fc.integer({ min: 0, max: 0x1f }), fc.string({ maxLength: 10 }))
+  .map(([a, c, b]) => `${a}${String.fromCharCode(c)}${b}`)
+  .filter((text) => text.trim() !== '')
 const badPayout = fc.oneof(
   fc.string({ minLength: 1, maxLength: 20 }).filter((text) => text.trim() !== '' && !/^[+-]?(\d+(\.\d{0,6})?|\.\d{1,6})$/.test(text)),
   fc.constantFrom('1e308', '-1e-300', 'Infinity', 'NaN', '0x1F', '1,5', '1.2.3', '1000000000000', '0.0000001', '99999999999999999999999', ' 1', '1 '),
@@ -99,6 +109,7 @@ const badCurrency = fc.oneof(
 )
 const corruption = fc.oneof(
   fc.record({ parameter: fc.constantFrom('transaction_id', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id'), value: fc.oneof(macro, controlled) }),
+  fc.record({ parameter: fc.constantFrom('sheet_id', 'transaction_id', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id'), value: noValue }),
   fc.record({ parameter: fc.constant('payout'), value: badPayout }),
   fc.record({ parameter: fc.constant('currency'), value: badCurrency }),
   fc.record({ parameter: fc.constantFrom('transaction_id', 'campaign_id'), value: fc.integer({ min: 256, max: 3000 }).map((n) => 'x'.repeat(n)) }),
