@@ -17,9 +17,9 @@ export type StatusMapping = Partial<Record<(typeof MAPPING_PARAMETERS)[Conversio
 
 /** Built-in network words, matched case-insensitively. */
 export const STATUS_WORDS: Record<ConversionStatus, readonly string[]> = {
-  approved: ['approved', 'approve', 'sale', 'confirmed', 'paid'],
+  approved: ['approved', 'approve', 'sale', 'confirmed', 'paid', 'accepted'],
   pending: ['pending', 'lead', 'hold', 'on_hold'],
-  rejected: ['rejected', 'declined', 'canceled', 'cancelled', 'chargeback', 'reversed', 'refunded', 'fraud'],
+  rejected: ['rejected', 'declined', 'denied', 'canceled', 'cancelled', 'chargeback', 'reversed', 'refunded', 'returned', 'fraud', 'invalid', 'trash'],
 }
 
 const BUILT_IN = new Map<string, ConversionStatus>(

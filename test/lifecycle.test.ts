@@ -1,9 +1,10 @@
 // The conversion lifecycle on a real store: statuses and network words, the allowed and refused
 // moves, events as keys of their own, history, the summary's split, and concurrent moves of one key.
+import { readFileSync } from 'node:fs'
 import pg from 'pg'
 import t, { type Test } from 'tap'
 import { buildApp } from '../src/app.ts'
-import { isAllowedMove, type ConversionStatus } from '../src/lifecycle.ts'
+import { isAllowedMove, STATUS_WORDS, STATUSES, type ConversionStatus } from '../src/lifecycle.ts'
 import { newKeyHeader, newSheet, onPostgres, receiverUrl, testApp, testConfig } from './helpers.ts'
 
 const app = await testApp(t)
@@ -79,11 +80,24 @@ t.test('network words map case-insensitively; an absent status is approved', asy
     ['reversed', 'rejected'],
     ['refunded', 'rejected'],
     ['fraud', 'rejected'],
+    ['Denied', 'rejected'],
+    ['invalid', 'rejected'],
+    ['accepted', 'approved'],
   ]
   for (const [index, [word, status]] of words.entries()) {
     const { body } = await deliver({ sheet_id: sheet, transaction_id: `w${index}`, ...(word ? { status: word } : {}) })
     t.equal(body.conversion_status, status, `${word ?? '(none)'} is ${status}`)
     t.equal((await api(`/conversions/${body.conversion_id}`)).network_status, word ?? null, 'the word is kept as sent')
+  }
+})
+
+t.test("the README's table of status words is the code's", async (t) => {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+  for (const status of STATUSES) {
+    const row = readme.split('\n').find((line) => line.startsWith(`| \`${status}\` |`))
+    t.ok(row, `a row for ${status}`)
+    const words = [...(row ?? '').split('|')[2]!.matchAll(/`([^`]+)`/g)].map((match) => match[1])
+    t.same(words, STATUS_WORDS[status], `${status}: the same words`)
   }
 })
 

@@ -454,7 +454,7 @@ export interface operations {
                 /** @description The conversion type (`lead`, `purchase`, `deposit`, ...); with sheet_id and transaction_id, the idempotency key. Absent: the base conversion */
                 event?: string;
                 /**
-                 * @description The network's status word, case-insensitive: approved (`approved`, `approve`, `sale`, `confirmed`, `paid`), pending (`pending`, `lead`, `hold`, `on_hold`), rejected (`rejected`, `declined`, `canceled`, `cancelled`, `chargeback`, `reversed`, `refunded`, `fraud`), or a word of the mapping parameters. Absent: approved
+                 * @description The network's status word, case-insensitive: approved (`approved`, `approve`, `sale`, `confirmed`, `paid`, `accepted`), pending (`pending`, `lead`, `hold`, `on_hold`), rejected (`rejected`, `declined`, `denied`, `canceled`, `cancelled`, `chargeback`, `reversed`, `refunded`, `returned`, `fraud`, `invalid`, `trash`), or a word of the mapping parameters. Absent: approved
                  * @example sale
                  */
                 status?: string;

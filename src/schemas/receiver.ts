@@ -1,7 +1,7 @@
 // The public receiver's request and response schemas.
 import { Type, type Static } from '@sinclair/typebox'
 import { ErrorRef, StringEnum } from './common.ts'
-import { MAPPING_PARAMETERS, STATUSES, type ConversionStatus } from '../lifecycle.ts'
+import { MAPPING_PARAMETERS, STATUS_WORDS, STATUSES, type ConversionStatus } from '../lifecycle.ts'
 
 const Identifier = (maxLength: number, description: string) =>
   Type.String({ minLength: 1, maxLength, description })
@@ -38,8 +38,9 @@ export const DeliveryQuery = Type.Object(
         minLength: 1,
         maxLength: 64,
         description:
-          "The network's status word, case-insensitive: approved (`approved`, `approve`, `sale`, `confirmed`, `paid`), pending (`pending`, `lead`, `hold`, `on_hold`), " +
-          'rejected (`rejected`, `declined`, `canceled`, `cancelled`, `chargeback`, `reversed`, `refunded`, `fraud`), or a word of the mapping parameters. Absent: approved',
+          "The network's status word, case-insensitive: " +
+          STATUSES.map((status) => `${status} (${STATUS_WORDS[status].map((word) => `\`${word}\``).join(', ')})`).join(', ') +
+          ', or a word of the mapping parameters. Absent: approved',
         examples: ['sale'],
       }),
     ),
