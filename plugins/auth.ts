@@ -33,9 +33,7 @@ export default fp(
       request.principal = principal
     })
   },
-  // No declared dependency on 'prisma': app.prisma is used per request, and the document-only build
-  // (npm run openapi) registers the routes without a database.
-  { name: 'auth' },
+  { name: 'auth', dependencies: ['db'] },
 )
 
 /** The authenticated key of a management request. */

@@ -1,8 +1,7 @@
 // The write side of the receiver, shared as `app.conversionWriter` (group commit) and
 // `app.deliveryLog` (diagnostics), so that health, metrics and tests can see queue depth and
 // drain them; batch sizes and write failures are counted in `app.metrics`. On close it answers
-// what is queued before the store closes (it closes first,
-// having been registered after the prisma plugin).
+// what is queued before the store closes (it closes first, having been registered after the store).
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
 import { ConversionWriter } from '../src/conversion-writer.ts'
@@ -51,7 +50,7 @@ export default fp(
       await deliveryLog.flush()
     })
   },
-  { name: 'ingest', dependencies: ['prisma', 'metrics'] },
+  { name: 'ingest', dependencies: ['db', 'metrics'] },
 )
 
 const OVERLOAD_LOG_INTERVAL_MS = 10_000

@@ -1,7 +1,8 @@
 // Rate limits with @fastify/rate-limit (https://github.com/fastify/fastify-rate-limit). Registered
 // once with no global hook; the receiver and the management plugins take limiters from
-// `app.limiter(...)` for their own keys. With REDIS_URL the counters live in Redis and are shared by
-// every instance; when Redis fails, requests are let through (skipOnError), logged and counted.
+// `app.limiter(...)` for their own keys, and answers carry the plugin's x-ratelimit-* headers. With
+// REDIS_URL the counters live in Redis (through our own ioredis client) and are shared by every
+// instance; when Redis fails, requests are let through, logged and counted.
 import fastifyRateLimit, { normalizeIP } from '@fastify/rate-limit'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { once } from 'node:events'
@@ -11,6 +12,10 @@ import { Redis } from 'ioredis'
 import { AppError } from '../src/errors.ts'
 
 const WINDOW_MS = 60_000
+// The plugin's default header names (its `addHeaders` option), which our limiters set themselves.
+const LIMIT_HEADER = 'x-ratelimit-limit'
+const REMAINING_HEADER = 'x-ratelimit-remaining'
+const RESET_HEADER = 'x-ratelimit-reset'
 
 /** A client address as a counter key: an IPv6 client counts by its /64, as one host usually holds one. */
 export function clientKey(request: FastifyRequest): string {
@@ -28,7 +33,11 @@ export interface LimiterOptions {
 
 declare module 'fastify' {
   interface FastifyInstance {
-    /** An onRequest hook that answers 429 with Retry-After once a request is over any of the limits. */
+    /**
+     * An onRequest hook that counts a request against the limits, shows the one closest to being reached
+     * in x-ratelimit-* headers (also across several hooks of one request), and answers 429 with
+     * Retry-After once the request is over any of them.
+     */
     limiter: (limits: LimiterOptions[]) => (request: FastifyRequest, reply: FastifyReply) => Promise<void>
   }
 }
@@ -37,8 +46,10 @@ export default fp(
   async function rateLimitPlugin(app) {
     const { config, metrics } = app
     let lastWarned = 0
+    let storeDown = false
     // Throttled: a Redis outage must not flood the log.
-    function warnStoreDown(error?: unknown): void {
+    function warnStoreDown(error: unknown): void {
+      storeDown = true
       if (Date.now() - lastWarned < 10_000) return
       lastWarned = Date.now()
       app.log.warn({ err: error }, 'rate-limit store (Redis) unavailable; requests are let through')
@@ -57,6 +68,11 @@ export default fp(
         lazyConnect: false,
       })
       redis.on('error', (error) => warnStoreDown(error))
+      redis.on('ready', () => {
+        if (!storeDown) return
+        storeDown = false
+        app.log.info('rate-limit store (Redis) reachable again; limits are enforced')
+      })
       app.addHook('onClose', async () => {
         redis?.disconnect()
       })
@@ -74,7 +90,9 @@ export default fp(
     await app.register(fastifyRateLimit, {
       global: false,
       timeWindow: WINDOW_MS,
-      skipOnError: true,
+      // A store error reaches our hook, which lets the request through: the plugin's own skipOnError
+      // would hide it, and the request would look counted.
+      skipOnError: false,
       ...(redis ? { redis, nameSpace: config.REDIS_KEY_PREFIX } : {}),
     })
 
@@ -86,24 +104,39 @@ export default fp(
       }))
       // The limits of a request are checked in parallel: a slow store costs one wait, not one per limit.
       return async function rateLimitHook(request: FastifyRequest, reply: FastifyReply) {
-        const results = await Promise.all(checks.map(({ check }) => check(request)))
+        const results = await Promise.all(
+          checks.map(({ check }) =>
+            check(request).catch((error: unknown) => {
+              metrics.rateLimitStoreErrors.inc()
+              warnStoreDown(error)
+              return undefined
+            }),
+          ),
+        )
+        let refusal: { name: string; max: number; ttlInSeconds: number } | undefined
         for (const [index, result] of results.entries()) {
-          if (result.isAllowed) continue
-          // Every counted request makes its key's count at least 1; a count of 0 (remaining === max)
-          // means the store failed and skipOnError let the request through.
-          if (result.remaining === result.max) {
-            metrics.rateLimitStoreErrors.inc()
-            warnStoreDown()
+          // Not counted (the store failed): no header claims a count.
+          if (!result || result.isAllowed) continue
+          showLimit(reply, result)
+          // Over several limits, the one that frees up last says when to retry.
+          if (result.isExceeded && result.ttlInSeconds >= (refusal?.ttlInSeconds ?? 0)) {
+            refusal = { name: checks[index]!.name, max: result.max, ttlInSeconds: result.ttlInSeconds }
           }
-          if (!result.isExceeded) continue
-          const { name, max } = checks[index]!
-          const retryAfter = Math.max(1, result.ttlInSeconds)
-          metrics.rateLimited.inc({ limit: name })
-          reply.header('retry-after', String(retryAfter))
-          throw new AppError(429, 'rate_limited', `rate limit of ${max} requests per minute exceeded; retry in ${retryAfter} s`)
         }
+        if (!refusal) return
+        const retryAfter = Math.max(1, refusal.ttlInSeconds)
+        reply.header(LIMIT_HEADER, refusal.max).header(REMAINING_HEADER, 0).header(RESET_HEADER, retryAfter).header('retry-after', retryAfter)
+        metrics.rateLimited.inc({ limit: refusal.name })
+        throw new AppError(429, 'rate_limited', `rate limit of ${refusal.max} requests per minute exceeded; retry in ${retryAfter} s`)
       }
     })
   },
   { name: 'rate-limit', dependencies: ['config', 'metrics'] },
 )
+
+/** Shows a counted limit unless the answer already shows one (of this hook or an earlier one) with fewer requests left. */
+function showLimit(reply: FastifyReply, limit: { max: number; remaining: number; ttlInSeconds: number }): void {
+  const shown = reply.getHeader(REMAINING_HEADER)
+  if (shown !== undefined && Number(shown) <= limit.remaining) return
+  reply.header(LIMIT_HEADER, limit.max).header(REMAINING_HEADER, limit.remaining).header(RESET_HEADER, limit.ttlInSeconds)
+}

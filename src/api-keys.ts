@@ -4,22 +4,10 @@
 import { createHash, randomBytes } from 'node:crypto'
 import { ForbiddenError, InputError, NotFoundError } from './errors.ts'
 import type { PrismaClient } from './generated/prisma/client.ts'
+import type { CamelKeys } from './schemas/common.ts'
+import type { ApiKey, CreatedApiKey, CreateKeyBody } from './schemas/management.ts'
 
 const KEY_PATTERN = /^pbk_[A-Za-z0-9_-]{43}$/
-
-export interface ApiKeyView {
-  id: string
-  name: string
-  global: boolean
-  sheet_ids: string[]
-  created_at: string
-  revoked_at: string | null
-}
-
-export interface CreatedApiKey extends ApiKeyView {
-  /** The key itself; it is not stored and cannot be shown again. */
-  key: string
-}
 
 /** What a request authenticated with a key may see. */
 export interface Principal {
@@ -28,11 +16,8 @@ export interface Principal {
   sheetIds: readonly string[]
 }
 
-export interface CreateApiKey {
-  name?: string
-  global?: boolean
-  sheetIds?: string[]
-}
+/** The admin API's body in camelCase: what the API and the CLI create a key from. */
+export type CreateApiKey = CamelKeys<CreateKeyBody>
 
 export function hashKey(key: string): string {
   return createHash('sha256').update(key).digest('hex')
@@ -42,7 +27,7 @@ export function isWellFormedKey(key: string): boolean {
   return KEY_PATTERN.test(key)
 }
 
-function view(key: { id: string; name: string; global: boolean; sheetIds: string[]; createdAt: Date; revokedAt: Date | null }): ApiKeyView {
+function view(key: { id: string; name: string; global: boolean; sheetIds: string[]; createdAt: Date; revokedAt: Date | null }): ApiKey {
   return {
     id: key.id,
     name: key.name,
@@ -71,12 +56,12 @@ export async function createApiKey(prisma: PrismaClient, input: CreateApiKey): P
   return { ...view(created), key }
 }
 
-export async function listApiKeys(prisma: PrismaClient): Promise<ApiKeyView[]> {
+export async function listApiKeys(prisma: PrismaClient): Promise<ApiKey[]> {
   return (await prisma.apiKey.findMany({ orderBy: { createdAt: 'asc' } })).map(view)
 }
 
 /** Revokes a key at once (the next request with it gets 401); revoking a revoked key changes nothing. */
-export async function revokeApiKey(prisma: PrismaClient, id: string): Promise<ApiKeyView> {
+export async function revokeApiKey(prisma: PrismaClient, id: string): Promise<ApiKey> {
   await prisma.apiKey.updateMany({ where: { id, revokedAt: null }, data: { revokedAt: new Date() } })
   const key = await prisma.apiKey.findUnique({ where: { id } })
   if (!key) throw new NotFoundError('unknown_key', `API key ${id} does not exist`, 'key_id')

@@ -10,10 +10,10 @@ import Fastify, {
 import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import authPlugin from '../plugins/auth.ts'
+import dbPlugin from '../plugins/db.ts'
 import healthPlugin from '../plugins/health.ts'
 import ingestPlugin from '../plugins/ingest.ts'
 import metricsPlugin from '../plugins/metrics.ts'
-import prismaPlugin from '../plugins/prisma.ts'
 import managementPlugin from '../plugins/management/index.ts'
 import rateLimitPlugin from '../plugins/rate-limit.ts'
 import receiverPlugin from '../plugins/receiver.ts'
@@ -35,8 +35,6 @@ declare module 'fastify' {
 
 export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
-  /** false: build the routes and the OpenAPI document only, opening no database (npm run openapi). */
-  storage?: boolean
 }
 
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
@@ -74,11 +72,9 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(swaggerPlugin)
   await app.register(requestIdPlugin)
   await app.register(metricsPlugin)
-  if (options.storage !== false) {
-    await app.register(prismaPlugin)
-    await app.register(ingestPlugin)
-    await app.register(healthPlugin)
-  }
+  await app.register(dbPlugin)
+  await app.register(ingestPlugin)
+  await app.register(healthPlugin)
   await app.register(rateLimitPlugin)
   await app.register(authPlugin)
   await app.register(receiverPlugin)

@@ -5,14 +5,11 @@
 // requests costs one statement per flush, never a wait in the answer), the buffer is capped, and
 // what is buffered when the process is killed is lost.
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
+import type { CamelKeys } from './schemas/common.ts'
+import type { Rejection } from './schemas/management.ts'
 
-export interface Rejection {
-  sheetId: string
-  reason: string
-  parameter: string | null
-  rawQuery: string
-  remoteAddress: string | null
-}
+/** A rejected delivery as the receiver reports it: the log entry the API shows, before it has an id and a time. */
+export type RejectedDelivery = CamelKeys<Omit<Rejection, 'id' | 'received_at'>>
 
 export interface DeliveryLogOptions {
   prisma: PrismaClient
@@ -32,7 +29,7 @@ type CountRow = readonly [string, string, Outcome, string, number]
 
 export class DeliveryLog {
   readonly #options: Required<Omit<DeliveryLogOptions, 'onError'>> & Pick<DeliveryLogOptions, 'onError'>
-  #rejections: Array<Rejection & { receivedAt: Date }> = []
+  #rejections: Array<RejectedDelivery & { receivedAt: Date }> = []
   // Counts keyed by sheet, hour, outcome and reason (JSON of the tuple).
   #counts = new Map<string, number>()
   #timer: NodeJS.Timeout | undefined
@@ -43,7 +40,7 @@ export class DeliveryLog {
     this.#options = { bufferMax: 10_000, flushIntervalMs: 250, ...options }
   }
 
-  recordRejection(rejection: Rejection): void {
+  recordRejection(rejection: RejectedDelivery): void {
     this.#count(rejection.sheetId, 'rejected', rejection.reason)
     if (this.#rejections.length >= this.#options.bufferMax) {
       this.dropped++
@@ -78,7 +75,7 @@ export class DeliveryLog {
     return this.#writing
   }
 
-  async #write(rejections: Array<Rejection & { receivedAt: Date }>, counts: readonly CountRow[]): Promise<void> {
+  async #write(rejections: Array<RejectedDelivery & { receivedAt: Date }>, counts: readonly CountRow[]): Promise<void> {
     try {
       if (counts.length) await this.#writeCounts(counts)
       if (rejections.length) await this.#writeRejections(rejections)
@@ -101,9 +98,9 @@ export class DeliveryLog {
       ON CONFLICT (sheet_id, hour, outcome, reason) DO UPDATE SET count = delivery_counters.count + excluded.count`)
   }
 
-  async #writeRejections(entries: Array<Rejection & { receivedAt: Date }>): Promise<void> {
+  async #writeRejections(entries: Array<RejectedDelivery & { receivedAt: Date }>): Promise<void> {
     const { prisma, maxPerSheet } = this.#options
-    const column = <K extends keyof Rejection>(name: K) => entries.map((entry) => entry[name])
+    const column = <K extends keyof RejectedDelivery>(name: K) => entries.map((entry) => entry[name])
     const times = entries.map((entry) => entry.receivedAt.toISOString())
     await prisma.$executeRaw(Prisma.sql`
       INSERT INTO delivery_rejections (sheet_id, reason, parameter, raw_query, remote_address, received_at)

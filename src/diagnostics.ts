@@ -3,7 +3,7 @@
 import { decodeCursor, keysetPage, parseTime, type SheetScope } from './conversions.ts'
 import { NotFoundError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
-import type { Rejection, RejectionQuery, SheetStatus } from './schemas/management.ts'
+import type { Rejection, RejectionPage, RejectionQuery, SheetStatus } from './schemas/management.ts'
 
 interface RejectionRow extends Omit<Rejection, 'id' | 'received_at'> {
   id_text: string
@@ -14,7 +14,7 @@ export async function listRejections(
   prisma: PrismaClient,
   scope: SheetScope,
   query: RejectionQuery,
-): Promise<{ data: Rejection[]; next_cursor: string | null }> {
+): Promise<RejectionPage> {
   const limit = query.limit ?? 50
   const where: Prisma.Sql[] = []
   if (query.sheet_id !== undefined) where.push(Prisma.sql`sheet_id = ${query.sheet_id}`)

@@ -2,14 +2,11 @@
 import { CURRENCIES } from './currencies.ts'
 import { ConflictError, InputError, NotFoundError } from './errors.ts'
 import type { PrismaClient } from './generated/prisma/client.ts'
+import type { CamelKeys } from './schemas/common.ts'
+import type { CreateSheetBody, Sheet } from './schemas/management.ts'
 
-export interface SheetView {
-  sheet_id: string
-  name: string
-  default_currency: string
-  active: boolean
-  created_at: string
-}
+/** The admin API's body in camelCase: what the API and the CLI create a sheet from. */
+export type CreateSheet = CamelKeys<CreateSheetBody>
 
 const SHEET_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/
 
@@ -18,13 +15,7 @@ export function isSheetId(text: string): boolean {
   return SHEET_ID.test(text)
 }
 
-export interface CreateSheet {
-  sheetId: string
-  name?: string
-  currency?: string
-}
-
-function view(sheet: { sheetId: string; name: string; defaultCurrency: string; active: boolean; createdAt: Date }): SheetView {
+function view(sheet: { sheetId: string; name: string; defaultCurrency: string; active: boolean; createdAt: Date }): Sheet {
   return {
     sheet_id: sheet.sheetId,
     name: sheet.name,
@@ -34,7 +25,7 @@ function view(sheet: { sheetId: string; name: string; defaultCurrency: string; a
   }
 }
 
-export async function createSheet(prisma: PrismaClient, input: CreateSheet): Promise<SheetView> {
+export async function createSheet(prisma: PrismaClient, input: CreateSheet): Promise<Sheet> {
   if (!isSheetId(input.sheetId)) {
     throw new InputError(
       'invalid_parameter',
@@ -55,13 +46,13 @@ export async function createSheet(prisma: PrismaClient, input: CreateSheet): Pro
   return view(sheet)
 }
 
-export async function disableSheet(prisma: PrismaClient, sheetId: string): Promise<SheetView> {
+export async function disableSheet(prisma: PrismaClient, sheetId: string): Promise<Sheet> {
   const { count } = await prisma.sheet.updateMany({ where: { sheetId }, data: { active: false } })
   if (count === 0) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} does not exist`, 'sheet_id')
   return view(await prisma.sheet.findUniqueOrThrow({ where: { sheetId } }))
 }
 
-export async function listSheets(prisma: PrismaClient): Promise<SheetView[]> {
+export async function listSheets(prisma: PrismaClient): Promise<Sheet[]> {
   const sheets = await prisma.sheet.findMany({ orderBy: { createdAt: 'asc' } })
   return sheets.map(view)
 }

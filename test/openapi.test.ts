@@ -6,12 +6,14 @@ import { promisify } from 'node:util'
 import t from 'tap'
 import { parse } from 'yaml'
 import { buildApp } from '../src/app.ts'
-import { loadConfig } from '../src/config.ts'
 import { generateOpenApi, OPENAPI_FILE } from '../src/openapi.ts'
+import { testConfig } from './helpers.ts'
 import { ROOT } from './processes.ts'
 
 const run = promisify(execFile)
-const generated = await generateOpenApi()
+// On the test store (a copy of the migrated PGlite template, or DATABASE_URL's): `npm run openapi`'s
+// own scratch PGlite would pay initdb here.
+const generated = await generateOpenApi(testConfig(t))
 
 t.test('openapi.yaml is the document the code generates (run `npm run openapi` after a route change)', async (t) => {
   t.equal(readFileSync(OPENAPI_FILE, 'utf8'), generated)
@@ -36,7 +38,7 @@ t.test('every route the app serves is documented, with an operationId, summary, 
   const document = parse(generated) as {
     paths: Record<string, Record<string, { operationId?: string; summary?: string; tags?: string[]; security?: unknown[]; parameters?: Array<{ name: string; description?: string }>; responses: Record<string, unknown> }>>
   }
-  const app = await buildApp(loadConfig({ LOG_LEVEL: 'silent' }), { storage: false })
+  const app = await buildApp(testConfig(t))
   const routes: Array<[string, string]> = []
   app.addHook('onRoute', (route) => {
     for (const method of [route.method].flat()) routes.push([method.toLowerCase(), route.url])

@@ -1,12 +1,24 @@
 // Rate limits: per sheet and client address plus a per-address flood limit on the receiver, per API
-// key on the management API; 429 with Retry-After and the shared error body; client addresses from
-// X-Forwarded-For only through a trusted proxy; Redis-shared counters, and no refusals when Redis fails.
+// key on the management API; 429 with Retry-After and the shared error body; x-ratelimit-* headers of
+// the limit closest to being reached; client addresses from X-Forwarded-For only through a trusted
+// proxy; Redis-shared counters, and no refusals (nor counts claimed) while Redis fails.
 import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { createServer, connect, type Server, type Socket } from 'node:net'
+import { Writable } from 'node:stream'
+import type { LightMyRequestResponse } from 'fastify'
 import t from 'tap'
+import { buildApp } from '../src/app.ts'
 import { createSheet } from '../src/sheets.ts'
-import { newKeyHeader, newSheet, receiverUrl, testApp } from './helpers.ts'
+import { newKeyHeader, newSheet, receiverUrl, testApp, testConfig } from './helpers.ts'
 
 const REDIS_URL = 'redis://127.0.0.1:6379'
+
+/** The x-ratelimit-* headers of an answer as [limit, remaining], and the reset in seconds. */
+function shownLimit(response: LightMyRequestResponse) {
+  const { 'x-ratelimit-limit': limit, 'x-ratelimit-remaining': remaining, 'x-ratelimit-reset': reset } = response.headers
+  return { limit: limit === undefined ? undefined : [Number(limit), Number(remaining)], reset: Number(reset) }
+}
 
 t.test('receiver: the limit is per sheet and client address', async (t) => {
   const app = await testApp(t, { RECEIVER_RATE_LIMIT: '3' })
@@ -119,10 +131,123 @@ t.test('with REDIS_URL, two instances share one limit', async (t) => {
 t.test('when Redis is unreachable, requests are let through, logged and counted', async (t) => {
   const app = await testApp(t, { REDIS_URL: 'redis://127.0.0.1:1', RECEIVER_RATE_LIMIT: '1' })
   const sheet = await newSheet(app)
-  const statuses = []
-  for (let i = 0; i < 3; i++) statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `r${i}` }) })).statusCode)
-  t.same(statuses, [200, 200, 200], 'no request refused because the limit store is down')
+  const answers = []
+  for (let i = 0; i < 3; i++) answers.push(await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `r${i}` }) }))
+  t.same(answers.map((response) => response.statusCode), [200, 200, 200], 'no request refused because the limit store is down')
+  t.same(answers.map((response) => shownLimit(response).limit), [undefined, undefined, undefined], 'no x-ratelimit-* headers: nothing was counted')
   const metrics = await app.inject({ method: 'GET', url: '/metrics' })
   const errors = Number(/^postback_rate_limit_store_errors_total (\d+)/m.exec(metrics.body)?.[1])
   t.ok(errors >= 6, `${errors} store errors counted (two limits per request)`)
+})
+
+t.test('receiver: x-ratelimit-* headers show the limit closest to being reached', async (t) => {
+  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '4', RECEIVER_RATE_LIMIT: '3' })
+  const [a, b] = [await newSheet(app), await newSheet(app)]
+  const send = (sheet: string, id: string) => app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: id }), remoteAddress: '198.51.100.20' })
+  const answers = [await send(a, '1'), await send(a, '2'), await send(b, '3'), await send(b, '4'), await send(b, '5')]
+  t.same(
+    answers.map((response) => [response.statusCode, shownLimit(response).limit]),
+    [
+      [200, [3, 2]], // sheet a: 2 of 3 left; address: 3 of 4
+      [200, [3, 1]],
+      [200, [4, 1]], // sheet b: 2 of 3 left; address: 1 of 4
+      [200, [4, 0]],
+      [429, [4, 0]], // over the address limit
+    ],
+  )
+  for (const response of answers) {
+    const { reset } = shownLimit(response)
+    t.ok(reset >= 1 && reset <= 60, `x-ratelimit-reset ${reset} s, within the minute`)
+  }
+  t.equal(answers[4]!.headers['retry-after'], answers[4]!.headers['x-ratelimit-reset'], 'Retry-After is the reset of the limit that refused')
+})
+
+t.test('management: x-ratelimit-* headers over the per-address limit and the per-key limit', async (t) => {
+  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '4', MANAGEMENT_RATE_LIMIT: '3' })
+  const [first, second] = [await newKeyHeader(app, { global: true }), await newKeyHeader(app, { global: true })]
+  const list = (headers: Record<string, string>, remoteAddress: string) =>
+    app.inject({ method: 'GET', url: '/api/v1/postback/conversions?limit=1', headers, remoteAddress })
+  const rows = (answers: LightMyRequestResponse[]) => answers.map((response) => [response.statusCode, shownLimit(response).limit])
+
+  // From a fresh address the per-key limit (3) is closer than the per-address one (4).
+  const byKey = [await list(first, '192.0.2.60'), await list(first, '192.0.2.60'), await list(first, '192.0.2.60'), await list(first, '192.0.2.60')]
+  t.same(rows(byKey), [[200, [3, 2]], [200, [3, 1]], [200, [3, 0]], [429, [3, 0]]], 'the per-key limit')
+  t.equal(byKey[3]!.headers['retry-after'], byKey[3]!.headers['x-ratelimit-reset'])
+
+  // Two unauthenticated answers (counted per address only), then the per-address limit is the closer
+  // one: checked in the first hook, it is not overwritten by the per-key hook's count.
+  const unknown = { authorization: `Bearer pbk_${'x'.repeat(43)}` }
+  const byAddress = [await list(unknown, '192.0.2.61'), await list(unknown, '192.0.2.61'), await list(second, '192.0.2.61'), await list(second, '192.0.2.61'), await list(second, '192.0.2.61')]
+  t.same(rows(byAddress), [[401, [4, 3]], [401, [4, 2]], [200, [4, 1]], [200, [4, 0]], [429, [4, 0]]], 'the per-address limit')
+})
+
+/** A TCP proxy to the test Redis that can be cut off and restored, to fail Redis under a running app. */
+async function redisProxy(t: { teardown(fn: () => unknown): void }) {
+  const sockets = new Set<Socket>()
+  let server: Server | undefined
+  let port = 0
+  async function up() {
+    server = createServer((client) => {
+      const upstream = connect(6379, '127.0.0.1')
+      for (const socket of [client, upstream]) {
+        sockets.add(socket)
+        socket.on('error', () => socket.destroy())
+        socket.on('close', () => {
+          sockets.delete(socket)
+          client.destroy()
+          upstream.destroy()
+        })
+      }
+      client.pipe(upstream).pipe(client)
+    })
+    server.listen(port, '127.0.0.1')
+    await once(server, 'listening')
+    port = (server.address() as { port: number }).port
+  }
+  async function down() {
+    const closed = new Promise((resolve) => server?.close(resolve))
+    for (const socket of sockets) socket.destroy()
+    await closed
+  }
+  await up()
+  t.teardown(down)
+  return { url: () => `redis://127.0.0.1:${port}`, up, down }
+}
+
+t.test('Redis failing under a running app: requests let through and counted without headers, limits again once it is back', async (t) => {
+  const proxy = await redisProxy(t)
+  const lines: string[] = []
+  const logger = { level: 'info', stream: new Writable({ write: (chunk, _encoding, done) => done(void lines.push(String(chunk))) }) }
+  const config = testConfig(t, { REDIS_URL: proxy.url(), REDIS_KEY_PREFIX: `postback-test:${randomBytes(6).toString('hex')}:`, RECEIVER_RATE_LIMIT: '2' })
+  const app = await buildApp(config, { logger })
+  t.teardown(() => app.close())
+  await app.ready()
+  const sheet = await newSheet(app)
+  const send = (id: string) => app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: id }), remoteAddress: '192.0.2.70' })
+  const storeErrors = async () => Number(/^postback_rate_limit_store_errors_total (\d+)/m.exec((await app.inject({ method: 'GET', url: '/metrics' })).body)?.[1])
+
+  const first = await send('before')
+  t.same([first.statusCode, shownLimit(first).limit], [200, [2, 1]], 'counted in Redis')
+  t.equal(await storeErrors(), 0)
+
+  await proxy.down()
+  const during = [await send('during-1'), await send('during-2'), await send('during-3')]
+  t.same(during.map((response) => response.statusCode), [200, 200, 200], 'let through while Redis is away')
+  t.same(during.map((response) => shownLimit(response).limit), [undefined, undefined, undefined], 'no headers claim a count that was not made')
+  t.equal(await storeErrors(), 6, 'each failed check counted (two limits per request)')
+  t.ok(lines.some((line) => line.includes('rate-limit store (Redis) unavailable')), 'a warning logged')
+
+  await proxy.up()
+  const deadline = Date.now() + 10_000
+  while (!lines.some((line) => line.includes('rate-limit store (Redis) reachable again')) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.ok(lines.some((line) => line.includes('rate-limit store (Redis) reachable again')), 'the recovery logged')
+  const after = [await send('after-1'), await send('after-2')]
+  t.same(
+    after.map((response) => [response.statusCode, shownLimit(response).limit]),
+    [
+      [200, [2, 0]], // the count made before the outage still holds
+      [429, [2, 0]],
+    ],
+    'limits apply again',
+  )
 })

@@ -5,49 +5,45 @@ import { sheetScope } from '../../src/api-keys.ts'
 import { conversionHistory, getConversion, listConversions, summarize } from '../../src/conversions.ts'
 import { NotFoundError } from '../../src/errors.ts'
 import { ErrorRef, ref } from '../../src/schemas/common.ts'
-import { authResponses, bearerSecurity, Conversion, ConversionHistory, ConversionPage, ConversionParams, ConversionQuery, Summary, SummaryQuery } from '../../src/schemas/management.ts'
+import { managementRoute, Conversion, ConversionHistory, ConversionPage, ConversionParams, ConversionQuery, Summary, SummaryQuery } from '../../src/schemas/management.ts'
 import { principalOf } from '../auth.ts'
 
-const listSchema = {
+const listSchema = managementRoute({
+  tag: 'conversions',
   summary: 'List conversions',
   description: 'Filtered and keyset-paginated. Paging through with next_cursor returns every matching row exactly once, also while new conversions arrive.',
-  tags: ['conversions'],
   operationId: 'listConversions',
-  security: bearerSecurity,
   querystring: ConversionQuery,
-  response: { 200: ref(ConversionPage), ...authResponses },
-}
+  response: { 200: ref(ConversionPage) },
+})
 
-const getSchema = {
+const getSchema = managementRoute({
+  tag: 'conversions',
   summary: 'Get one conversion',
-  tags: ['conversions'],
   operationId: 'getConversion',
-  security: bearerSecurity,
   params: ConversionParams,
-  response: { 200: ref(Conversion), 404: ErrorRef, ...authResponses },
-}
+  response: { 200: ref(Conversion), 404: ErrorRef },
+})
 
-const historySchema = {
+const historySchema = managementRoute({
+  tag: 'conversions',
   summary: "A conversion's history",
   description: 'The deliveries that stored or moved the conversion (status, network word, payout, currency), oldest first. Repeats and refused moves change nothing and are not in it.',
-  tags: ['conversions'],
   operationId: 'getConversionHistory',
-  security: bearerSecurity,
   params: ConversionParams,
-  response: { 200: ref(ConversionHistory), 404: ErrorRef, ...authResponses },
-}
+  response: { 200: ref(ConversionHistory), 404: ErrorRef },
+})
 
-const summarySchema = {
+const summarySchema = managementRoute({
+  tag: 'conversions',
   summary: 'Conversions and revenue per campaign, ad set, ad or event',
   description:
     'One row per group and currency (optionally per day in a time zone). `conversions` and `revenue` are the approved numbers (what the postback column shows); ' +
     'pending (revenue on hold) and rejected are beside them. Revenue is an exact decimal; different currencies are never summed together.',
-  tags: ['conversions'],
   operationId: 'getSummary',
-  security: bearerSecurity,
   querystring: SummaryQuery,
-  response: { 200: ref(Summary), ...authResponses },
-}
+  response: { 200: ref(Summary) },
+})
 
 export default async function conversionRoutes(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()

@@ -6,39 +6,36 @@ import { listRejections, sheetStatus } from '../../src/diagnostics.ts'
 import { NotFoundError } from '../../src/errors.ts'
 import { receiverUrl } from '../../src/receiver-url.ts'
 import { ErrorRef, ref } from '../../src/schemas/common.ts'
-import { authResponses, bearerSecurity, ReceiverUrl, ReceiverUrlQuery, RejectionPage, RejectionQuery, SheetParams, SheetStatus } from '../../src/schemas/management.ts'
+import { managementRoute, ReceiverUrl, ReceiverUrlQuery, RejectionPage, RejectionQuery, SheetParams, SheetStatus } from '../../src/schemas/management.ts'
 import { principalOf } from '../auth.ts'
 
-const rejectionsSchema = {
+const rejectionsSchema = managementRoute({
+  tag: 'diagnostics',
   summary: 'List rejected deliveries',
   description: 'The bounded log of deliveries the receiver refused, for known sheets, newest first.',
-  tags: ['diagnostics'],
   operationId: 'listRejections',
-  security: bearerSecurity,
   querystring: RejectionQuery,
-  response: { 200: ref(RejectionPage), ...authResponses },
-}
+  response: { 200: ref(RejectionPage) },
+})
 
-const statusSchema = {
+const statusSchema = managementRoute({
+  tag: 'diagnostics',
   summary: 'Receiver status of a sheet',
   description: 'Last received conversion, last-24-hour counts of stored, updated, duplicate and rejected deliveries, and the most frequent rejection reasons.',
-  tags: ['diagnostics'],
   operationId: 'getSheetStatus',
-  security: bearerSecurity,
   params: SheetParams,
-  response: { 200: ref(SheetStatus), 404: ErrorRef, ...authResponses },
-}
+  response: { 200: ref(SheetStatus), 404: ErrorRef },
+})
 
-const receiverUrlSchema = {
+const receiverUrlSchema = managementRoute({
+  tag: 'diagnostics',
   summary: 'Receiver URL for a tracker',
   description: "The full receiver URL of a sheet with a tracker's macro syntax, to paste into the network.",
-  tags: ['diagnostics'],
   operationId: 'getReceiverUrl',
-  security: bearerSecurity,
   params: SheetParams,
   querystring: ReceiverUrlQuery,
-  response: { 200: ref(ReceiverUrl), 404: ErrorRef, ...authResponses },
-}
+  response: { 200: ref(ReceiverUrl), 404: ErrorRef },
+})
 
 export default async function diagnosticRoutes(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()

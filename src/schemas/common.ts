@@ -24,3 +24,9 @@ export const ErrorBody = Type.Object(
 export type ErrorBody = Static<typeof ErrorBody>
 
 export const ErrorRef = ref(ErrorBody)
+
+type Camel<S extends string> = S extends `${infer Head}_${infer Tail}` ? `${Head}${Capitalize<Camel<Tail>>}` : S
+
+/** A schema's type with camelCase keys (`sheet_id` to `sheetId`), for the services' inputs that the
+ * API's snake_case bodies map onto; optional keys stay optional. */
+export type CamelKeys<T> = { [K in keyof T as K extends string ? Camel<K> : K]: T[K] }

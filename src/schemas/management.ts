@@ -120,6 +120,7 @@ export const Rejection = Type.Object(
 export type Rejection = Static<typeof Rejection>
 
 export const RejectionPage = page(ref(Rejection), 'RejectionPage', 'A page of rejected deliveries, newest first')
+export type RejectionPage = Static<typeof RejectionPage>
 
 export const RejectionQuery = Type.Object(
   {
@@ -204,6 +205,7 @@ export const Sheet = Type.Object(
   },
   { $id: 'Sheet', description: 'An account that networks deliver conversions to' },
 )
+export type Sheet = Static<typeof Sheet>
 
 export const CreateSheetBody = Type.Object(
   {
@@ -213,6 +215,7 @@ export const CreateSheetBody = Type.Object(
   },
   { additionalProperties: false },
 )
+export type CreateSheetBody = Static<typeof CreateSheetBody>
 
 export const ApiKey = Type.Object(
   {
@@ -225,11 +228,13 @@ export const ApiKey = Type.Object(
   },
   { $id: 'ApiKey', description: 'An API key (without the key itself)' },
 )
+export type ApiKey = Static<typeof ApiKey>
 
 export const CreatedApiKey = Type.Composite(
   [ApiKey, Type.Object({ key: Type.String({ description: 'The key: shown once, not stored' }) })],
   { $id: 'CreatedApiKey', description: 'A new API key, with the key itself' },
 )
+export type CreatedApiKey = Static<typeof CreatedApiKey>
 
 export const CreateKeyBody = Type.Object(
   {
@@ -239,20 +244,40 @@ export const CreateKeyBody = Type.Object(
   },
   { additionalProperties: false },
 )
+export type CreateKeyBody = Static<typeof CreateKeyBody>
 
 export const KeyParams = Type.Object({ key_id: Type.String({ maxLength: 64, description: 'The key id' }) })
 export const ConversionParams = Type.Object({ id: Type.String({ pattern: '^[0-9]{1,19}$', description: 'Conversion id' }) })
 
 /** OpenAPI security requirement of every management route. */
-export const bearerSecurity = [{ bearerAuth: [] }]
+const bearerSecurity = [{ bearerAuth: [] }]
 
 /** Responses every management route can send besides its own. */
-export const authResponses = {
+const authResponses = {
   400: ErrorRef,
   401: ErrorRef,
   403: ErrorRef,
   429: ErrorRef,
   503: ErrorRef,
+}
+
+/** What a management route says about itself; the bearer security and the shared error answers are added. */
+interface ManagementRouteSchema {
+  tag: 'conversions' | 'diagnostics' | 'admin'
+  operationId: string
+  summary: string
+  description?: string
+  querystring?: TSchema
+  params?: TSchema
+  body?: TSchema
+  response: Record<number, TSchema>
+}
+
+/** The schema of a management route: its own parts, plus what every management route shares. */
+export function managementRoute<const S extends ManagementRouteSchema>({ tag, response, ...own }: S) {
+  // Typed by hand: a spread of the generic `response` would lose the route's own codes to the type provider.
+  const merged = { ...authResponses, ...response } as typeof authResponses & S['response']
+  return { ...own, tags: [tag], security: bearerSecurity, response: merged }
 }
 
 export const managementSchemas = [Conversion, ConversionPage, HistoryEntry, ConversionHistory, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, ApiKey, CreatedApiKey]

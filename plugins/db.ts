@@ -1,5 +1,6 @@
-// Opens the store named by the config (PostgreSQL or the embedded PGlite), applies pending
-// migrations, and shares `app.db` / `app.prisma` with every plugin; closes the store on app close.
+// The store: opens the database the config names (PostgreSQL or the embedded PGlite), applies pending
+// migrations, and shares `app.db` (and its Prisma client as `app.prisma`) with every plugin; closes
+// it on app close. Named 'db' after what it decorates; plugins that use the store depend on 'db'.
 // Prisma with driver adapters: https://www.prisma.io/docs/orm/overview/databases/database-drivers
 import fp from 'fastify-plugin'
 import { openDatabase, type Database, type PrismaClient } from '../src/database.ts'
@@ -13,7 +14,7 @@ declare module 'fastify' {
 }
 
 export default fp(
-  async function prismaPlugin(app) {
+  async function dbPlugin(app) {
     const db = await openDatabase(app.config, {
       onPoolError: (error) => {
         app.metrics.databaseErrors.inc({ operation: 'pool' })
@@ -29,5 +30,5 @@ export default fp(
     app.decorate('prisma', db.prisma)
     app.log.info({ store: db.kind, location: db.location }, 'store open')
   },
-  { name: 'prisma', dependencies: ['config', 'metrics'] },
+  { name: 'db', dependencies: ['config', 'metrics'] },
 )
