@@ -37,6 +37,10 @@ export interface Database {
    * Rows come back as pg gives them: bigint and numeric columns as strings.
    */
   query<Row>(statement: Statement): Promise<Row[]>
+  /**
+   * A session for migrations and scripts: on PostgreSQL a connection of its own, without the
+   * request timeouts (statement and read), with a lock timeout of MIGRATION_LOCK_TIMEOUT_MS.
+   */
   withSession<T>(fn: (session: SqlSession) => Promise<T>): Promise<T>
   close(): Promise<void>
 }
@@ -77,8 +81,21 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
       return (await pool.query(statement)).rows as Row[]
     },
     async withSession(fn) {
-      const client = await pool.connect()
+      // A connection of its own, not the pool's: a migration may run far longer than a request (a
+      // CREATE INDEX on a large table), so neither the statement timeout nor pg's client-side read
+      // timeout applies; a lock timeout does, so that a migration blocked by another session's lock
+      // fails saying so instead of hanging every instance's start-up.
+      const client = new pg.Client({
+        connectionString: url,
+        connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS,
+        application_name: 'postback-store migrations',
+      })
+      // A connection dropped while idle must not crash the process; the next query fails instead.
+      client.on('error', () => {})
+      await client.connect()
       try {
+        // Set after connecting, so that neither the URL's options nor role or database defaults win.
+        await client.query(`SET statement_timeout = 0; SET lock_timeout = ${config.MIGRATION_LOCK_TIMEOUT_MS}; SET TimeZone = 'UTC'`)
         return await fn({
           query: async (sql, params) => (await client.query(sql, params)).rows,
           exec: async (sql) => {
@@ -86,7 +103,7 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
           },
         })
       } finally {
-        client.release()
+        await client.end()
       }
     },
     async close() {

@@ -13,7 +13,8 @@ function adapterCause(error: unknown): AdapterCause | undefined {
   return meta?.driverAdapterError?.cause
 }
 
-function sqlState(error: unknown): string | undefined {
+/** The SQLSTATE of an error the server raised, seen directly (pg, PGlite) or through Prisma. */
+export function sqlState(error: unknown): string | undefined {
   const cause = adapterCause(error)
   if (cause) return cause.originalCode
   // pg and PGlite errors carry the SQLSTATE as `code`.
