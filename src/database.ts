@@ -5,10 +5,11 @@ import { mkdirSync } from 'node:fs'
 import { PGlite } from '@electric-sql/pglite'
 import { PrismaPg } from '@prisma/adapter-pg'
 import { PrismaPGlite } from 'pglite-prisma-adapter'
-import pg from 'pg'
 import type { Config } from './config.ts'
 import { lockDataDir } from './data-dir-lock.ts'
 import { PrismaClient } from './generated/prisma/client.ts'
+import { StoreClient, StorePool } from './pg-pool.ts'
+import { StoreUnavailableError } from './storage-errors.ts'
 
 export type { PrismaClient }
 
@@ -58,7 +59,7 @@ export async function openDatabase(config: Config, options: DatabaseOptions = {}
 }
 
 function openPostgres(config: Config, url: string, options: DatabaseOptions): Database {
-  const pool = new pg.Pool({
+  const pool = new StorePool({
     connectionString: url,
     max: config.DB_POOL_MAX,
     connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS,
@@ -85,7 +86,7 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
       // CREATE INDEX on a large table), so neither the statement timeout nor pg's client-side read
       // timeout applies; a lock timeout does, so that a migration blocked by another session's lock
       // fails saying so instead of hanging every instance's start-up.
-      const client = new pg.Client({
+      const client = new StoreClient({
         connectionString: url,
         connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS,
         application_name: 'postback-store migrations',
@@ -117,7 +118,8 @@ async function openPGlite(dataDir: string): Promise<Database> {
   mkdirSync(dataDir, { recursive: true })
   const lock = lockDataDir(dataDir)
   try {
-    const pglite = await PGlite.create(dataDir)
+    const pglite = new EmbeddedStore(dataDir)
+    await pglite.waitReady
     await pglite.exec("SET TimeZone = 'UTC'")
     const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) })
     return {
@@ -144,6 +146,20 @@ async function openPGlite(dataDir: string): Promise<Database> {
   } catch (error) {
     lock.release()
     throw error
+  }
+}
+
+/**
+ * PGlite whose use once closed (or closing) fails with StoreUnavailableError: a store closed under
+ * a request is unavailable, not a bug. Every query, exec and transaction asks `_checkReady` first.
+ */
+class EmbeddedStore extends PGlite {
+  override async _checkReady(): Promise<void> {
+    try {
+      await super._checkReady()
+    } catch (error) {
+      throw new StoreUnavailableError('closed', error as Error)
+    }
   }
 }
 
