@@ -1,7 +1,7 @@
 // An exclusive lock on the embedded store's data folder. PGlite is one process's database: a second
 // process opening the same folder would corrupt it. The lock file holds the owner's pid and start
-// time; a lock whose owner is gone (killed with -9, say) is taken over, so a crash never blocks the
-// next start.
+// time; a lock whose owner is gone (killed with -9, say, even while still an unreaped zombie) is
+// taken over, so a crash never blocks the next start.
 import { randomBytes } from 'node:crypto'
 import { linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -17,16 +17,25 @@ interface Owner {
   startTime: string | null
 }
 
-/** The kernel's start time of a process (Linux), which tells a live owner from a reused pid. */
-function processStartTime(pid: number): string | null {
+/**
+ * A process as the kernel sees it (Linux): its state and its start time, which tells a live owner
+ * from a reused pid. Null when there is no such process, or no /proc to ask.
+ */
+function processInfo(pid: number): { state: string; startTime: string } | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    // Field 22 (starttime); fields after the parenthesised command name are space-separated.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null
+    // Fields after the parenthesised command name are space-separated: 3 (state) ... 22 (starttime).
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    const [state, startTime] = [fields[0], fields[19]]
+    return state && startTime ? { state, startTime } : null
   } catch {
     return null
   }
 }
+
+// A zombie (killed, not yet reaped by its parent) or a dead process holds nothing: after `kill -9`
+// of a process group the server can linger as a zombie, and a supervisor's restart must not wait.
+const GONE_STATES = new Set(['Z', 'X', 'x'])
 
 function isAlive(owner: Owner): boolean {
   try {
@@ -34,8 +43,10 @@ function isAlive(owner: Owner): boolean {
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM'
   }
-  const startTime = processStartTime(owner.pid)
-  return owner.startTime === null || startTime === null || startTime === owner.startTime
+  const info = processInfo(owner.pid)
+  if (info === null) return true
+  if (GONE_STATES.has(info.state)) return false
+  return owner.startTime === null || info.startTime === owner.startTime
 }
 
 function readLock(path: string): { text: string; owner: Owner | null } | null {
@@ -61,7 +72,7 @@ export interface DataDirLock {
 export function lockDataDir(dataDir: string): DataDirLock {
   const folder = resolve(dataDir)
   const path = join(folder, LOCK_FILE)
-  const me: Owner = { pid: process.pid, startTime: processStartTime(process.pid) }
+  const me: Owner = { pid: process.pid, startTime: processInfo(process.pid)?.startTime ?? null }
   const mine = JSON.stringify(me)
   for (let attempt = 0; attempt < 5; attempt++) {
     // Written aside, then linked into place: the lock appears whole or not at all.

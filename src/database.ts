@@ -5,10 +5,11 @@ import { mkdirSync } from 'node:fs'
 import { PGlite } from '@electric-sql/pglite'
 import { PrismaPg } from '@prisma/adapter-pg'
 import { PrismaPGlite } from 'pglite-prisma-adapter'
-import pg from 'pg'
 import type { Config } from './config.ts'
 import { lockDataDir } from './data-dir-lock.ts'
 import { PrismaClient } from './generated/prisma/client.ts'
+import { StoreClient, StorePool } from './pg-pool.ts'
+import { StoreUnavailableError } from './storage-errors.ts'
 
 export type { PrismaClient }
 
@@ -37,6 +38,10 @@ export interface Database {
    * Rows come back as pg gives them: bigint and numeric columns as strings.
    */
   query<Row>(statement: Statement): Promise<Row[]>
+  /**
+   * A session for migrations and scripts: on PostgreSQL a connection of its own, without the
+   * request timeouts (statement and read), with a lock timeout of MIGRATION_LOCK_TIMEOUT_MS.
+   */
   withSession<T>(fn: (session: SqlSession) => Promise<T>): Promise<T>
   close(): Promise<void>
 }
@@ -54,7 +59,7 @@ export async function openDatabase(config: Config, options: DatabaseOptions = {}
 }
 
 function openPostgres(config: Config, url: string, options: DatabaseOptions): Database {
-  const pool = new pg.Pool({
+  const pool = new StorePool({
     connectionString: url,
     max: config.DB_POOL_MAX,
     connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS,
@@ -77,8 +82,21 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
       return (await pool.query(statement)).rows as Row[]
     },
     async withSession(fn) {
-      const client = await pool.connect()
+      // A connection of its own, not the pool's: a migration may run far longer than a request (a
+      // CREATE INDEX on a large table), so neither the statement timeout nor pg's client-side read
+      // timeout applies; a lock timeout does, so that a migration blocked by another session's lock
+      // fails saying so instead of hanging every instance's start-up.
+      const client = new StoreClient({
+        connectionString: url,
+        connectionTimeoutMillis: config.DB_CONNECT_TIMEOUT_MS,
+        application_name: 'postback-store migrations',
+      })
+      // A connection dropped while idle must not crash the process; the next query fails instead.
+      client.on('error', () => {})
+      await client.connect()
       try {
+        // Set after connecting, so that neither the URL's options nor role or database defaults win.
+        await client.query(`SET statement_timeout = 0; SET lock_timeout = ${config.MIGRATION_LOCK_TIMEOUT_MS}; SET TimeZone = 'UTC'`)
         return await fn({
           query: async (sql, params) => (await client.query(sql, params)).rows,
           exec: async (sql) => {
@@ -86,7 +104,7 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
           },
         })
       } finally {
-        client.release()
+        await client.end()
       }
     },
     async close() {
@@ -100,7 +118,8 @@ async function openPGlite(dataDir: string): Promise<Database> {
   mkdirSync(dataDir, { recursive: true })
   const lock = lockDataDir(dataDir)
   try {
-    const pglite = await PGlite.create(dataDir)
+    const pglite = new EmbeddedStore(dataDir)
+    await pglite.waitReady
     await pglite.exec("SET TimeZone = 'UTC'")
     const prisma = new PrismaClient({ adapter: new PrismaPGlite(pglite) })
     return {
@@ -127,6 +146,20 @@ async function openPGlite(dataDir: string): Promise<Database> {
   } catch (error) {
     lock.release()
     throw error
+  }
+}
+
+/**
+ * PGlite whose use once closed (or closing) fails with StoreUnavailableError: a store closed under
+ * a request is unavailable, not a bug. Every query, exec and transaction asks `_checkReady` first.
+ */
+class EmbeddedStore extends PGlite {
+  override async _checkReady(): Promise<void> {
+    try {
+      await super._checkReady()
+    } catch (error) {
+      throw new StoreUnavailableError('closed', error as Error)
+    }
   }
 }
 

@@ -7,6 +7,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { SqlSession } from './database.ts'
+import { sqlState } from './storage-errors.ts'
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../prisma/migrations', import.meta.url))
 
@@ -115,6 +116,45 @@ async function apply(session: SqlSession, migration: Migration): Promise<void> {
     await session.exec('COMMIT')
   } catch (error) {
     await session.exec('ROLLBACK')
+    if (sqlState(error) === LOCK_NOT_AVAILABLE) throw new MigrationError(await lockWaitMessage(session, migration))
     throw new MigrationError(`migration ${migration.name} failed: ${(error as Error).message}`)
   }
+}
+
+// SQLSTATE of a lock wait that reached the session's lock_timeout (MIGRATION_LOCK_TIMEOUT_MS).
+const LOCK_NOT_AVAILABLE = '55P03'
+
+interface LockHolder {
+  relation: string
+  pid: number
+  application_name: string | null
+  state: string | null
+  seconds: number
+}
+
+// Who holds locks on this schema's tables in a transaction older than the wait: the likely blockers
+// (the statement that waited is cancelled by now, so PostgreSQL can no longer say which lock it was).
+const LOCK_HOLDERS = `SELECT c.relname AS relation, a.pid, a.application_name, a.state,
+    floor(extract(epoch FROM now() - a.xact_start))::int AS seconds
+  FROM pg_locks l
+  JOIN pg_class c ON c.oid = l.relation
+  JOIN pg_stat_activity a ON a.pid = l.pid
+  WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND c.relkind IN ('r', 'p') AND c.relnamespace = current_schema()::regnamespace
+    AND a.xact_start <= now() - current_setting('lock_timeout')::interval
+  ORDER BY a.xact_start, c.relname
+  LIMIT 5`
+
+async function lockWaitMessage(session: SqlSession, migration: Migration): Promise<string> {
+  const [setting] = await session.query<{ setting: string }>("SELECT setting FROM pg_settings WHERE name = 'lock_timeout'")
+  const waited = `${Number(setting?.setting) / 1000} s`
+  const holders = await session.query<LockHolder>(LOCK_HOLDERS).catch(() => [])
+  const advice = 'end that session or wait for it to finish, then start again (MIGRATION_LOCK_TIMEOUT_MS sets the wait)'
+  if (holders.length === 0) return `migration ${migration.name} waited ${waited} for a lock that another session holds; ${advice}`
+  const relations = [...new Set(holders.map((holder) => holder.relation))].join(', ')
+  const sessions = holders
+    .filter((holder, index) => holders.findIndex((other) => other.pid === holder.pid) === index)
+    .map((holder) => `pid ${holder.pid} (${holder.application_name || 'no application name'}, ${holder.state ?? 'state unknown'} for ${holder.seconds} s)`)
+  return `migration ${migration.name} waited ${waited} for a lock on ${relations}; another session holds it: ${sessions.join(', ')}; ${advice}`
 }

@@ -1,6 +1,22 @@
-// Classifies errors from the store. Prisma 7 reports a raw query's failure as P2010 with the driver's
-// reason in `meta.driverAdapterError.cause`: a `kind` (DatabaseNotReachable, InvalidInputValue,
-// postgres, ...) and, for errors the server raised, the SQLSTATE in `originalCode`.
+// Classifies errors from the store by type, kind and code, never by message text. Prisma 7 reports a
+// raw query's failure as P2010 with the driver's reason in `meta.driverAdapterError.cause`: a `kind`
+// (DatabaseNotReachable, InvalidInputValue, postgres, ...) and, for errors the server raised, the
+// SQLSTATE in `originalCode`. Failures a driver reports only as text are typed where they leave it
+// (StoreUnavailableError: src/pg-pool.ts for pg, src/database.ts for PGlite); Prisma passes those on
+// as they are.
+
+export type UnavailableReason = 'timeout' | 'connection_lost' | 'closed'
+
+/** The store did not answer in time, lost the connection, or is closed. */
+export class StoreUnavailableError extends Error {
+  override name = 'StoreUnavailableError'
+  constructor(
+    readonly reason: UnavailableReason,
+    cause: Error,
+  ) {
+    super(cause.message, { cause })
+  }
+}
 
 interface AdapterCause {
   kind?: string
@@ -13,7 +29,8 @@ function adapterCause(error: unknown): AdapterCause | undefined {
   return meta?.driverAdapterError?.cause
 }
 
-function sqlState(error: unknown): string | undefined {
+/** The SQLSTATE of an error the server raised, seen directly (pg, PGlite) or through Prisma. */
+export function sqlState(error: unknown): string | undefined {
   const cause = adapterCause(error)
   if (cause) return cause.originalCode
   // pg and PGlite errors carry the SQLSTATE as `code`.
@@ -41,6 +58,8 @@ const UNAVAILABLE_KINDS = new Set([
 ])
 const UNAVAILABLE_CLASSES = ['08', '40', '53', '55', '57', '58', '25']
 const NETWORK_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTFOUND', 'EHOSTUNREACH', 'EAI_AGAIN'])
+// Prisma's own codes for an unreachable or timed-out server and an exhausted pool.
+const PRISMA_CODES = new Set(['P1001', 'P1002', 'P1008', 'P1017', 'P2024'])
 
 /**
  * The store cannot take work now (unreachable, timed out, shutting down, read-only, out of
@@ -50,14 +69,14 @@ export function isUnavailableError(error: unknown): boolean {
   const seen = new Set<unknown>()
   for (let current = error; current && typeof current === 'object' && !seen.has(current); current = (current as { cause?: unknown }).cause) {
     seen.add(current)
+    if (current instanceof StoreUnavailableError) return true
     const cause = adapterCause(current)
     if (cause?.kind && UNAVAILABLE_KINDS.has(cause.kind)) return true
     const state = sqlState(current)
     if (state && UNAVAILABLE_CLASSES.some((prefix) => state.startsWith(prefix))) return true
-    const { code, name, message } = current as { code?: unknown; name?: unknown; message?: unknown }
-    if (typeof code === 'string' && NETWORK_CODES.has(code)) return true
+    const { code, name } = current as { code?: unknown; name?: unknown }
+    if (typeof code === 'string' && (NETWORK_CODES.has(code) || PRISMA_CODES.has(code))) return true
     if (name === 'PrismaClientInitializationError') return true
-    if (typeof message === 'string' && /timeout exceeded when trying to connect|Connection terminated|PGlite is closed/i.test(message)) return true
   }
   return false
 }

@@ -2,7 +2,7 @@
 // bounded time, readiness reports not ready, the process goes on, and it recovers by itself.
 // PostgreSQL only (PGlite is in process): this file runs in the suite's PostgreSQL pass.
 import t from 'tap'
-import { newSheet, onPostgres, receiverUrl, testApp } from './helpers.ts'
+import { newKeyHeader, newSheet, onPostgres, receiverUrl, testApp } from './helpers.ts'
 import { TcpProxy } from './fixtures/tcp-proxy.ts'
 
 if (!onPostgres) {
@@ -10,9 +10,13 @@ if (!onPostgres) {
   t.test('embedded store failing: 503 with Retry-After, readiness not ready, the process goes on', async (t) => {
     const app = await testApp(t, { RETRY_AFTER_SECONDS: '3' })
     const sheet = await newSheet(app)
+    const key = await newKeyHeader(app, { global: true })
     await app.db.close()
     const response = await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: 'x' }) })
     t.same([response.statusCode, response.headers['retry-after'], response.json().error], [503, '3', 'storage_unavailable'])
+    // The management API too, from its API-key lookup on.
+    const listed = await app.inject({ method: 'GET', url: `/api/v1/postback/conversions?sheet_id=${sheet}`, headers: key })
+    t.same([listed.statusCode, listed.headers['retry-after'], listed.json().error], [503, '3', 'storage_unavailable'])
     t.equal((await app.inject({ method: 'GET', url: '/readyz' })).statusCode, 503)
     t.equal((await app.inject({ method: 'GET', url: '/livez' })).statusCode, 200)
   })
@@ -86,5 +90,34 @@ if (!onPostgres) {
       if (!recovered) await new Promise((resolve) => setTimeout(resolve, 250))
     }
     t.ok(recovered, 'stores again once the database answers')
+  })
+
+  // Regression: pg's client-side read timeout ("Query read timeout") was not seen as the store being
+  // unavailable, so the API-key lookup of a hanging database ended in a 500.
+  t.test('the management API while the database hangs, then while it refuses: 503 with Retry-After', async (t) => {
+    // A key never used before: its lookup is the first query of each request.
+    const key = await newKeyHeader(app, { global: true })
+    const management = () =>
+      Promise.all([`/api/v1/postback/conversions?sheet_id=${sheet}`, '/api/v1/postback/admin/sheets'].map((url) => app.inject({ method: 'GET', url, headers: key })))
+    const unavailable = (responses: Awaited<ReturnType<typeof management>>) =>
+      responses.map((r) => [r.statusCode, r.headers['retry-after'], r.json().error])
+
+    proxy.pause()
+    const began = Date.now()
+    const hung = await management()
+    const elapsed = Date.now() - began
+    t.same(unavailable(hung), [[503, '3', 'storage_unavailable'], [503, '3', 'storage_unavailable']], 'hanging')
+    t.ok(elapsed < 6000, `answered in ${elapsed} ms`)
+    await proxy.restore()
+
+    await proxy.cut()
+    t.same(unavailable(await management()), [[503, '3', 'storage_unavailable'], [503, '3', 'storage_unavailable']], 'refusing connections')
+    await proxy.restore()
+    let recovered = false
+    for (let attempt = 0; attempt < 20 && !recovered; attempt++) {
+      recovered = (await management()).every((r) => r.statusCode === 200)
+      if (!recovered) await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+    t.ok(recovered, 'answers again once the database is back')
   })
 }
