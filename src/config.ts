@@ -54,6 +54,7 @@ export const ConfigSchema = Type.Object({
     }),
   ),
   REJECTION_LOG_MAX_PER_SHEET: Count(1000, 1, 1_000_000, 'Rejected deliveries kept per sheet'),
+  SHEET_SECURITY_TTL_MS: Count(5000, 0, 600_000, "How long an instance keeps a sheet's secret and allow-list before reading them again (ms)"),
 })
 
 export type Config = Static<typeof ConfigSchema>
