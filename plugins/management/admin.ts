@@ -62,7 +62,11 @@ export default async function adminRoutes(fastify: FastifyInstance) {
         response: { 200: ref(Sheet), 404: ErrorRef },
       }),
     },
-    async (request) => disableSheet(app.prisma, request.params.sheet_id),
+    async (request) => {
+      const sheet = await disableSheet(app.prisma, request.params.sheet_id)
+      app.sheetSecurity.forget(request.params.sheet_id)
+      return sheet
+    },
   )
 
   // A change made here is seen by this instance's receiver at once, by the others within SHEET_SECURITY_TTL_MS.

@@ -191,6 +191,9 @@ export const TRACKERS = ['keitaro', 'voluum', 'redtrack', 'binom', 'generic'] as
 export const ReceiverUrlQuery = Type.Object(
   {
     tracker: StringEnum(TRACKERS, { description: 'Whose macro syntax to fill in' }),
+    token: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 200, description: "The sheet's secret, to put in the URL; without it a sheet with a secret gets `token=YOUR_SHEET_TOKEN`" }),
+    ),
   },
   { additionalProperties: false },
 )
@@ -199,7 +202,7 @@ export const ReceiverUrl = Type.Object(
   {
     tracker: Type.String(),
     url: Type.String({ description: "Paste into the network's postback URL field" }),
-    parameters: Type.Record(Type.String(), Type.String(), { description: 'Each receiver parameter and the macro it is given' }),
+    parameters: Type.Record(Type.String(), Type.String(), { description: 'Each receiver parameter and the macro (or the secret) it is given' }),
     note: Type.String(),
   },
   { $id: 'ReceiverUrl', description: 'A receiver URL with one tracker’s macros' },
