@@ -1,12 +1,13 @@
 // The public postback receiver, GET /meta/postback/conversion: validates a network's delivery,
 // hands it to the group-commit writer (plugins/ingest.ts) and answers only after the row is committed.
 // Encapsulated: its hooks do not reach the management API.
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
-import { parseDelivery } from '../src/delivery.ts'
-import { AppError, InputError } from '../src/errors.ts'
+import { parseDelivery, parseTestFlag } from '../src/delivery.ts'
+import { AppError, InputError, UnknownSheetError } from '../src/errors.ts'
 import type { ParsedQuery } from '../src/query-string.ts'
 import { receiverRouteSchema, type Delivery } from '../src/schemas/receiver.ts'
+import { checkDelivery, type SheetSecurity } from '../src/sheet-security.ts'
 import { isSheetId } from '../src/sheets.ts'
 import { clientKey } from './rate-limit.ts'
 
@@ -20,6 +21,13 @@ function validateDelivery(query: unknown) {
   }
 }
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** A test postback (`test=1`; a malformed flag counts as one); set before validation. */
+    postbackTest: boolean
+  }
+}
+
 function rawQuery(request: FastifyRequest): string {
   const mark = request.url.indexOf('?')
   return mark === -1 ? '' : request.url.slice(mark + 1)
@@ -27,6 +35,7 @@ function rawQuery(request: FastifyRequest): string {
 
 export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  app.decorateRequest('postbackTest', false)
   // A network sends from few addresses: the main limit is per sheet and address, so one busy
   // account cannot throttle a network's others; a coarse per-address limit stops floods. A sheet_id
   // that cannot name a sheet shares one key, so clients cannot make counters of their choosing.
@@ -59,8 +68,43 @@ export default async function receiver(fastify: FastifyInstance) {
       parameter: error.parameter ?? null,
       rawQuery: rawQuery(request),
       remoteAddress: request.ip,
+      test: request.postbackTest,
     })
+    if (request.postbackTest) app.deliveryLog.recordTest(sheetId, error.code)
   })
+
+  const security = app.sheetSecurity
+  const refusal = (settings: SheetSecurity | null, request: FastifyRequest): Error | undefined => {
+    if (!settings) return undefined
+    try {
+      checkDelivery(settings, (request.query as ParsedQuery).token, request.ip, Date.now())
+    } catch (error) {
+      return error as Error
+    }
+    return undefined
+  }
+  // Before the parameters are checked, so that a caller without the secret learns nothing about
+  // them. A sheet whose settings are cached is checked without waiting; the batch statement still
+  // decides whether a sheet exists (the cache may be up to SHEET_SECURITY_TTL_MS old).
+  function checkSheetSecurity(request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction): void {
+    const query = request.query as ParsedQuery
+    const sheetId = query.sheet_id
+    let test: boolean
+    try {
+      test = parseTestFlag(query.test)
+    } catch (error) {
+      request.postbackTest = true
+      return done(error as Error)
+    }
+    request.postbackTest = test
+    if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return done()
+    const cached = security.cached(sheetId)
+    if (cached !== undefined) return done(refusal(cached, request) ?? (test && !cached?.active ? new UnknownSheetError(sheetId) : undefined))
+    security.load(sheetId).then(
+      (settings) => done(refusal(settings, request) ?? (test && !settings?.active ? new UnknownSheetError(sheetId) : undefined)),
+      (error: Error) => done(error),
+    )
+  }
 
   app.get(
     '/meta/postback/conversion',
@@ -70,10 +114,17 @@ export default async function receiver(fastify: FastifyInstance) {
       // No automatic HEAD route: a link checker's HEAD must not store a conversion.
       exposeHeadRoute: false,
       onRequest: rateLimit,
+      preValidation: checkSheetSecurity,
     },
     async (request) => {
       // The validator above turned the query into a checked Delivery.
       const delivery = request.query as unknown as Delivery
+      if (request.postbackTest) {
+        // Every check passed (sheet, secret, address, parameters, status mapping): nothing is stored.
+        app.metrics.postbacks.inc({ outcome: 'test' })
+        app.deliveryLog.recordTest(delivery.sheet_id, 'ok')
+        return { status: 'test' as const, conversion_status: delivery.status ?? 'approved' }
+      }
       const result = await app.conversionWriter.write(delivery)
       app.metrics.postbacks.inc({ outcome: result.status })
       if (result.status !== 'stored') app.deliveryLog.recordOutcome(delivery.sheet_id, result.status)

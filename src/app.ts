@@ -18,6 +18,7 @@ import managementPlugin from '../plugins/management/index.ts'
 import rateLimitPlugin from '../plugins/rate-limit.ts'
 import receiverPlugin from '../plugins/receiver.ts'
 import requestIdPlugin from '../plugins/request-id.ts'
+import sheetSecurityPlugin from '../plugins/sheet-security.ts'
 import swaggerPlugin from '../plugins/swagger.ts'
 import type { Config } from './config.ts'
 import { AppError, UnavailableError } from './errors.ts'
@@ -74,6 +75,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(metricsPlugin)
   await app.register(dbPlugin)
   await app.register(ingestPlugin)
+  await app.register(sheetSecurityPlugin)
   await app.register(healthPlugin)
   await app.register(rateLimitPlugin)
   await app.register(authPlugin)

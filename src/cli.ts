@@ -7,13 +7,18 @@ import { DataDirLockedError } from './data-dir-lock.ts'
 import { openDatabase, type Database } from './database.ts'
 import { migrate, MigrationError } from './migrations.ts'
 import { AppError } from './errors.ts'
-import { createSheet, disableSheet, listSheets } from './sheets.ts'
+import { clearAllowedAddresses, clearSheetToken, DEFAULT_GRACE_SECONDS, rotateSheetToken, setAllowedAddresses } from './sheet-security.ts'
+import { createSheet, disableSheet, getSheet, listSheets } from './sheets.ts'
 
 const USAGE = `usage: postback-admin <command>
   sheet create --id ID [--name NAME] [--currency CUR]
   sheet disable ID
   sheet list
-  key create (--sheet ID[,ID...] | --global) [--name NAME]
+  sheet token ID [--grace SECONDS]    create or rotate the sheet's secret (shown once)
+  sheet token ID --clear
+  sheet allow ID --addresses ADDR[,CIDR...]
+  sheet allow ID --clear
+  key create (--sheet ID[,ID...] | --global) [--name NAME] [--role read|admin]
   key list
   key revoke KEY_ID
   migrate
@@ -41,14 +46,36 @@ const commands: Record<string, Command> = {
     parseArgs({ args })
     return listSheets(db.prisma)
   },
+  'sheet token': async (db, args) => {
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { grace: { type: 'string' }, clear: { type: 'boolean' } } })
+    const [id, ...extra] = positionals
+    if (!id || extra.length) throw new UsageError('sheet token takes one sheet id')
+    if (values.clear) {
+      if (values.grace !== undefined) throw new UsageError('sheet token: --clear takes no --grace')
+      await clearSheetToken(db.prisma, id)
+      return getSheet(db.prisma, id)
+    }
+    if (values.grace !== undefined && !/^\d+$/.test(values.grace)) throw new UsageError('sheet token: --grace takes a whole number of seconds')
+    return rotateSheetToken(db.prisma, id, values.grace === undefined ? DEFAULT_GRACE_SECONDS : Number(values.grace))
+  },
+  'sheet allow': async (db, args) => {
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { addresses: { type: 'string' }, clear: { type: 'boolean' } } })
+    const [id, ...extra] = positionals
+    if (!id || extra.length) throw new UsageError('sheet allow takes one sheet id')
+    if (Boolean(values.clear) === (values.addresses !== undefined)) throw new UsageError('sheet allow needs --addresses LIST or --clear')
+    if (values.clear) await clearAllowedAddresses(db.prisma, id)
+    else await setAllowedAddresses(db.prisma, id, values.addresses!.split(','))
+    return getSheet(db.prisma, id)
+  },
   'key create': async (db, args) => {
     const { values } = parseArgs({
       args,
-      options: { sheet: { type: 'string' }, global: { type: 'boolean' }, name: { type: 'string' } },
+      options: { sheet: { type: 'string' }, global: { type: 'boolean' }, name: { type: 'string' }, role: { type: 'string' } },
     })
     if (Boolean(values.sheet) === Boolean(values.global)) throw new UsageError('key create needs --sheet ID[,ID...] or --global')
+    if (values.role !== undefined && values.role !== 'read' && values.role !== 'admin') throw new UsageError('key create: --role is read or admin')
     const sheetIds = values.sheet?.split(',').map((id) => id.trim()).filter(Boolean)
-    return createApiKey(db.prisma, { name: values.name, global: values.global, sheetIds })
+    return createApiKey(db.prisma, { name: values.name, global: values.global, sheetIds, role: values.role })
   },
   'key list': async (db, args) => {
     parseArgs({ args })

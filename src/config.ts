@@ -2,6 +2,7 @@
 // the Config type is derived from it, and a bad value stops start-up naming the variable.
 import { Type, type Static, type TSchema } from '@sinclair/typebox'
 import { Value } from '@sinclair/typebox/value'
+import { redactQueryValues } from './logging.ts'
 
 const Port = (fallback: number, description: string) =>
   Type.Integer({ minimum: 0, maximum: 65535, default: fallback, description })
@@ -55,6 +56,7 @@ export const ConfigSchema = Type.Object({
     }),
   ),
   REJECTION_LOG_MAX_PER_SHEET: Count(1000, 1, 1_000_000, 'Rejected deliveries kept per sheet'),
+  SHEET_SECURITY_TTL_MS: Count(5000, 0, 600_000, "How long an instance keeps a sheet's secret and allow-list before reading them again (ms)"),
 })
 
 export type Config = Static<typeof ConfigSchema>
@@ -76,9 +78,28 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
   if (error) {
     const name = error.path.replace(/^\//, '')
     const schema = (ConfigSchema.properties as Record<string, TSchema>)[name]
-    throw new ConfigError(`${name}=${JSON.stringify(env[name])} is not allowed: ${allowed(schema)}`)
+    throw new ConfigError(`${name}=${shown(name, env[name])} is not allowed: ${allowed(schema)}`)
   }
   return value as Config
+}
+
+// Settings that may hold a password: their values are never printed whole.
+const SECRET_SETTINGS = new Set(['DATABASE_URL', 'REDIS_URL'])
+
+/** A setting's value for an error message: a URL's password replaced by ***; an unparseable secret setting not shown at all. */
+function shown(name: string, raw: string | undefined): string {
+  if (!SECRET_SETTINGS.has(name) || raw === undefined) return JSON.stringify(raw)
+  const match = /^([A-Za-z][A-Za-z0-9+.-]*:\/\/)(.*)$/s.exec(raw)
+  if (!match) return '(not shown: it may hold a password)'
+  const [, scheme, rest] = match as unknown as [string, string, string]
+  // The password is in the user info (up to the last @ before the query: a password may hold an
+  // unencoded / or @) or in a query parameter (?password=).
+  const queryStart = rest.search(/[?#]/)
+  const authority = queryStart === -1 ? rest : rest.slice(0, queryStart)
+  const at = authority.lastIndexOf('@')
+  const userinfo = at === -1 ? '' : authority.slice(0, at)
+  const user = userinfo.includes(':') ? `${userinfo.slice(0, userinfo.indexOf(':'))}:***@` : at === -1 ? '' : `${userinfo}@`
+  return JSON.stringify(redactQueryValues(`${scheme}${user}${rest.slice(at + 1)}`))
 }
 
 function convert(name: string, raw: string, schema: TSchema): unknown {

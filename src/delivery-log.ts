@@ -7,6 +7,7 @@
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
 import type { CamelKeys } from './schemas/common.ts'
 import type { Rejection } from './schemas/management.ts'
+import { redactQueryValues } from './logging.ts'
 
 /** A rejected delivery as the receiver reports it: the log entry the API shows, before it has an id and a time. */
 export type RejectedDelivery = CamelKeys<Omit<Rejection, 'id' | 'received_at'>>
@@ -32,6 +33,7 @@ export class DeliveryLog {
   #rejections: Array<RejectedDelivery & { receivedAt: Date }> = []
   // Counts keyed by sheet, hour, outcome and reason (JSON of the tuple).
   #counts = new Map<string, number>()
+  #tests = new Map<string, { outcome: string; at: Date }>()
   #timer: NodeJS.Timeout | undefined
   #writing: Promise<void> = Promise.resolve()
   dropped = 0
@@ -40,13 +42,24 @@ export class DeliveryLog {
     this.#options = { bufferMax: 10_000, flushIntervalMs: 250, ...options }
   }
 
+  /**
+   * Keeps a rejected delivery, its query with the values of secret-looking parameters (`token`,
+   * `key`, ...) redacted before anything is stored. A test postback is kept but not counted.
+   */
   recordRejection(rejection: RejectedDelivery): void {
-    this.#count(rejection.sheetId, 'rejected', rejection.reason)
+    if (!rejection.test) this.#count(rejection.sheetId, 'rejected', rejection.reason)
     if (this.#rejections.length >= this.#options.bufferMax) {
       this.dropped++
       return
     }
-    this.#rejections.push({ ...rejection, rawQuery: rejection.rawQuery.slice(0, RAW_QUERY_MAX), receivedAt: new Date() })
+    const rawQuery = redactQueryValues(`?${rejection.rawQuery}`).slice(1, RAW_QUERY_MAX + 1)
+    this.#rejections.push({ ...rejection, rawQuery, receivedAt: new Date() })
+  }
+
+  /** The outcome of a test postback (`ok` or its error code): the newest per sheet is kept. */
+  recordTest(sheetId: string, outcome: string): void {
+    this.#tests.set(sheetId, { outcome, at: new Date() })
+    this.#timer ??= setTimeout(() => void this.flush(), this.#options.flushIntervalMs)
   }
 
   /** A delivery that was committed without storing a new conversion: a repeat, or a status move. */
@@ -71,18 +84,33 @@ export class DeliveryLog {
       return [sheetId, hour, outcome, reason, count]
     })
     this.#counts.clear()
-    this.#writing = this.#writing.then(() => this.#write(rejections, counts))
+    const tests = [...this.#tests]
+    this.#tests.clear()
+    this.#writing = this.#writing.then(() => this.#write(rejections, counts, tests))
     return this.#writing
   }
 
-  async #write(rejections: Array<RejectedDelivery & { receivedAt: Date }>, counts: readonly CountRow[]): Promise<void> {
+  async #write(
+    rejections: Array<RejectedDelivery & { receivedAt: Date }>,
+    counts: readonly CountRow[],
+    tests: Array<[string, { outcome: string; at: Date }]>,
+  ): Promise<void> {
     try {
+      if (tests.length) await this.#writeTests(tests)
       if (counts.length) await this.#writeCounts(counts)
       if (rejections.length) await this.#writeRejections(rejections)
     } catch (error) {
       this.dropped += rejections.length
       this.#options.onError?.(error)
     }
+  }
+
+  async #writeTests(tests: Array<[string, { outcome: string; at: Date }]>): Promise<void> {
+    await this.#options.prisma.$executeRaw(Prisma.sql`
+      UPDATE sheets s SET last_test_at = t.at, last_test_outcome = t.outcome
+      FROM unnest(${tests.map(([id]) => id)}::text[], ${tests.map(([, test]) => test.at.toISOString())}::timestamptz[],
+                  ${tests.map(([, test]) => test.outcome)}::text[]) AS t(sheet_id, at, outcome)
+      WHERE s.sheet_id = t.sheet_id AND (s.last_test_at IS NULL OR s.last_test_at <= t.at)`)
   }
 
   async #writeCounts(counts: readonly CountRow[]): Promise<void> {
@@ -103,11 +131,11 @@ export class DeliveryLog {
     const column = <K extends keyof RejectedDelivery>(name: K) => entries.map((entry) => entry[name])
     const times = entries.map((entry) => entry.receivedAt.toISOString())
     await prisma.$executeRaw(Prisma.sql`
-      INSERT INTO delivery_rejections (sheet_id, reason, parameter, raw_query, remote_address, received_at)
-      SELECT r.sheet_id, r.reason, r.parameter, r.raw_query, r.remote_address, r.received_at
+      INSERT INTO delivery_rejections (sheet_id, reason, parameter, raw_query, remote_address, test, received_at)
+      SELECT r.sheet_id, r.reason, r.parameter, r.raw_query, r.remote_address, r.test, r.received_at
       FROM unnest(${column('sheetId')}::text[], ${column('reason')}::text[], ${column('parameter')}::text[],
-                  ${column('rawQuery')}::text[], ${column('remoteAddress')}::text[], ${times}::timestamptz[])
-           WITH ORDINALITY AS r(sheet_id, reason, parameter, raw_query, remote_address, received_at, ord)
+                  ${column('rawQuery')}::text[], ${column('remoteAddress')}::text[], ${column('test')}::boolean[], ${times}::timestamptz[])
+           WITH ORDINALITY AS r(sheet_id, reason, parameter, raw_query, remote_address, test, received_at, ord)
       JOIN sheets s ON s.sheet_id = r.sheet_id
       ORDER BY r.ord`)
     const sheets = [...new Set(column('sheetId'))]

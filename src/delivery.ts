@@ -10,7 +10,9 @@ import { mapStatus, MAPPING_PARAMETERS, type StatusMapping } from './lifecycle.t
 import { DeliveryQuery, type Delivery, type DeliveryQuery as DeliveryQueryType } from './schemas/receiver.ts'
 
 type Parameter = keyof DeliveryQueryType & string
-const PARAMETERS = Object.keys(DeliveryQuery.properties) as Parameter[]
+/** Parameters about the delivery rather than the conversion: checked by the receiver, never stored. */
+export const CONTROL_PARAMETERS = new Set(['token', 'test'])
+const PARAMETERS = Object.keys(DeliveryQuery.properties).filter((name) => !CONTROL_PARAMETERS.has(name)) as Parameter[]
 const REQUIRED = new Set<string>(DeliveryQuery.required ?? [])
 
 // Tracker macros left unreplaced, and the placeholder words some networks put in their templates.
@@ -47,6 +49,16 @@ export function isNoValue(value: string): boolean {
 }
 
 const MAPPING = new Set<string>(Object.values(MAPPING_PARAMETERS))
+
+const TEST_VALUES: Record<string, boolean> = { '1': true, true: true, '0': false, false: false }
+
+/** Whether a delivery is a test (`test=1`): checked like a real one, never stored. */
+export function parseTestFlag(value: QueryValue | undefined): boolean {
+  if (value === undefined || value === '') return false
+  const flag = typeof value === 'string' ? TEST_VALUES[value.trim().toLowerCase()] : undefined
+  if (flag === undefined) throw new InputError('invalid_parameter', 'test', 'test must be 1 (a test postback, not stored) or 0')
+  return flag
+}
 
 export function parseDelivery(query: ParsedQuery): Delivery {
   const values: Record<string, string> = {}

@@ -26,7 +26,7 @@ export async function listRejections(
     where.push(Prisma.sql`(received_at, id) < (${after.at}, ${after.id}::bigint)`)
   }
   const rows = await prisma.$queryRaw<RejectionRow[]>(Prisma.sql`
-    SELECT id::text AS id_text, sheet_id, reason, parameter, raw_query, remote_address, received_at
+    SELECT id::text AS id_text, sheet_id, reason, parameter, raw_query, remote_address, test, received_at
     FROM delivery_rejections
     ${where.length ? Prisma.sql`WHERE ${Prisma.join(where, ' AND ')}` : Prisma.empty}
     ORDER BY received_at DESC, id DESC
@@ -42,8 +42,10 @@ const TOP_REASONS = 5
  * buckets, the current one included.
  */
 export async function sheetStatus(prisma: PrismaClient, sheetId: string): Promise<SheetStatus> {
-  const [sheet] = await prisma.$queryRaw<Array<{ active: boolean; last_received_at: Date | null; last_rejected_at: Date | null; stored: number }>>`
-    SELECT s.active,
+  const [sheet] = await prisma.$queryRaw<
+    Array<{ active: boolean; last_received_at: Date | null; last_rejected_at: Date | null; stored: number; last_test_at: Date | null; last_test_outcome: string | null }>
+  >`
+    SELECT s.active, s.last_test_at, s.last_test_outcome,
       (SELECT max(received_at) FROM conversions WHERE sheet_id = s.sheet_id) AS last_received_at,
       (SELECT max(received_at) FROM delivery_rejections WHERE sheet_id = s.sheet_id) AS last_rejected_at,
       (SELECT count(*)::int FROM conversions WHERE sheet_id = s.sheet_id AND received_at > now() - interval '24 hours') AS stored
@@ -65,5 +67,6 @@ export async function sheetStatus(prisma: PrismaClient, sheetId: string): Promis
       .sort((a, b) => b.count - a.count || a.reason.localeCompare(b.reason))
       .slice(0, TOP_REASONS)
       .map(({ reason, count }) => ({ reason, count })),
+    last_test: sheet.last_test_at ? { received_at: sheet.last_test_at.toISOString(), outcome: sheet.last_test_outcome ?? 'ok' } : null,
   }
 }

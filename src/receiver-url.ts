@@ -14,18 +14,30 @@ const MACROS: Record<Tracker, Record<string, string>> = {
   generic: { transaction_id: '{transaction_id}', payout: '{payout}', currency: '{currency}', status: '{status}', event: '{event}', campaign_id: '{campaign_id}', adset_id: '{adset_id}', ad_id: '{ad_id}' },
 }
 
-export function receiverUrl(baseUrl: string, sheetId: string, tracker: Tracker) {
-  const parameters = MACROS[tracker]
+/** Where the secret goes in a URL built without it. */
+export const TOKEN_PLACEHOLDER = 'YOUR_SHEET_TOKEN'
+
+/**
+ * `token`: the sheet's secret to put in the URL; null when the sheet has none (and none was given),
+ * undefined for a sheet with a secret that the caller did not give (the URL shows where it goes).
+ */
+export function receiverUrl(baseUrl: string, sheetId: string, tracker: Tracker, token?: string | null) {
+  const parameters: Record<string, string> = token === null ? MACROS[tracker] : { ...MACROS[tracker], token: token ?? TOKEN_PLACEHOLDER }
   // Macros stay literal (not percent-encoded): the tracker must find them to replace them.
-  const query = [`sheet_id=${encodeURIComponent(sheetId)}`, ...Object.entries(parameters).map(([name, macro]) => `${name}=${macro}`)]
+  const query = [
+    `sheet_id=${encodeURIComponent(sheetId)}`,
+    ...Object.entries(parameters).map(([name, macro]) => `${name}=${name === 'token' && macro !== TOKEN_PLACEHOLDER ? encodeURIComponent(macro) : macro}`),
+  ]
+  const tokenNote = parameters.token === TOKEN_PLACEHOLDER ? ` Replace ${TOKEN_PLACEHOLDER} with the sheet's secret (shown when it was created or rotated; postback-admin sheet token rotates it).` : ''
   return {
     tracker,
     url: `${baseUrl.replace(/\/+$/, '')}/meta/postback/conversion?${query.join('&')}`,
     parameters,
     note:
-      tracker === 'generic'
+      (tracker === 'generic'
         ? "Replace each {name} with your system's value for it; leave out the parameters you do not have."
         : `Pass Meta's {{campaign.id}}, {{adset.id}} and {{ad.id}} into the tracker's sub-id slots 1, 2 and 3 in your ad URLs, or change those three macros to the slots you use. ` +
-          'If your network names statuses with its own words (1, 2, 3, ...), add approved_status=, pending_status= and rejected_status= with those words.',
+          'If your network names statuses with its own words (1, 2, 3, ...), add approved_status=, pending_status= and rejected_status= with those words.') +
+      tokenNote,
   }
 }

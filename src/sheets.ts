@@ -15,14 +15,35 @@ export function isSheetId(text: string): boolean {
   return SHEET_ID.test(text)
 }
 
-function view(sheet: { sheetId: string; name: string; defaultCurrency: string; active: boolean; createdAt: Date }): Sheet {
+interface SheetRow {
+  sheetId: string
+  name: string
+  defaultCurrency: string
+  active: boolean
+  createdAt: Date
+  tokenHash: string | null
+  previousTokenExpiresAt: Date | null
+  allowedAddresses: string[]
+}
+
+export function sheetView(sheet: SheetRow): Sheet {
   return {
     sheet_id: sheet.sheetId,
     name: sheet.name,
     default_currency: sheet.defaultCurrency,
     active: sheet.active,
     created_at: sheet.createdAt.toISOString(),
+    has_token: sheet.tokenHash !== null,
+    previous_token_expires_at: sheet.tokenHash && sheet.previousTokenExpiresAt ? sheet.previousTokenExpiresAt.toISOString() : null,
+    allowed_addresses: sheet.allowedAddresses ?? [],
   }
+}
+
+/** One sheet's view; 404 when it does not exist. */
+export async function getSheet(prisma: PrismaClient, sheetId: string): Promise<Sheet> {
+  const sheet = await prisma.sheet.findUnique({ where: { sheetId } })
+  if (!sheet) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} does not exist`, 'sheet_id')
+  return sheetView(sheet)
 }
 
 export async function createSheet(prisma: PrismaClient, input: CreateSheet): Promise<Sheet> {
@@ -43,16 +64,16 @@ export async function createSheet(prisma: PrismaClient, input: CreateSheet): Pro
   })
   const sheet = created[0]
   if (!sheet) throw new ConflictError('sheet_exists', `sheet ${input.sheetId} already exists`, 'sheet_id')
-  return view(sheet)
+  return sheetView(sheet)
 }
 
 export async function disableSheet(prisma: PrismaClient, sheetId: string): Promise<Sheet> {
   const { count } = await prisma.sheet.updateMany({ where: { sheetId }, data: { active: false } })
   if (count === 0) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} does not exist`, 'sheet_id')
-  return view(await prisma.sheet.findUniqueOrThrow({ where: { sheetId } }))
+  return sheetView(await prisma.sheet.findUniqueOrThrow({ where: { sheetId } }))
 }
 
 export async function listSheets(prisma: PrismaClient): Promise<Sheet[]> {
   const sheets = await prisma.sheet.findMany({ orderBy: { createdAt: 'asc' } })
-  return sheets.map(view)
+  return sheets.map(sheetView)
 }

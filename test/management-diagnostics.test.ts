@@ -20,6 +20,7 @@ t.test('sheet status: last received, last-24-hour counts by outcome, top rejecti
     last_rejected_at: null,
     last_24h: { stored: 0, updated: 0, duplicate: 0, rejected: 0 },
     top_rejection_reasons: [],
+    last_test: null,
   })
   await deliverAll(app, [1, 2, 3].map((i) => ({ sheet_id: sheet, transaction_id: `t${i}` })))
   for (let i = 0; i < 4; i++) await deliver({ sheet_id: sheet, transaction_id: 't1' })

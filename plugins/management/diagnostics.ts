@@ -3,7 +3,7 @@ import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { sheetScope } from '../../src/api-keys.ts'
 import { listRejections, sheetStatus } from '../../src/diagnostics.ts'
-import { NotFoundError } from '../../src/errors.ts'
+import { AppError, NotFoundError } from '../../src/errors.ts'
 import { receiverUrl } from '../../src/receiver-url.ts'
 import { ErrorRef, ref } from '../../src/schemas/common.ts'
 import { managementRoute, ReceiverUrl, ReceiverUrlQuery, RejectionPage, RejectionQuery, SheetParams, SheetStatus } from '../../src/schemas/management.ts'
@@ -34,12 +34,19 @@ const receiverUrlSchema = managementRoute({
   operationId: 'getReceiverUrl',
   params: SheetParams,
   querystring: ReceiverUrlQuery,
-  response: { 200: ref(ReceiverUrl), 404: ErrorRef },
+  response: { 200: ref(ReceiverUrl), 404: ErrorRef, 500: ErrorRef },
 })
+
+/** The receiver's public base URL: PUBLIC_BASE_URL, else the listen address unless it is a wildcard. */
+export function publicBaseUrl(config: { PUBLIC_BASE_URL?: string; HOST: string; PORT: number }): string | null {
+  if (config.PUBLIC_BASE_URL) return config.PUBLIC_BASE_URL
+  if (config.HOST === '0.0.0.0' || config.HOST === '::' || config.HOST === '[::]') return null
+  return `http://${config.HOST.includes(':') ? `[${config.HOST}]` : config.HOST}:${config.PORT}`
+}
 
 export default async function diagnosticRoutes(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
-  const baseUrl = app.config.PUBLIC_BASE_URL ?? `http://${app.config.HOST}:${app.config.PORT}`
+  const baseUrl = publicBaseUrl(app.config)
 
   app.get('/rejections', { schema: rejectionsSchema }, async (request) => {
     await app.deliveryLog.flush()
@@ -57,6 +64,11 @@ export default async function diagnosticRoutes(fastify: FastifyInstance) {
     sheetScope(principalOf(request), sheetId)
     const sheet = await app.prisma.sheet.findUnique({ where: { sheetId } })
     if (!sheet) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} does not exist`, 'sheet_id')
-    return receiverUrl(baseUrl, sheetId, request.query.tracker)
+    if (baseUrl === null) {
+      // Listening on every address (HOST=0.0.0.0 in the container): which one the networks reach is unknown.
+      throw new AppError(500, 'not_configured', `set PUBLIC_BASE_URL (the receiver's public URL, e.g. https://postbacks.example.com): HOST=${app.config.HOST} listens on every address, so the URL cannot be derived`)
+    }
+    const token = request.query.token ?? (sheet.tokenHash ? undefined : null)
+    return receiverUrl(baseUrl, sheetId, request.query.tracker, token)
   })
 }

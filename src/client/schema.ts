@@ -13,7 +13,7 @@ export interface paths {
         };
         /**
          * Receive a conversion postback
-         * @description Called by affiliate networks and trackers. Stores the conversion once per (sheet_id, transaction_id, event); a later delivery with another status moves it along its lifecycle (pending to approved or rejected, approved to rejected); repeats are acknowledged as duplicates. Safe to retry.
+         * @description Called by affiliate networks and trackers. Stores the conversion once per (sheet_id, transaction_id, event); a later delivery with another status moves it along its lifecycle (pending to approved or rejected, approved to rejected); repeats are acknowledged as duplicates. Safe to retry. A sheet with a secret needs it as `token`; a sheet with an address allow-list refuses other addresses (403). `test=1` runs every check and stores nothing.
          */
         get: operations["receivePostback"];
         put?: never;
@@ -196,6 +196,82 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/postback/admin/sheets/{sheet_id}/token": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Create or rotate a sheet's secret; the secret is in this answer only
+         * @description From now on every delivery to the sheet must carry the secret as `token=`. After a rotation the previous secret stays valid for `grace_seconds` (default 86400). Other instances see the change within SHEET_SECURITY_TTL_MS.
+         */
+        post: operations["rotateSheetToken"];
+        /** Remove a sheet's secret: deliveries need no token */
+        delete: operations["clearSheetToken"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/postback/admin/sheets/{sheet_id}/token/clear": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Remove a sheet's secret: deliveries need no token */
+        post: operations["clearSheetTokenPost"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/postback/admin/sheets/{sheet_id}/allow": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Set the addresses and CIDRs deliveries to a sheet may come from
+         * @description Replaces the allow-list. A delivery from elsewhere gets 403 `address_not_allowed` and is kept in the rejection log with its address.
+         */
+        post: operations["setSheetAllowList"];
+        /** Remove a sheet's allow-list: deliveries may come from any address */
+        delete: operations["clearSheetAllowList"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/postback/admin/sheets/{sheet_id}/allow/clear": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Remove a sheet's allow-list: deliveries may come from any address */
+        post: operations["clearSheetAllowListPost"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/postback/admin/keys": {
         parameters: {
             query?: never;
@@ -328,9 +404,11 @@ export interface components {
             /** @description The error code the delivery got, e.g. `unreplaced_macro` */
             reason: string;
             parameter: string | null;
-            /** @description The query string as sent (at most 2048 characters) */
+            /** @description The query string as sent (at most 2048 characters), with the values of `token` and other secret-looking parameters replaced by [REDACTED] */
             raw_query: string;
             remote_address: string | null;
+            /** @description A test postback (`test=1`) */
+            test: boolean;
             /**
              * Format: date-time
              * @description When the delivery was rejected
@@ -361,13 +439,22 @@ export interface components {
                 reason: string;
                 count: number;
             }[];
+            last_test: {
+                /**
+                 * Format: date-time
+                 * @description When the newest test postback came
+                 */
+                received_at: string;
+                /** @description `ok`, or the error code it got (`invalid_token`, `unreplaced_macro`, ...) */
+                outcome: string;
+            } | null;
         };
         /** @description A receiver URL with one tracker’s macros */
         ReceiverUrl: {
             tracker: string;
             /** @description Paste into the network's postback URL field */
             url: string;
-            /** @description Each receiver parameter and the macro it is given */
+            /** @description Each receiver parameter and the macro (or the secret) it is given */
             parameters: {
                 [key: string]: string;
             };
@@ -384,16 +471,32 @@ export interface components {
              * @description When the sheet was created
              */
             created_at: string;
+            /** @description Whether deliveries must carry the sheet’s secret as `token` */
+            has_token: boolean;
+            previous_token_expires_at: string | null;
+            /** @description Addresses and CIDRs deliveries may come from; empty: any */
+            allowed_addresses: string[];
+        };
+        /** @description A new sheet secret */
+        SheetToken: {
+            sheet_id: string;
+            /** @description The sheet’s new secret: shown once, stored hashed. Deliveries carry it as `token=` */
+            token: string;
         };
         /** @description An API key (without the key itself) */
         ApiKey: {
             /** @description Public id of the key, for revoking it */
             id: string;
             name: string;
-            /** @description Sees every sheet and may use the admin routes */
+            /** @description Sees every sheet */
             global: boolean;
             /** @description The sheets a non-global key may see */
             sheet_ids: string[];
+            /**
+             * @description `read`: conversions, summary, history and diagnostics; `admin`: also the routes under /admin (a sheet-scoped admin key: its sheets’ disable, token and allow-list routes)
+             * @enum {string}
+             */
+            role: "read" | "admin";
             /**
              * Format: date-time
              * @description When the key was created
@@ -406,10 +509,15 @@ export interface components {
             /** @description Public id of the key, for revoking it */
             id: string;
             name: string;
-            /** @description Sees every sheet and may use the admin routes */
+            /** @description Sees every sheet */
             global: boolean;
             /** @description The sheets a non-global key may see */
             sheet_ids: string[];
+            /**
+             * @description `read`: conversions, summary, history and diagnostics; `admin`: also the routes under /admin (a sheet-scoped admin key: its sheets’ disable, token and allow-list routes)
+             * @enum {string}
+             */
+            role: "read" | "admin";
             /**
              * Format: date-time
              * @description When the key was created
@@ -464,6 +572,10 @@ export interface operations {
                 pending_status?: string;
                 /** @description Comma-separated status words of your network that mean rejected, as in Keitaro's rejected_status */
                 rejected_status?: string;
+                /** @description The sheet's secret, when it has one (`postback-admin sheet token`); required then */
+                token?: string;
+                /** @description `1`: a test postback: every check of a real delivery, nothing stored or counted */
+                test?: "1" | "0";
             };
             header?: never;
             path?: never;
@@ -471,7 +583,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description The conversion is committed */
+            /** @description Default Response */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -490,11 +602,31 @@ export interface operations {
                          * @enum {string}
                          */
                         conversion_status: "approved" | "pending" | "rejected";
+                    } | {
+                        /**
+                         * @description A test postback (`test=1`) that passed every check; nothing was stored or counted
+                         * @enum {string}
+                         */
+                        status: "test";
+                        /**
+                         * @description The conversion status: only `approved` conversions count as conversions and revenue
+                         * @enum {string}
+                         */
+                        conversion_status: "approved" | "pending" | "rejected";
                     };
                 };
             };
             /** @description The error body of every non-2xx answer */
             400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1030,6 +1162,8 @@ export interface operations {
             query: {
                 /** @description Whose macro syntax to fill in */
                 tracker: "keitaro" | "voluum" | "redtrack" | "binom" | "generic";
+                /** @description The sheet's secret, to put in the URL; without it a sheet with a secret gets `token=YOUR_SHEET_TOKEN` */
+                token?: string;
             };
             header?: never;
             path: {
@@ -1087,6 +1221,15 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1340,6 +1483,485 @@ export interface operations {
             };
         };
     };
+    rotateSheetToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sheet */
+                sheet_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /**
+                     * @description How long the previous secret stays valid
+                     * @default 86400
+                     */
+                    grace_seconds?: number;
+                };
+            };
+        };
+        responses: {
+            /** @description A new sheet secret */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SheetToken"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    clearSheetToken: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sheet */
+                sheet_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description An account that networks deliver conversions to */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sheet"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    clearSheetTokenPost: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sheet */
+                sheet_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description An account that networks deliver conversions to */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sheet"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    setSheetAllowList: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sheet */
+                sheet_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": {
+                    /** @description IPv4 or IPv6 addresses and CIDRs (`203.0.113.7`, `203.0.113.0/24`, `2001:db8::/32`) */
+                    addresses: string[];
+                };
+            };
+        };
+        responses: {
+            /** @description An account that networks deliver conversions to */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sheet"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    clearSheetAllowList: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sheet */
+                sheet_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description An account that networks deliver conversions to */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sheet"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    clearSheetAllowListPost: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The sheet */
+                sheet_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description An account that networks deliver conversions to */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Sheet"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     listApiKeys: {
         parameters: {
             query?: never;
@@ -1420,6 +2042,11 @@ export interface operations {
                     global?: boolean;
                     /** @description Sheets the key may see */
                     sheet_ids?: string[];
+                    /**
+                     * @description Default: `admin` for a global key, `read` for a sheet-scoped one
+                     * @enum {string}
+                     */
+                    role?: "read" | "admin";
                 };
             };
         };

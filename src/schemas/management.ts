@@ -111,8 +111,9 @@ export const Rejection = Type.Object(
     sheet_id: Type.String(),
     reason: Type.String({ description: 'The error code the delivery got, e.g. `unreplaced_macro`' }),
     parameter: Nullable(Type.String()),
-    raw_query: Type.String({ description: 'The query string as sent (at most 2048 characters)' }),
-    remote_address: Nullable(Type.String()),
+    raw_query: Type.String({ description: 'The query string as sent (at most 2048 characters), with the values of `token` and other secret-looking parameters replaced by [REDACTED]' }),
+    remote_address: Nullable(Type.String({ description: 'The client address (behind TRUST_PROXY: the forwarded one)' })),
+    test: Type.Boolean({ description: 'A test postback (`test=1`)' }),
     received_at: Timestamp('When the delivery was rejected'),
   },
   { $id: 'Rejection', description: 'A rejected delivery of a known sheet' },
@@ -154,6 +155,15 @@ export const SheetStatus = Type.Object(
     top_rejection_reasons: Type.Array(Type.Object({ reason: Type.String(), count: Type.Integer() }), {
       description: 'The most frequent rejection reasons of the last 24 hours',
     }),
+    last_test: Nullable(
+      Type.Object(
+        {
+          received_at: Timestamp('When the newest test postback came'),
+          outcome: Type.String({ description: '`ok`, or the error code it got (`invalid_token`, `unreplaced_macro`, ...)' }),
+        },
+        { description: 'The newest test postback (`test=1`); null if none came' },
+      ),
+    ),
   },
   { $id: 'SheetStatus', description: 'Is the network delivering? The receiver side of one sheet' },
 )
@@ -181,6 +191,9 @@ export const TRACKERS = ['keitaro', 'voluum', 'redtrack', 'binom', 'generic'] as
 export const ReceiverUrlQuery = Type.Object(
   {
     tracker: StringEnum(TRACKERS, { description: 'Whose macro syntax to fill in' }),
+    token: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 200, description: "The sheet's secret, to put in the URL; without it a sheet with a secret gets `token=YOUR_SHEET_TOKEN`" }),
+    ),
   },
   { additionalProperties: false },
 )
@@ -189,7 +202,7 @@ export const ReceiverUrl = Type.Object(
   {
     tracker: Type.String(),
     url: Type.String({ description: "Paste into the network's postback URL field" }),
-    parameters: Type.Record(Type.String(), Type.String(), { description: 'Each receiver parameter and the macro it is given' }),
+    parameters: Type.Record(Type.String(), Type.String(), { description: 'Each receiver parameter and the macro (or the secret) it is given' }),
     note: Type.String(),
   },
   { $id: 'ReceiverUrl', description: 'A receiver URL with one tracker’s macros' },
@@ -202,10 +215,42 @@ export const Sheet = Type.Object(
     default_currency: Type.String(),
     active: Type.Boolean(),
     created_at: Timestamp('When the sheet was created'),
+    has_token: Type.Boolean({ description: 'Whether deliveries must carry the sheet’s secret as `token`' }),
+    previous_token_expires_at: Nullable(Timestamp('Until when the secret before the last rotation is still accepted')),
+    allowed_addresses: Type.Array(Type.String(), { description: 'Addresses and CIDRs deliveries may come from; empty: any' }),
   },
   { $id: 'Sheet', description: 'An account that networks deliver conversions to' },
 )
 export type Sheet = Static<typeof Sheet>
+
+export const SheetToken = Type.Object(
+  {
+    sheet_id: Type.String(),
+    token: Type.String({ description: 'The sheet’s new secret: shown once, stored hashed. Deliveries carry it as `token=`' }),
+  },
+  { $id: 'SheetToken', description: 'A new sheet secret' },
+)
+export type SheetToken = Static<typeof SheetToken>
+
+export const RotateTokenBody = Type.Object(
+  {
+    grace_seconds: Type.Optional(
+      Type.Integer({ minimum: 0, maximum: 90 * 86_400, default: 86_400, description: 'How long the previous secret stays valid' }),
+    ),
+  },
+  { additionalProperties: false },
+)
+
+export const AllowListBody = Type.Object(
+  {
+    addresses: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), {
+      minItems: 1,
+      maxItems: 1000,
+      description: 'IPv4 or IPv6 addresses and CIDRs (`203.0.113.7`, `203.0.113.0/24`, `2001:db8::/32`)',
+    }),
+  },
+  { additionalProperties: false },
+)
 
 export const CreateSheetBody = Type.Object(
   {
@@ -217,12 +262,20 @@ export const CreateSheetBody = Type.Object(
 )
 export type CreateSheetBody = Static<typeof CreateSheetBody>
 
+export const KEY_ROLES = ['read', 'admin'] as const
+const KeyRole = StringEnum(KEY_ROLES, {
+  description:
+    '`read`: conversions, summary, history and diagnostics; `admin`: also the routes under /admin (a sheet-scoped admin key: ' +
+    'its sheets’ disable, token and allow-list routes)',
+})
+
 export const ApiKey = Type.Object(
   {
     id: Type.String({ description: 'Public id of the key, for revoking it' }),
     name: Type.String(),
-    global: Type.Boolean({ description: 'Sees every sheet and may use the admin routes' }),
+    global: Type.Boolean({ description: 'Sees every sheet' }),
     sheet_ids: Type.Array(Type.String(), { description: 'The sheets a non-global key may see' }),
+    role: KeyRole,
     created_at: Timestamp('When the key was created'),
     revoked_at: Nullable(Timestamp('When the key was revoked')),
   },
@@ -241,6 +294,7 @@ export const CreateKeyBody = Type.Object(
     name: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
     global: Type.Optional(Type.Boolean({ description: 'A global key; give this or sheet_ids' })),
     sheet_ids: Type.Optional(Type.Array(Type.String({ maxLength: 128 }), { minItems: 1, maxItems: 1000, description: 'Sheets the key may see' })),
+    role: Type.Optional(StringEnum(KEY_ROLES, { description: 'Default: `admin` for a global key, `read` for a sheet-scoped one' })),
   },
   { additionalProperties: false },
 )
@@ -280,4 +334,4 @@ export function managementRoute<const S extends ManagementRouteSchema>({ tag, re
   return { ...own, tags: [tag], security: bearerSecurity, response: merged }
 }
 
-export const managementSchemas = [Conversion, ConversionPage, HistoryEntry, ConversionHistory, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, ApiKey, CreatedApiKey]
+export const managementSchemas = [Conversion, ConversionPage, HistoryEntry, ConversionHistory, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, SheetToken, ApiKey, CreatedApiKey]

@@ -47,13 +47,19 @@ export const DeliveryQuery = Type.Object(
     approved_status: Type.Optional(MappingWords('approved')),
     pending_status: Type.Optional(MappingWords('pending')),
     rejected_status: Type.Optional(MappingWords('rejected')),
+    token: Type.Optional(
+      Type.String({ description: "The sheet's secret, when it has one (`postback-admin sheet token`); required then" }),
+    ),
+    test: Type.Optional(
+      StringEnum(['1', '0'], { description: '`1`: a test postback: every check of a real delivery, nothing stored or counted' }),
+    ),
   },
   { additionalProperties: true },
 )
 export type DeliveryQuery = Static<typeof DeliveryQuery>
 
 /** A checked delivery, as the writer takes it: the status mapped to its canonical word (absent: approved). */
-export type Delivery = Omit<DeliveryQuery, 'status' | (typeof MAPPING_PARAMETERS)[ConversionStatus]> & {
+export type Delivery = Omit<DeliveryQuery, 'status' | 'token' | 'test' | (typeof MAPPING_PARAMETERS)[ConversionStatus]> & {
   status?: ConversionStatus
   /** The status word as the network sent it. */
   network_status?: string
@@ -75,20 +81,31 @@ export const DeliveryAccepted = Type.Object(
 )
 export type DeliveryAccepted = Static<typeof DeliveryAccepted>
 
+export const DeliveryTested = Type.Object(
+  {
+    status: Type.Literal('test', { description: 'A test postback (`test=1`) that passed every check; nothing was stored or counted' }),
+    conversion_status: ConversionStatusSchema,
+  },
+  { description: 'The status a real delivery with these parameters would get' },
+)
+export type DeliveryTested = Static<typeof DeliveryTested>
+
 export const receiverRouteSchema = {
   summary: 'Receive a conversion postback',
   description:
     'Called by affiliate networks and trackers. Stores the conversion once per (sheet_id, transaction_id, event); ' +
     'a later delivery with another status moves it along its lifecycle (pending to approved or rejected, approved to rejected); ' +
-    'repeats are acknowledged as duplicates. Safe to retry.',
+    'repeats are acknowledged as duplicates. Safe to retry. A sheet with a secret needs it as `token`; a sheet with an ' +
+    'address allow-list refuses other addresses (403). `test=1` runs every check and stores nothing.',
   tags: ['receiver'],
   operationId: 'receivePostback',
   // Public: declares no security requirement.
   security: [],
   querystring: DeliveryQuery,
   response: {
-    200: DeliveryAccepted,
+    200: Type.Union([DeliveryAccepted, DeliveryTested]),
     400: ErrorRef,
+    403: ErrorRef,
     404: ErrorRef,
     429: ErrorRef,
     503: ErrorRef,
