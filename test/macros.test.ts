@@ -95,6 +95,8 @@ t.test('isUnreplacedMacro: network macros, every shape with any name, and not th
 t.test('the receiver URL builder fills in macros that the receiver refuses, every one of them', async (t) => {
   for (const tracker of TRACKERS) {
     for (const [parameter, macro] of Object.entries(trackerReceiverUrl('https://x.example', 's', tracker).parameters)) {
+      // The sheet's secret is no tracker macro: left as the placeholder, the sheet refuses it as invalid_token.
+      if (parameter === 'token') continue
       t.ok(isUnreplacedMacro(macro), `${tracker}: ${parameter}=${macro}`)
     }
   }

@@ -93,12 +93,13 @@ t.test('after a rotation the previous secret is valid for the grace period only'
 })
 
 t.test('a change made elsewhere (the CLI, another instance) takes effect within SHEET_SECURITY_TTL_MS', async (t) => {
-  const other = await testApp(t, { SHEET_SECURITY_TTL_MS: '300' })
+  // Long enough that a loaded machine's rotation and next delivery still fall within it.
+  const other = await testApp(t, { SHEET_SECURITY_TTL_MS: '2500' })
   const sheetId = await newSheet(other)
   t.equal((await deliver(other, { sheet_id: sheetId, transaction_id: 'c1' })).statusCode, 200)
   const { token } = await rotateSheetToken(other.prisma, sheetId)
   t.equal((await deliver(other, { sheet_id: sheetId, transaction_id: 'c2' })).statusCode, 200, 'within the TTL: the cached settings')
-  await new Promise((resolve) => setTimeout(resolve, 350))
+  await new Promise((resolve) => setTimeout(resolve, 2600))
   t.equal((await deliver(other, { sheet_id: sheetId, transaction_id: 'c3' })).statusCode, 403, 'after the TTL: the new secret is needed')
   t.equal((await deliver(other, { sheet_id: sheetId, transaction_id: 'c4', token })).statusCode, 200)
 })
