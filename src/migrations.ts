@@ -118,3 +118,17 @@ async function apply(session: SqlSession, migration: Migration): Promise<void> {
     throw new MigrationError(`migration ${migration.name} failed: ${(error as Error).message}`)
   }
 }
+
+/**
+ * The names of the migrations not yet applied, read without changing anything: no lock taken and
+ * no bookkeeping table created (a store that has none has every migration pending).
+ */
+export async function pendingMigrations(session: SqlSession, migrations = readMigrations()): Promise<string[]> {
+  const [table] = await session.query<{ found: string | null }>(`SELECT to_regclass('"_prisma_migrations"')::text AS found`)
+  if (!table?.found) return migrations.map((migration) => migration.name)
+  const rows = await session.query<{ migration_name: string }>(
+    'SELECT migration_name FROM "_prisma_migrations" WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL',
+  )
+  const applied = new Set(rows.map((row) => row.migration_name))
+  return migrations.filter((migration) => !applied.has(migration.name)).map((migration) => migration.name)
+}

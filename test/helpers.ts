@@ -10,8 +10,9 @@ import { buildApp } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
 import { createClient, type PostbackClient } from 'postback-store/client'
+import { run as runAdmin } from '../src/cli.ts'
 import { createSheet } from '../src/sheets.ts'
-import { TEMPLATE_DIR } from './setup.ts'
+import { EMPTY_TEMPLATE_DIR, TEMPLATE_DIR } from './setup.ts'
 
 export const onPostgres = Boolean(process.env.DATABASE_URL)
 
@@ -19,12 +20,37 @@ interface Test {
   teardown(fn: () => unknown): void
 }
 
-/** A fresh PGlite data folder, copied from the migrated template that test/setup.ts prepares. */
-export function pgliteCopy(t: Test): string {
+/**
+ * A fresh PGlite data folder, copied from a template that test/setup.ts prepares: migrated, or with
+ * `{ migrated: false }` a store as a first open leaves it (initdb done, no tables).
+ */
+export function pgliteCopy(t: Test, { migrated = true } = {}): string {
   const dir = mkdtempSync(join(tmpdir(), 'postback-test-'))
-  cpSync(TEMPLATE_DIR, dir, { recursive: true })
+  cpSync(migrated ? TEMPLATE_DIR : EMPTY_TEMPLATE_DIR, dir, { recursive: true })
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   return dir
+}
+
+/** Settings for a program run on the test store: the PostgreSQL that DATABASE_URL names, or a fresh copy of the PGlite template. */
+export function storeEnv(t: Test): Record<string, string | undefined> {
+  return onPostgres ? { DATABASE_URL: process.env.DATABASE_URL } : { DATABASE_URL: '', DATA_DIR: pgliteCopy(t) }
+}
+
+export interface AdminResult {
+  code: number
+  stdout: string
+  stderr: string
+  /** The last stdout line, parsed: the command's JSON result. */
+  result: any
+}
+
+/** postback-admin run in this process (src/cli.ts), with exactly the settings in `env`; bin/postback-admin.js has its own spawned test. */
+export async function admin(env: Record<string, string | undefined>, ...args: string[]): Promise<AdminResult> {
+  let stdout = ''
+  let stderr = ''
+  const code = await runAdmin(args, env, { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) } })
+  const last = stdout.trim().split('\n').at(-1)
+  return { code, stdout, stderr, result: last ? JSON.parse(last) : undefined }
 }
 
 /** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */

@@ -3,7 +3,7 @@
 // store is one process's: a second instance on its folder is refused at start-up.
 import { randomBytes } from 'node:crypto'
 import t from 'tap'
-import { onPostgres, pgliteCopy, uniqueId } from './helpers.ts'
+import { admin, onPostgres, pgliteCopy, uniqueId } from './helpers.ts'
 import { run, startServer } from './processes.ts'
 
 if (onPostgres) {
@@ -15,7 +15,7 @@ if (onPostgres) {
       RECEIVER_RATE_LIMIT: '150',
     }
     const sheet = uniqueId('instances')
-    t.equal((await run(['bin/postback-admin.js', 'sheet', 'create', '--id', sheet], env)).code, 0)
+    t.equal((await admin(env, 'sheet', 'create', '--id', sheet)).code, 0)
     const servers = [await startServer(env), await startServer(env)]
     for (const server of servers) t.teardown(() => server.child.kill('SIGKILL'))
 

@@ -1,7 +1,8 @@
 // Runs once before the suite (.taprc `before`): prepares a migrated PGlite data folder that each
-// test copies, so no test pays PGlite's initdb (5 to 7 s) itself.
+// test copies, and an empty one (initdb only) for tests of a fresh store, so no test pays PGlite's
+// initdb (5 to 7 s) itself.
 import { createHash } from 'node:crypto'
-import { existsSync, renameSync, rmSync } from 'node:fs'
+import { cpSync, existsSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { loadConfig } from '../src/config.ts'
@@ -11,10 +12,16 @@ import { migrate, readMigrations } from '../src/migrations.ts'
 const migrations = readMigrations()
 const version = createHash('sha256').update(migrations.map((m) => m.checksum).join()).digest('hex').slice(0, 12)
 export const TEMPLATE_DIR = fileURLToPath(new URL(`../.tap/pglite-template-${version}`, import.meta.url))
+export const EMPTY_TEMPLATE_DIR = fileURLToPath(new URL(`../.tap/pglite-empty-${version}`, import.meta.url))
 
 async function prepare(): Promise<void> {
-  if (existsSync(TEMPLATE_DIR)) return
+  if (existsSync(TEMPLATE_DIR) && existsSync(EMPTY_TEMPLATE_DIR)) return
   const staging = `${TEMPLATE_DIR}.${process.pid}`
+  const empty = await openDatabase(loadConfig({ DATA_DIR: staging }))
+  await empty.close()
+  cpSync(staging, `${EMPTY_TEMPLATE_DIR}.${process.pid}`, { recursive: true })
+  rmSync(EMPTY_TEMPLATE_DIR, { recursive: true, force: true })
+  renameSync(`${EMPTY_TEMPLATE_DIR}.${process.pid}`, EMPTY_TEMPLATE_DIR)
   const db = await openDatabase(loadConfig({ DATA_DIR: staging }))
   try {
     await db.withSession((session) => migrate(session))
@@ -25,7 +32,19 @@ async function prepare(): Promise<void> {
   renameSync(staging, TEMPLATE_DIR)
 }
 
+// The PostgreSQL pass's database (a fresh one in CI) is migrated once here, as a deploy would: only
+// `postback-admin migrate` and app start-up migrate, and test files using the CLI run in parallel.
+async function migratePostgres(url: string): Promise<void> {
+  const db = await openDatabase(loadConfig({ DATABASE_URL: url }))
+  try {
+    await db.withSession((session) => migrate(session))
+  } finally {
+    await db.close()
+  }
+}
+
 // Prepared on both stores: the embedded-store tests (data folder lock, CLI) use it in either run.
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   await prepare()
+  if (process.env.DATABASE_URL) await migratePostgres(process.env.DATABASE_URL)
 }
