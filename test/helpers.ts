@@ -113,3 +113,14 @@ export async function apiClient(app: FastifyInstance, baseUrl: string, scope: { 
   const { authorization } = await newKeyHeader(app, scope)
   return createClient({ baseUrl, apiKey: authorization.slice('Bearer '.length) })
 }
+
+/**
+ * For concurrent deliveries of the same keys: the keys whose answers are not exactly one `stored`
+ * and the rest `duplicate`, with those answers (empty when all is well). The unique index alone
+ * makes "one row per key" true, so a test of concurrency checks the answers with this.
+ */
+export function keysNotStoredOnce(answers: Array<{ key: string; status: string }>): Array<[string, string[]]> {
+  const byKey = new Map<string, string[]>()
+  for (const { key, status } of answers) byKey.set(key, [...(byKey.get(key) ?? []), status])
+  return [...byKey].filter(([, statuses]) => statuses.filter((s) => s === 'stored').length !== 1 || statuses.some((s) => s !== 'stored' && s !== 'duplicate'))
+}
