@@ -1,7 +1,6 @@
 // The migration runner on an empty database: Prisma's bookkeeping, idempotence, failure handling.
 import { createHash } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
@@ -10,7 +9,7 @@ import { loadConfig } from '../src/config.ts'
 import { createSheet } from '../src/sheets.ts'
 import { openDatabase, type Database } from '../src/database.ts'
 import { migrate, MIGRATIONS_DIR, readMigrations, type Migration } from '../src/migrations.ts'
-import { onPostgres, uniqueId } from './helpers.ts'
+import { onPostgres, pgliteCopy, uniqueId } from './helpers.ts'
 
 /** An empty database: a new one on the PostgreSQL server, or a new PGlite folder. */
 async function emptyDatabase(): Promise<Database> {
@@ -29,12 +28,9 @@ async function emptyDatabase(): Promise<Database> {
     })
     return db
   }
-  const dir = mkdtempSync(join(tmpdir(), 'postback-migrations-'))
-  const db = await openDatabase(loadConfig({ DATA_DIR: dir }))
-  t.teardown(async () => {
-    await db.close()
-    rmSync(dir, { recursive: true, force: true })
-  })
+  // A copy of a first-opened, unmigrated folder: the same empty store without initdb's 5 to 7 s.
+  const db = await openDatabase(loadConfig({ DATA_DIR: pgliteCopy(t, { migrated: false }) }))
+  t.teardown(() => db.close())
   return db
 }
 
