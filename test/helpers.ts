@@ -5,6 +5,7 @@ import { cpSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
@@ -123,4 +124,16 @@ export function keysNotStoredOnce(answers: Array<{ key: string; status: string }
   const byKey = new Map<string, string[]>()
   for (const { key, status } of answers) byKey.set(key, [...(byKey.get(key) ?? []), status])
   return [...byKey].filter(([, statuses]) => statuses.filter((s) => s === 'stored').length !== 1 || statuses.some((s) => s !== 'stored' && s !== 'duplicate'))
+}
+
+/** A logger destination that keeps what the app logs: pass `{ logger: { level, stream } }` to buildApp. */
+export function capturedLog<Line = Record<string, unknown>>() {
+  const raw: string[] = []
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      raw.push(...String(chunk).split('\n').filter(Boolean))
+      done()
+    },
+  })
+  return { stream, raw, lines: (): Line[] => raw.map((line) => JSON.parse(line) as Line) }
 }
