@@ -1,11 +1,10 @@
 // postback-admin: its commands run in this process (src/cli.ts `run`, one JSON value on the last
 // stdout line), and once as a user runs it, through the package's bin.
-import pg from 'pg'
 import t from 'tap'
 import { loadConfig } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
 import { readMigrations } from '../src/migrations.ts'
-import { admin as adminIn, onPostgres, pgliteCopy, storeEnv, uniqueId } from './helpers.ts'
+import { admin as adminIn, newPostgresDatabase, onPostgres, pgliteCopy, storeEnv, uniqueId } from './helpers.ts'
 import { run } from './processes.ts'
 
 const env = storeEnv(t)
@@ -73,18 +72,7 @@ t.test('migrate reports what it applied', async (t) => {
 
 /** A store nothing has migrated: a new database on the PostgreSQL server, or a PGlite folder as its first open leaves it. */
 async function freshStoreEnv(t: { teardown(fn: () => unknown): void }): Promise<Record<string, string | undefined>> {
-  if (!onPostgres) return { DATABASE_URL: '', DATA_DIR: pgliteCopy(t, { migrated: false }) }
-  const name = uniqueId('cli_fresh').replace('-', '_')
-  const server = new pg.Client({ connectionString: process.env.DATABASE_URL })
-  await server.connect()
-  await server.query(`CREATE DATABASE ${name}`)
-  t.teardown(async () => {
-    await server.query(`DROP DATABASE ${name} WITH (FORCE)`)
-    await server.end()
-  })
-  const url = new URL(process.env.DATABASE_URL!)
-  url.pathname = `/${name}`
-  return { DATABASE_URL: url.toString() }
+  return onPostgres ? { DATABASE_URL: await newPostgresDatabase(t) } : { DATABASE_URL: '', DATA_DIR: pgliteCopy(t, { migrated: false }) }
 }
 
 t.test('only migrate changes the schema: on a store that is behind, other commands stop and say so', async (t) => {

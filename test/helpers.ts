@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
+import pg from 'pg'
 import { buildApp } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
@@ -52,6 +53,26 @@ export async function admin(env: Record<string, string | undefined>, ...args: st
   const code = await runAdmin(args, env, { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) } })
   const last = stdout.trim().split('\n').at(-1)
   return { code, stdout, stderr, result: last ? JSON.parse(last) : undefined }
+}
+
+/**
+ * A new, empty database on the PostgreSQL server that DATABASE_URL names, with the given database
+ * settings; dropped after the test (teardowns run last-added first, so a store closed in a later
+ * teardown is closed before). Returns its URL.
+ */
+export async function newPostgresDatabase(t: Test, settings: Record<string, string> = {}): Promise<string> {
+  const name = uniqueId('test').replace('-', '_')
+  const server = new pg.Client({ connectionString: process.env.DATABASE_URL })
+  await server.connect()
+  await server.query(`CREATE DATABASE ${name}`)
+  for (const [setting, value] of Object.entries(settings)) await server.query(`ALTER DATABASE ${name} SET ${setting} = '${value}'`)
+  t.teardown(async () => {
+    await server.query(`DROP DATABASE ${name} WITH (FORCE)`)
+    await server.end()
+  })
+  const url = new URL(process.env.DATABASE_URL!)
+  url.pathname = `/${name}`
+  return url.toString()
 }
 
 /** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto'
 import { cpSync, existsSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { loadConfig } from '../src/config.ts'
+import { loadConfig, type Config } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
 import { migrate, readMigrations } from '../src/migrations.ts'
 
@@ -22,20 +22,13 @@ async function prepare(): Promise<void> {
   cpSync(staging, `${EMPTY_TEMPLATE_DIR}.${process.pid}`, { recursive: true })
   rmSync(EMPTY_TEMPLATE_DIR, { recursive: true, force: true })
   renameSync(`${EMPTY_TEMPLATE_DIR}.${process.pid}`, EMPTY_TEMPLATE_DIR)
-  const db = await openDatabase(loadConfig({ DATA_DIR: staging }))
-  try {
-    await db.withSession((session) => migrate(session))
-  } finally {
-    await db.close()
-  }
+  await migrateStore(loadConfig({ DATA_DIR: staging }))
   rmSync(TEMPLATE_DIR, { recursive: true, force: true })
   renameSync(staging, TEMPLATE_DIR)
 }
 
-// The PostgreSQL pass's database (a fresh one in CI) is migrated once here, as a deploy would: only
-// `postback-admin migrate` and app start-up migrate, and test files using the CLI run in parallel.
-async function migratePostgres(url: string): Promise<void> {
-  const db = await openDatabase(loadConfig({ DATABASE_URL: url }))
+async function migrateStore(config: Config): Promise<void> {
+  const db = await openDatabase(config)
   try {
     await db.withSession((session) => migrate(session))
   } finally {
@@ -46,5 +39,7 @@ async function migratePostgres(url: string): Promise<void> {
 // Prepared on both stores: the embedded-store tests (data folder lock, CLI) use it in either run.
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   await prepare()
-  if (process.env.DATABASE_URL) await migratePostgres(process.env.DATABASE_URL)
+  // The PostgreSQL pass's database (a fresh one in CI) is migrated once, as a deploy would: only
+  // `postback-admin migrate` and app start-up migrate, and test files using the CLI run in parallel.
+  if (process.env.DATABASE_URL) await migrateStore(loadConfig({ DATABASE_URL: process.env.DATABASE_URL }))
 }
