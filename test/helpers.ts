@@ -34,8 +34,8 @@ export function pgliteCopy(t: Test, { migrated = true } = {}): string {
 }
 
 /** Settings for a program run on the test store: the PostgreSQL that DATABASE_URL names, or a fresh copy of the PGlite template. */
-export function storeEnv(t: Test): Record<string, string | undefined> {
-  return onPostgres ? { DATABASE_URL: process.env.DATABASE_URL } : { DATABASE_URL: '', DATA_DIR: pgliteCopy(t) }
+export function storeEnv(t: Test): Record<string, string> {
+  return onPostgres ? { DATABASE_URL: process.env.DATABASE_URL! } : { DATABASE_URL: '', DATA_DIR: pgliteCopy(t) }
 }
 
 export interface AdminResult {
