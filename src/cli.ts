@@ -3,7 +3,7 @@
 // Only `migrate` changes the schema: any other command on a store that is behind stops, changing nothing.
 import { parseArgs } from 'node:util'
 import { createApiKey, listApiKeys, revokeApiKey } from './api-keys.ts'
-import { ConfigError, loadConfig } from './config.ts'
+import { ConfigError, loadConfig, type Config } from './config.ts'
 import { DataDirLockedError } from './data-dir-lock.ts'
 import { openDatabase, type Database } from './database.ts'
 import { migrate, MigrationError, pendingMigrations } from './migrations.ts'
@@ -68,14 +68,16 @@ const commands: Record<string, Command> = {
   },
 }
 
-/** Where the command writes: the process's streams, or a test's buffers. */
-export interface CliOutput {
+/** Where the command writes (the process's streams, or a test's buffers), and how it opens the store. */
+export interface CliContext {
   stdout: { write(text: string): unknown }
   stderr: { write(text: string): unknown }
+  /** Default: openDatabase. A test may hand every command one store it keeps open. */
+  openDatabase?: (config: Config) => Promise<Database>
 }
 
 /** Runs one command; resolves with the exit code. `env` defaults to the process's environment. */
-export async function run(argv: string[], env?: Record<string, string | undefined>, io: CliOutput = process): Promise<number> {
+export async function run(argv: string[], env?: Record<string, string | undefined>, io: CliContext = process): Promise<number> {
   const [first = '', second = '', ...rest] = argv
   const name = commands[`${first} ${second}`] ? `${first} ${second}` : first
   const command = commands[name]
@@ -88,7 +90,7 @@ export async function run(argv: string[], env?: Record<string, string | undefine
   try {
     const work = command(args)
     const config = loadConfig(env)
-    db = await openDatabase(config)
+    db = await (io.openDatabase ?? openDatabase)(config)
     if (name !== 'migrate') await requireCurrentSchema(db)
     const result = await work(db)
     io.stdout.write(`${JSON.stringify(result)}\n`)

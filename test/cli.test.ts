@@ -4,11 +4,15 @@ import t from 'tap'
 import { loadConfig } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
 import { readMigrations } from '../src/migrations.ts'
-import { admin as adminIn, newPostgresDatabase, onPostgres, pgliteCopy, storeEnv, uniqueId } from './helpers.ts'
+import { admin as adminIn, adminOn, newPostgresDatabase, onPostgres, pgliteCopy, storeEnv, uniqueId } from './helpers.ts'
 import { run } from './processes.ts'
 
+// The commands share one open store: a PGlite start costs about a second of CPU, and a command's
+// own open and close are what the fresh-store and bin tests below go through.
 const env = storeEnv(t)
-const admin = (...args: string[]) => adminIn(env, ...args)
+const store = await openDatabase(loadConfig(env))
+t.teardown(() => store.close())
+const admin = adminOn(env, store)
 
 t.test('sheet create, list, disable', async (t) => {
   const id = uniqueId('cli')
@@ -102,16 +106,17 @@ t.test('only migrate changes the schema: on a store that is behind, other comman
   const migrated = await adminIn(fresh, 'migrate')
   t.equal(migrated.code, 0, migrated.stderr)
   t.same(migrated.result.applied, names)
-  const listed = await adminIn(fresh, 'key', 'list')
+  // From here on, one open store (the commands' own opens were gone through above).
+  const db = await openDatabase(loadConfig(fresh))
+  t.teardown(() => db.close())
+  const listed = await adminOn(fresh, db)('key', 'list')
   t.equal(listed.code, 0, listed.stderr)
   t.same(listed.result, [])
 
   // A store with the bookkeeping table that lacks the newest migration is behind too.
   const newest = names.at(-1)!
-  const db = await openDatabase(loadConfig(fresh))
   await db.withSession((session) => session.query('DELETE FROM "_prisma_migrations" WHERE migration_name = $1', [newest]))
-  await db.close()
-  const behind = await adminIn(fresh, 'sheet', 'create', '--id', 'never')
+  const behind = await adminOn(fresh, db)('sheet', 'create', '--id', 'never')
   t.equal(behind.code, 1)
   t.match(behind.stderr, `the store's schema is behind: 1 migration pending (${newest}); run \`postback-admin migrate\``)
 })
@@ -137,6 +142,7 @@ t.test('errors: a message on stderr and a non-zero exit', async (t) => {
 
 t.test('the bin, as a user runs it: a real process, its stdout and its exit codes', async (t) => {
   const id = uniqueId('cli-bin')
+  const env = storeEnv(t) // its own copy: the embedded store above is held open by this process
   const created = await run(['bin/postback-admin.js', 'sheet', 'create', '--id', id], env)
   t.equal(created.code, 0, created.stderr)
   t.match(JSON.parse(created.stdout.trim().split('\n').at(-1)!), { sheet_id: id, active: true })

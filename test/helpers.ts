@@ -13,6 +13,7 @@ import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
 import { createClient, type PostbackClient } from 'postback-store/client'
 import { run as runAdmin } from '../src/cli.ts'
+import type { Database } from '../src/database.ts'
 import { createSheet } from '../src/sheets.ts'
 import { EMPTY_TEMPLATE_DIR, TEMPLATE_DIR } from './setup.ts'
 
@@ -46,13 +47,27 @@ export interface AdminResult {
   result: any
 }
 
-/** postback-admin run in this process (src/cli.ts), with exactly the settings in `env`; bin/postback-admin.js has its own spawned test. */
-export async function admin(env: Record<string, string | undefined>, ...args: string[]): Promise<AdminResult> {
-  let stdout = ''
-  let stderr = ''
-  const code = await runAdmin(args, env, { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) } })
-  const last = stdout.trim().split('\n').at(-1)
-  return { code, stdout, stderr, result: last ? JSON.parse(last) : undefined }
+/**
+ * postback-admin run in this process (src/cli.ts), with exactly the settings in `env`, each command
+ * opening and closing its store (bin/postback-admin.js has its own spawned test).
+ */
+export function admin(env: Record<string, string | undefined>, ...args: string[]): Promise<AdminResult> {
+  return adminOn(env)(...args)
+}
+
+/** postback-admin commands in this process; with `store`, every command uses that open store and leaves it open. */
+export function adminOn(env: Record<string, string | undefined>, store?: Database): (...args: string[]) => Promise<AdminResult> {
+  const openDatabase = store && (async () => ({ ...store, close: async () => {} }))
+  return async (...args) => {
+    const output = { stdout: '', stderr: '' }
+    const code = await runAdmin(args, env, {
+      stdout: { write: (text: string) => (output.stdout += text) },
+      stderr: { write: (text: string) => (output.stderr += text) },
+      openDatabase,
+    })
+    const last = output.stdout.trim().split('\n').at(-1)
+    return { code, ...output, result: last ? JSON.parse(last) : undefined }
+  }
 }
 
 /**
