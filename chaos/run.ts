@@ -187,6 +187,8 @@ const template = readdirSync('.tap').find((name) => name.startsWith('pglite-temp
 if (template) cpSync(join('.tap', template), dataDir, { recursive: true })
 
 try {
+  // Only `migrate` (or a server's start-up) changes the schema; the other CLI commands need it current.
+  for (const env of [{ DATABASE_URL: '', DATA_DIR: dataDir }, pgEnv]) check((await run(['bin/postback-admin.js', 'migrate'], env)).code === 0, `migrate ${env.DATABASE_URL || 'PGlite'}`)
   await killUnderLoad('embedded store (PGlite)', { DATABASE_URL: '', DATA_DIR: dataDir })
   await killUnderLoad('PostgreSQL', pgEnv)
   await malformedStorm(pgEnv)

@@ -6,6 +6,7 @@ import Fastify, {
   type FastifyReply,
   type FastifyRequest,
   type FastifyServerOptions,
+  type onRouteHookHandler,
 } from 'fastify'
 import fp from 'fastify-plugin'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
@@ -36,6 +37,8 @@ declare module 'fastify' {
 
 export interface BuildOptions {
   logger?: FastifyServerOptions['logger']
+  /** Sees every route as it is added: an onRoute hook added later would miss them (the OpenAPI test lists them). */
+  onRoute?: onRouteHookHandler
 }
 
 export async function buildApp(config: Config, options: BuildOptions = {}): Promise<FastifyInstance> {
@@ -55,6 +58,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
       reply.code(400).send({ error: 'bad_request', message: error.message })
     },
   }).withTypeProvider<TypeBoxTypeProvider>()
+  if (options.onRoute) app.addHook('onRoute', options.onRoute)
 
   await app.register(
     fp(

@@ -158,3 +158,17 @@ async function lockWaitMessage(session: SqlSession, migration: Migration): Promi
     .map((holder) => `pid ${holder.pid} (${holder.application_name || 'no application name'}, ${holder.state ?? 'state unknown'} for ${holder.seconds} s)`)
   return `migration ${migration.name} waited ${waited} for a lock on ${relations}; another session holds it: ${sessions.join(', ')}; ${advice}`
 }
+
+/**
+ * The names of the migrations not yet applied, read without changing anything: no lock taken and
+ * no bookkeeping table created (a store that has none has every migration pending).
+ */
+export async function pendingMigrations(session: SqlSession, migrations = readMigrations()): Promise<string[]> {
+  const [table] = await session.query<{ found: string | null }>(`SELECT to_regclass('"_prisma_migrations"')::text AS found`)
+  if (!table?.found) return migrations.map((migration) => migration.name)
+  const rows = await session.query<{ migration_name: string }>(
+    'SELECT migration_name FROM "_prisma_migrations" WHERE finished_at IS NOT NULL AND rolled_back_at IS NULL',
+  )
+  const applied = new Set(rows.map((row) => row.migration_name))
+  return migrations.filter((migration) => !applied.has(migration.name)).map((migration) => migration.name)
+}

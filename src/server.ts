@@ -1,5 +1,4 @@
 // Server entry: reads the config, builds the app, listens, and shuts down cleanly on a signal.
-import { buildApp } from './app.ts'
 import { ConfigError, loadConfig } from './config.ts'
 
 async function main(): Promise<void> {
@@ -13,6 +12,8 @@ async function main(): Promise<void> {
     }
     throw error
   }
+  // Loaded once the config is valid: a bad setting is reported at once, without loading the service.
+  const { buildApp } = await import('./app.ts')
   const app = await buildApp(config)
   let closing = false
   const shutdown = (signal: string) => {

@@ -5,13 +5,17 @@ import { cpSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
+import { Writable } from 'node:stream'
 import type { FastifyInstance } from 'fastify'
+import pg from 'pg'
 import { buildApp } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
 import { createClient, type PostbackClient } from 'postback-store/client'
+import { run as runAdmin } from '../src/cli.ts'
+import type { Database } from '../src/database.ts'
 import { createSheet } from '../src/sheets.ts'
-import { TEMPLATE_DIR } from './setup.ts'
+import { EMPTY_TEMPLATE_DIR, TEMPLATE_DIR } from './setup.ts'
 
 export const onPostgres = Boolean(process.env.DATABASE_URL)
 
@@ -19,12 +23,71 @@ interface Test {
   teardown(fn: () => unknown): void
 }
 
-/** A fresh PGlite data folder, copied from the migrated template that test/setup.ts prepares. */
-export function pgliteCopy(t: Test): string {
+/**
+ * A fresh PGlite data folder, copied from a template that test/setup.ts prepares: migrated, or with
+ * `{ migrated: false }` a store as a first open leaves it (initdb done, no tables).
+ */
+export function pgliteCopy(t: Test, { migrated = true } = {}): string {
   const dir = mkdtempSync(join(tmpdir(), 'postback-test-'))
-  cpSync(TEMPLATE_DIR, dir, { recursive: true })
+  cpSync(migrated ? TEMPLATE_DIR : EMPTY_TEMPLATE_DIR, dir, { recursive: true })
   t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   return dir
+}
+
+/** Settings for a program run on the test store: the PostgreSQL that DATABASE_URL names, or a fresh copy of the PGlite template. */
+export function storeEnv(t: Test): Record<string, string> {
+  return onPostgres ? { DATABASE_URL: process.env.DATABASE_URL! } : { DATABASE_URL: '', DATA_DIR: pgliteCopy(t) }
+}
+
+export interface AdminResult {
+  code: number
+  stdout: string
+  stderr: string
+  /** The last stdout line, parsed: the command's JSON result. */
+  result: any
+}
+
+/**
+ * postback-admin run in this process (src/cli.ts), with exactly the settings in `env`, each command
+ * opening and closing its store (bin/postback-admin.js has its own spawned test).
+ */
+export function admin(env: Record<string, string | undefined>, ...args: string[]): Promise<AdminResult> {
+  return adminOn(env)(...args)
+}
+
+/** postback-admin commands in this process; with `store`, every command uses that open store and leaves it open. */
+export function adminOn(env: Record<string, string | undefined>, store?: Database): (...args: string[]) => Promise<AdminResult> {
+  const openDatabase = store && (async () => ({ ...store, close: async () => {} }))
+  return async (...args) => {
+    const output = { stdout: '', stderr: '' }
+    const code = await runAdmin(args, env, {
+      stdout: { write: (text: string) => (output.stdout += text) },
+      stderr: { write: (text: string) => (output.stderr += text) },
+      openDatabase,
+    })
+    const last = output.stdout.trim().split('\n').at(-1)
+    return { code, ...output, result: last ? JSON.parse(last) : undefined }
+  }
+}
+
+/**
+ * A new, empty database on the PostgreSQL server that DATABASE_URL names, with the given database
+ * settings; dropped after the test (teardowns run last-added first, so a store closed in a later
+ * teardown is closed before). Returns its URL.
+ */
+export async function newPostgresDatabase(t: Test, settings: Record<string, string> = {}): Promise<string> {
+  const name = uniqueId('test').replace('-', '_')
+  const server = new pg.Client({ connectionString: process.env.DATABASE_URL })
+  await server.connect()
+  await server.query(`CREATE DATABASE ${name}`)
+  for (const [setting, value] of Object.entries(settings)) await server.query(`ALTER DATABASE ${name} SET ${setting} = '${value}'`)
+  t.teardown(async () => {
+    await server.query(`DROP DATABASE ${name} WITH (FORCE)`)
+    await server.end()
+  })
+  const url = new URL(process.env.DATABASE_URL!)
+  url.pathname = `/${name}`
+  return url.toString()
 }
 
 /** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */
@@ -86,4 +149,27 @@ export async function listen(app: FastifyInstance): Promise<string> {
 export async function apiClient(app: FastifyInstance, baseUrl: string, scope: { global: true } | { sheetIds: string[] }): Promise<PostbackClient> {
   const { authorization } = await newKeyHeader(app, scope)
   return createClient({ baseUrl, apiKey: authorization.slice('Bearer '.length) })
+}
+
+/**
+ * For concurrent deliveries of the same keys: the keys whose answers are not exactly one `stored`
+ * and the rest `duplicate`, with those answers (empty when all is well). The unique index alone
+ * makes "one row per key" true, so a test of concurrency checks the answers with this.
+ */
+export function keysNotStoredOnce(answers: Array<{ key: string; status: string }>): Array<[string, string[]]> {
+  const byKey = new Map<string, string[]>()
+  for (const { key, status } of answers) byKey.set(key, [...(byKey.get(key) ?? []), status])
+  return [...byKey].filter(([, statuses]) => statuses.filter((s) => s === 'stored').length !== 1 || statuses.some((s) => s !== 'stored' && s !== 'duplicate'))
+}
+
+/** A logger destination that keeps what the app logs: pass `{ logger: { level, stream } }` to buildApp. */
+export function capturedLog<Line = Record<string, unknown>>() {
+  const raw: string[] = []
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      raw.push(...String(chunk).split('\n').filter(Boolean))
+      done()
+    },
+  })
+  return { stream, raw, lines: (): Line[] => raw.map((line) => JSON.parse(line) as Line) }
 }

@@ -1,10 +1,9 @@
 // Logs as an operator reads them: JSON lines, a request id on each request's lines and in the
 // x-request-id header, secrets redacted, one line per rejected postback, probes kept quiet.
-import { Writable } from 'node:stream'
 import t from 'tap'
 import { buildApp } from '../src/app.ts'
 import { isSecretParameter, redactQueryValues } from '../src/logging.ts'
-import { newSheet, receiverUrl, testConfig } from './helpers.ts'
+import { capturedLog, newSheet, receiverUrl, testConfig } from './helpers.ts'
 
 interface LogLine {
   level: number
@@ -14,19 +13,12 @@ interface LogLine {
   [field: string]: unknown
 }
 
-const raw: string[] = []
-const stream = new Writable({
-  write(chunk, _encoding, done) {
-    raw.push(...String(chunk).split('\n').filter(Boolean))
-    done()
-  },
-})
+const { stream, raw, lines } = capturedLog<LogLine>()
 const app = await buildApp(testConfig(t), { logger: { level: 'info', stream } })
 t.teardown(() => app.close())
 await app.ready()
 const sheet = await newSheet(app)
 
-const lines = (): LogLine[] => raw.map((line) => JSON.parse(line) as LogLine)
 const linesOf = (id: string) => lines().filter((line) => line.reqId === id)
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 

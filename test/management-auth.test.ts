@@ -1,25 +1,14 @@
 // Who may see what: 401 without a usable key, 403 (or 404 for a conversion by id) outside a key's
 // sheets, and no route or filter that shows another sheet's rows, counts or diagnostics.
 // Scoping goes through the typed client against a listening server; malformed credentials through fetch.
-import { Writable } from 'node:stream'
 import t from 'tap'
 import { createClient } from 'postback-store/client'
 import { buildApp } from '../src/app.ts'
 import { createApiKey, revokeApiKey } from '../src/api-keys.ts'
-import { deliverAll, listen, newKeyHeader, newSheet, receiverUrl, testConfig } from './helpers.ts'
+import { capturedLog, deliverAll, listen, newKeyHeader, newSheet, receiverUrl, testConfig } from './helpers.ts'
 
-const logLines: string[] = []
-const app = await buildApp(testConfig(t), {
-  logger: {
-    level: 'trace',
-    stream: new Writable({
-      write(chunk, _encoding, done) {
-        logLines.push(String(chunk))
-        done()
-      },
-    }),
-  },
-})
+const { stream, raw: logLines } = capturedLog()
+const app = await buildApp(testConfig(t), { logger: { level: 'trace', stream } })
 t.teardown(() => app.close())
 await app.ready()
 

@@ -20,73 +20,71 @@ function shownLimit(response: LightMyRequestResponse) {
   return { limit: limit === undefined ? undefined : [Number(limit), Number(remaining)], reset: Number(reset) }
 }
 
+// One app for the tests of fixed limits (each testApp on PGlite costs a store's start-up): every
+// test uses client addresses and sheets of its own, so no counter is shared between tests.
+const LIMITS = { RECEIVER_RATE_LIMIT: 2, RECEIVER_FLOOD_LIMIT: 5, MANAGEMENT_RATE_LIMIT: 2 }
+const app = await testApp(t, Object.fromEntries(Object.entries(LIMITS).map(([name, value]) => [name, String(value)])))
+const deliverFrom = (remoteAddress: string, sheet: string, transactionId: string, headers: Record<string, string> = {}) =>
+  app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: transactionId }), remoteAddress, headers })
+const times = (n: number) => Array.from({ length: n }, (_, i) => i)
+
 t.test('receiver: the limit is per sheet and client address', async (t) => {
-  const app = await testApp(t, { RECEIVER_RATE_LIMIT: '3' })
   const [a, b] = [await newSheet(app), await newSheet(app)]
-  const send = (sheet: string, i: number, remoteAddress = '198.51.100.1') =>
-    app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `t${i}` }), remoteAddress })
-  for (let i = 0; i < 3; i++) t.equal((await send(a, i)).statusCode, 200)
-  const limited = await send(a, 3)
+  for (const i of times(LIMITS.RECEIVER_RATE_LIMIT)) t.equal((await deliverFrom('198.51.100.1', a, `t${i}`)).statusCode, 200)
+  const limited = await deliverFrom('198.51.100.1', a, 'over')
   t.equal(limited.statusCode, 429)
-  t.match(limited.json(), { error: 'rate_limited', message: /3 requests per minute/ })
+  t.match(limited.json(), { error: 'rate_limited', message: new RegExp(`${LIMITS.RECEIVER_RATE_LIMIT} requests per minute`) })
   t.ok(Number(limited.headers['retry-after']) >= 1, `Retry-After ${limited.headers['retry-after']}`)
-  t.equal((await send(b, 4)).statusCode, 200, 'another sheet from the same address is not limited')
-  t.equal((await send(a, 5, '198.51.100.2')).statusCode, 200, 'the same sheet from another address is not limited')
+  t.equal((await deliverFrom('198.51.100.1', b, 'other-sheet')).statusCode, 200, 'another sheet from the same address is not limited')
+  t.equal((await deliverFrom('198.51.100.2', a, 'other-address')).statusCode, 200, 'the same sheet from another address is not limited')
   const [row] = await app.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${a}`
-  t.equal(row?.n, 4, 'the limited delivery was not stored')
+  t.equal(row?.n, LIMITS.RECEIVER_RATE_LIMIT + 1, 'the limited delivery was not stored')
 })
 
 t.test('receiver: a coarse per-address flood limit over all sheets', async (t) => {
-  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '4' })
-  const sheets = await Promise.all([1, 2, 3, 4, 5].map(() => newSheet(app)))
+  const sheets = await Promise.all(times(LIMITS.RECEIVER_FLOOD_LIMIT + 1).map(() => newSheet(app)))
   const statuses = []
-  for (const sheet of sheets) statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: 'x' }), remoteAddress: '203.0.113.7' })).statusCode)
-  t.same(statuses, [200, 200, 200, 200, 429])
+  for (const sheet of sheets) statuses.push((await deliverFrom('203.0.113.7', sheet, 'x')).statusCode)
+  t.same(statuses, [...times(LIMITS.RECEIVER_FLOOD_LIMIT).map(() => 200), 429])
 })
 
 t.test('receiver: a sheet_id that cannot name a sheet cannot make a counter of its own', async (t) => {
-  const app = await testApp(t, { RECEIVER_RATE_LIMIT: '2' })
   const statuses = []
-  for (const sheet of ['no such 1', 'no such 2', 'x'.repeat(5000)]) {
-    statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: 't' }), remoteAddress: '198.51.100.9' })).statusCode)
-  }
+  for (const sheet of ['no such 1', 'no such 2', 'x'.repeat(5000)]) statuses.push((await deliverFrom('198.51.100.9', sheet, 't')).statusCode)
   t.same(statuses, [404, 404, 429], 'invalid sheet ids share one counter per address')
 })
 
 t.test('receiver: an IPv6 client counts by its /64', async (t) => {
-  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '2' })
   const sheet = await newSheet(app)
   const statuses = []
   for (const address of ['2001:db8:1:2::1', '2001:db8:1:2::ffff', '2001:db8:1:2:abcd::9', '2001:db8:1:3::1']) {
-    statuses.push((await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: address }), remoteAddress: address })).statusCode)
+    statuses.push((await deliverFrom(address, sheet, address)).statusCode)
   }
   t.same(statuses, [200, 200, 429, 200])
 })
 
 t.test('throttled deliveries are counted, not kept in the rejection log', async (t) => {
-  const app = await testApp(t, { RECEIVER_RATE_LIMIT: '1' })
   const sheet = await newSheet(app)
-  for (const id of ['a', 'b', 'c']) await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: id }) })
+  const throttled = async () => Number(/^postback_rate_limited_total\{limit="receiver_sheet"\} (\d+)/m.exec((await app.inject({ method: 'GET', url: '/metrics' })).body)?.[1] ?? 0)
+  const before = await throttled()
+  for (const id of ['a', 'b', 'c', 'd']) await deliverFrom('198.51.100.20', sheet, id)
   await app.deliveryLog.flush()
   t.same(await app.prisma.deliveryRejection.findMany({ where: { sheetId: sheet } }), [])
-  const metrics = (await app.inject({ method: 'GET', url: '/metrics' })).body
-  t.match(metrics, /postback_rate_limited_total\{limit="receiver_sheet"\} 2/)
+  t.equal((await throttled()) - before, 2, 'two deliveries over the limit of 2, counted')
 })
 
 t.test('management: guessing keys is limited per address before authentication', async (t) => {
-  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '3' })
   const statuses = []
-  for (let i = 0; i < 4; i++) {
+  for (const i of times(LIMITS.RECEIVER_FLOOD_LIMIT + 1)) {
     const response = await app.inject({ method: 'GET', url: '/api/v1/postback/conversions', headers: { authorization: `Bearer pbk_${String(i).repeat(43)}` }, remoteAddress: '192.0.2.50' })
     statuses.push(response.statusCode)
   }
-  t.same(statuses, [401, 401, 401, 429])
+  t.same(statuses, [...times(LIMITS.RECEIVER_FLOOD_LIMIT).map(() => 401), 429])
 })
 
 t.test('management: the limit is per API key', async (t) => {
-  const app = await testApp(t, { MANAGEMENT_RATE_LIMIT: '2' })
   const [first, second] = [await newKeyHeader(app, { global: true }), await newKeyHeader(app, { global: true })]
-  const list = (headers: Record<string, string>) => app.inject({ method: 'GET', url: '/api/v1/postback/conversions?limit=1', headers })
+  const list = (headers: Record<string, string>) => app.inject({ method: 'GET', url: '/api/v1/postback/conversions?limit=1', headers, remoteAddress: '192.0.2.60' })
   t.same([(await list(first)).statusCode, (await list(first)).statusCode], [200, 200])
   const limited = await list(first)
   t.same([limited.statusCode, limited.json().error], [429, 'rate_limited'])
@@ -95,22 +93,22 @@ t.test('management: the limit is per API key', async (t) => {
 })
 
 t.test('client addresses: X-Forwarded-For counts only from a trusted proxy', async (t) => {
-  for (const [trust, expectLimited] of [['', true], ['10.0.0.1', false]] as const) {
-    const app = await testApp(t, { RECEIVER_RATE_LIMIT: '1', ...(trust ? { TRUST_PROXY: trust } : {}) })
-    const sheet = await newSheet(app)
-    const statuses = []
-    for (const client of ['192.0.2.10', '192.0.2.11']) {
-      const response = await app.inject({
-        method: 'GET',
-        url: receiverUrl({ sheet_id: sheet, transaction_id: client }),
-        remoteAddress: '10.0.0.1',
-        headers: { 'x-forwarded-for': client },
-      })
-      statuses.push(response.statusCode)
-    }
-    // Untrusted: both requests are the proxy's address, so the second is limited.
-    t.same(statuses, expectLimited ? [200, 429] : [200, 200], `TRUST_PROXY=${trust || '(unset)'}`)
+  const clients = ['192.0.2.10', '192.0.2.11', '192.0.2.12']
+  // Untrusted (the shared app has no TRUST_PROXY): every request is the proxy's address, so the
+  // third is over the limit of 2.
+  const sheet = await newSheet(app)
+  const untrusted = []
+  for (const client of clients) untrusted.push((await deliverFrom('10.0.0.1', sheet, client, { 'x-forwarded-for': client })).statusCode)
+  t.same(untrusted, [200, 200, 429], 'TRUST_PROXY unset')
+
+  const trusting = await testApp(t, { RECEIVER_RATE_LIMIT: '1', TRUST_PROXY: '10.0.0.1' })
+  const other = await newSheet(trusting)
+  const trusted = []
+  for (const client of clients) {
+    const response = await trusting.inject({ method: 'GET', url: receiverUrl({ sheet_id: other, transaction_id: client }), remoteAddress: '10.0.0.1', headers: { 'x-forwarded-for': client } })
+    trusted.push(response.statusCode)
   }
+  t.same(trusted, [200, 200, 200], 'TRUST_PROXY=10.0.0.1: each client its own counter, even at a limit of 1')
 })
 
 t.test('with REDIS_URL, two instances share one limit', async (t) => {

@@ -1,7 +1,7 @@
 // The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
 import { createServer } from 'node:net'
 import t from 'tap'
-import { onPostgres, pgliteCopy, uniqueId } from './helpers.ts'
+import { admin, storeEnv, uniqueId } from './helpers.ts'
 import { run, start, waitForOutput } from './processes.ts'
 
 function freePort(): Promise<number> {
@@ -15,12 +15,11 @@ function freePort(): Promise<number> {
 
 t.test('starts, answers, and exits 0 on SIGTERM', async (t) => {
   const port = await freePort()
-  const env = onPostgres ? { DATABASE_URL: process.env.DATABASE_URL } : { DATABASE_URL: '', DATA_DIR: pgliteCopy(t) }
+  const env = storeEnv(t)
   // Provisioned with the CLI first, as a user would (the embedded store is one process's at a time).
   const sheet = uniqueId('server')
-  t.equal((await run(['bin/postback-admin.js', 'sheet', 'create', '--id', sheet], env)).code, 0)
-  const created = await run(['bin/postback-admin.js', 'key', 'create', '--sheet', sheet], env)
-  const { key } = JSON.parse(created.stdout.trim().split('\n').at(-1)!) as { key: string }
+  t.equal((await admin(env, 'sheet', 'create', '--id', sheet)).code, 0)
+  const { key } = (await admin(env, 'key', 'create', '--sheet', sheet)).result as { key: string }
   const began = Date.now()
   const server = start(['--import=tsx', 'src/server.ts'], { ...env, PORT: String(port) })
   t.teardown(() => server.kill('SIGKILL'))

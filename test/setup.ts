@@ -1,31 +1,45 @@
 // Runs once before the suite (.taprc `before`): prepares a migrated PGlite data folder that each
-// test copies, so no test pays PGlite's initdb (5 to 7 s) itself.
+// test copies, and an empty one (initdb only) for tests of a fresh store, so no test pays PGlite's
+// initdb (5 to 7 s) itself.
 import { createHash } from 'node:crypto'
-import { existsSync, renameSync, rmSync } from 'node:fs'
+import { cpSync, existsSync, renameSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { loadConfig } from '../src/config.ts'
+import { loadConfig, type Config } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
 import { migrate, readMigrations } from '../src/migrations.ts'
 
 const migrations = readMigrations()
 const version = createHash('sha256').update(migrations.map((m) => m.checksum).join()).digest('hex').slice(0, 12)
 export const TEMPLATE_DIR = fileURLToPath(new URL(`../.tap/pglite-template-${version}`, import.meta.url))
+export const EMPTY_TEMPLATE_DIR = fileURLToPath(new URL(`../.tap/pglite-empty-${version}`, import.meta.url))
 
 async function prepare(): Promise<void> {
-  if (existsSync(TEMPLATE_DIR)) return
+  if (existsSync(TEMPLATE_DIR) && existsSync(EMPTY_TEMPLATE_DIR)) return
   const staging = `${TEMPLATE_DIR}.${process.pid}`
-  const db = await openDatabase(loadConfig({ DATA_DIR: staging }))
+  const empty = await openDatabase(loadConfig({ DATA_DIR: staging }))
+  await empty.close()
+  cpSync(staging, `${EMPTY_TEMPLATE_DIR}.${process.pid}`, { recursive: true })
+  rmSync(EMPTY_TEMPLATE_DIR, { recursive: true, force: true })
+  renameSync(`${EMPTY_TEMPLATE_DIR}.${process.pid}`, EMPTY_TEMPLATE_DIR)
+  await migrateStore(loadConfig({ DATA_DIR: staging }))
+  rmSync(TEMPLATE_DIR, { recursive: true, force: true })
+  renameSync(staging, TEMPLATE_DIR)
+}
+
+async function migrateStore(config: Config): Promise<void> {
+  const db = await openDatabase(config)
   try {
     await db.withSession((session) => migrate(session))
   } finally {
     await db.close()
   }
-  rmSync(TEMPLATE_DIR, { recursive: true, force: true })
-  renameSync(staging, TEMPLATE_DIR)
 }
 
 // Prepared on both stores: the embedded-store tests (data folder lock, CLI) use it in either run.
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   await prepare()
+  // The PostgreSQL pass's database (a fresh one in CI) is migrated once, as a deploy would: only
+  // `postback-admin migrate` and app start-up migrate, and test files using the CLI run in parallel.
+  if (process.env.DATABASE_URL) await migrateStore(loadConfig({ DATABASE_URL: process.env.DATABASE_URL }))
 }

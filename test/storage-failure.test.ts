@@ -1,9 +1,8 @@
 // Storage trouble and overload turn into 503 with Retry-After, never a hang or an acknowledged loss.
-import { Writable } from 'node:stream'
 import t from 'tap'
 import { buildApp } from '../src/app.ts'
 import { loadConfig } from '../src/config.ts'
-import { newSheet, receiverUrl, testApp, testConfig } from './helpers.ts'
+import { capturedLog, newSheet, receiverUrl, testApp, testConfig } from './helpers.ts'
 
 t.test('a database that does not answer: 503 storage_unavailable with Retry-After, readiness 503', async (t) => {
   // Nothing listens on port 1: the real pg driver fails to connect.
@@ -50,13 +49,7 @@ t.test('beyond the queue bound, deliveries get 503 overloaded at once; the rest 
 })
 
 t.test('overload is logged in summary, not one warn line per refused delivery', async (t) => {
-  const raw: string[] = []
-  const stream = new Writable({
-    write(chunk, _encoding, done) {
-      raw.push(...String(chunk).split('\n').filter(Boolean))
-      done()
-    },
-  })
+  const { stream, lines } = capturedLog<{ level: number; msg: string; refused?: number }>()
   const app = await buildApp(testConfig(t, { RECEIVER_QUEUE_MAX: '2', RECEIVER_BATCH_MAX: '2' }), { logger: { level: 'info', stream } })
   await app.ready()
   const sheet = await newSheet(app)
@@ -66,7 +59,7 @@ t.test('overload is logged in summary, not one warn line per refused delivery', 
   const refused = responses.filter((r) => r.statusCode === 503).length
   t.ok(refused > 1, `${refused} refused`)
   await app.close()
-  const warnings = raw.map((line) => JSON.parse(line) as { level: number; msg: string; refused?: number }).filter((line) => line.level >= 40)
+  const warnings = lines().filter((line) => line.level >= 40)
   t.same(
     warnings.map((line) => line.msg.replace(/\d+ deliveries refused/, 'N deliveries refused')),
     [
