@@ -4,6 +4,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { parseDelivery, parseTestFlag } from '../src/delivery.ts'
+import { isUnavailableError } from '../src/storage-errors.ts'
 import { AppError, InputError, UnknownSheetError } from '../src/errors.ts'
 import type { ParsedQuery } from '../src/query-string.ts'
 import { receiverRouteSchema, type Delivery } from '../src/schemas/receiver.ts'
@@ -54,7 +55,10 @@ export default async function receiver(fastify: FastifyInstance) {
   // Every rejection is counted and gets one log line; those of a delivery that names a sheet are
   // also kept for that sheet's diagnostics.
   app.addHook('onError', async (request, _reply, error) => {
-    app.metrics.postbacks.inc({ outcome: 'rejected', reason: error instanceof AppError ? error.code : 'internal_error' })
+    // Storage trouble that reached here untyped (the sheet-settings read, say) is answered 503 by the
+    // error handler, and counted as such.
+    const reason = error instanceof AppError ? error.code : isUnavailableError(error) ? 'storage_unavailable' : 'internal_error'
+    app.metrics.postbacks.inc({ outcome: 'rejected', reason })
     if (!(error instanceof AppError) || error.statusCode >= 500) return
     // A throttled flood is counted, not logged line by line nor kept in the sheet's rejection log,
     // where it would push out the diagnostics that matter.

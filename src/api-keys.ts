@@ -49,7 +49,7 @@ function view(key: { id: string; name: string; global: boolean; sheetIds: string
 
 export async function createApiKey(prisma: PrismaClient, input: CreateApiKey): Promise<CreatedApiKey> {
   const sheetIds = [...new Set(input.sheetIds ?? [])]
-  if (Boolean(input.global) === sheetIds.length > 0) {
+  if (Boolean(input.global) === (sheetIds.length > 0)) {
     throw new InputError('invalid_parameter', 'sheet_ids', 'a key is either global or scoped to one or more sheets: give exactly one of the two')
   }
   if (sheetIds.length) {

@@ -59,7 +59,7 @@ export class DeliveryLog {
   /** The outcome of a test postback (`ok` or its error code): the newest per sheet is kept. */
   recordTest(sheetId: string, outcome: string): void {
     this.#tests.set(sheetId, { outcome, at: new Date() })
-    this.#timer ??= setTimeout(() => void this.flush(), this.#options.flushIntervalMs)
+    this.#timer ??= setTimeout(() => { void this.flush() }, this.#options.flushIntervalMs)
   }
 
   /** A delivery that was committed without storing a new conversion: a repeat, or a status move. */
@@ -71,7 +71,7 @@ export class DeliveryLog {
     const hour = new Date(Math.floor(Date.now() / HOUR_MS) * HOUR_MS).toISOString()
     const key = JSON.stringify([sheetId, hour, outcome, reason])
     this.#counts.set(key, (this.#counts.get(key) ?? 0) + 1)
-    this.#timer ??= setTimeout(() => void this.flush(), this.#options.flushIntervalMs)
+    this.#timer ??= setTimeout(() => { void this.flush() }, this.#options.flushIntervalMs)
   }
 
   /** Writes what is buffered; resolves when it (and any write before it) is done. */

@@ -33,6 +33,7 @@ const MACRO = new RegExp(
   ].join('|'),
 )
 const PLACEHOLDER = /^(?:REPLACE|OPTIONAL)$/i
+// eslint-disable-next-line no-control-regex -- control characters are exactly what it finds
 const CONTROL = /[\u0000-\u001F\u007F-\u009F]/
 
 /** What template engines print for a missing value (JavaScript, C's printf, Go, Ruby, Python). */
@@ -50,7 +51,7 @@ export function isNoValue(value: string): boolean {
 
 const MAPPING = new Set<string>(Object.values(MAPPING_PARAMETERS))
 
-const TEST_VALUES: Record<string, boolean> = { '1': true, true: true, '0': false, false: false }
+const TEST_VALUES: Record<string, boolean> = { 1: true, true: true, 0: false, false: false }
 
 /** Whether a delivery is a test (`test=1`): checked like a real one, never stored. */
 export function parseTestFlag(value: QueryValue | undefined): boolean {

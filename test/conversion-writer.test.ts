@@ -150,29 +150,31 @@ t.test('deliveries that arrive during a write go into the next statement, sent b
 })
 
 // Needs a second connection: PostgreSQL only, run in the suite's PostgreSQL pass.
-if (onPostgres) t.test('a repeat whose first delivery commits while the batch waits on it is a duplicate with that row’s id', async (t) => {
-  const sheet = await newSheet(app)
-  const other = new pg.Client({ connectionString: process.env.DATABASE_URL })
-  await other.connect()
-  t.teardown(() => other.end())
-  // Another instance's batch, not yet committed: our INSERT must wait for it on the unique key.
-  await other.query('BEGIN')
-  const [row] = (await other.query(`INSERT INTO conversions (sheet_id, transaction_id, currency) VALUES ($1, 'raced', 'USD') RETURNING id::text`, [sheet])).rows
-  const { writer, statements } = countingWriter()
-  const result = writer.write({ sheet_id: sheet, transaction_id: 'raced' })
-  // Let our statement start and block on the other transaction's row.
-  for (let i = 0; i < 50; i++) {
-    const waiting = await other.query(
+if (onPostgres) {
+  t.test('a repeat whose first delivery commits while the batch waits on it is a duplicate with that row’s id', async (t) => {
+    const sheet = await newSheet(app)
+    const other = new pg.Client({ connectionString: process.env.DATABASE_URL })
+    await other.connect()
+    t.teardown(() => other.end())
+    // Another instance's batch, not yet committed: our INSERT must wait for it on the unique key.
+    await other.query('BEGIN')
+    const [row] = (await other.query(`INSERT INTO conversions (sheet_id, transaction_id, currency) VALUES ($1, 'raced', 'USD') RETURNING id::text`, [sheet])).rows
+    const { writer, statements } = countingWriter()
+    const result = writer.write({ sheet_id: sheet, transaction_id: 'raced' })
+    // Let our statement start and block on the other transaction's row.
+    for (let i = 0; i < 50; i++) {
+      const waiting = await other.query(
       `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-    )
-    if (waiting.rows[0].n > 0) break
-    await sleep(20)
-  }
-  await other.query('COMMIT')
-  t.same(await result, { status: 'duplicate', conversionId: row.id, conversionStatus: 'approved' })
-  t.same(statements, ['postback_conversion_batch_v2', 'postback_conversion_committed_v2'], 'the committed row is read by a second statement')
-  t.equal(await count(sheet), 1)
-})
+      )
+      if (waiting.rows[0].n > 0) break
+      await sleep(20)
+    }
+    await other.query('COMMIT')
+    t.same(await result, { status: 'duplicate', conversionId: row.id, conversionStatus: 'approved' })
+    t.same(statements, ['postback_conversion_batch_v2', 'postback_conversion_committed_v2'], 'the committed row is read by a second statement')
+    t.equal(await count(sheet), 1)
+  })
+}
 
 t.test('an observer that throws cannot keep a request unanswered', async (t) => {
   const sheet = await newSheet(app)

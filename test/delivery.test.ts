@@ -11,6 +11,7 @@ t.test('the query-string parser keeps repeats, decodes, and marks malformed enco
   t.ok(query.d instanceof MalformedValue)
   t.equal(String(query.d), '%ZZ')
   t.equal(query.e, '')
+  // eslint-disable-next-line no-proto -- the parameter of that name, not the prototype
   t.equal(query.__proto__, 'p', 'a parameter named __proto__ is a plain parameter')
   t.equal(Object.getPrototypeOf(query), null)
 })

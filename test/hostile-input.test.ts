@@ -22,6 +22,7 @@ const count = async () => (await app.prisma.$queryRaw<Array<{ n: number }>>`SELE
 const identifier = (maxLength: number) =>
   fc
     .string({ unit: 'grapheme', minLength: 1, maxLength })
+    // eslint-disable-next-line no-control-regex -- control characters are exactly what it strips
     .map((text) => text.replace(/[\u0000-\u001F\u007F-\u009F]/g, ''))
     .filter((text) => text.trim() !== '' && text.length <= maxLength && !isUnreplacedMacro(text) && !isNoValue(text))
 
@@ -41,8 +42,8 @@ let sequence = 0
 const delivery = fc.record(
   {
     transaction_id: identifier(200),
-    payout: payout,
-    currency: currency,
+    payout,
+    currency,
     campaign_id: identifier(60),
     adset_id: identifier(60),
     ad_id: identifier(60),

@@ -152,7 +152,6 @@ t.test('summary figures equal sums computed from the rows sent, per currency', a
   await deliverAll(app, sent)
   // Expected figures, in integer millionths so that no float rounding creeps in.
   const micros = (payout: string) => (payout ? BigInt(payout.replace('.', '')) : 0n)
-  const format = (value: bigint) => `${value / 1_000_000n}.${String(value % 1_000_000n).padStart(6, '0')}`
   for (const groupBy of ['campaign', 'adset', 'ad'] as const) {
     const expected = new Map<string, { conversions: number; revenue: bigint }>()
     for (const row of sent) {

@@ -98,19 +98,24 @@ t.test('a database that hangs: queue depth while waiting, then database errors a
   )
   t.teardown(() => app.close())
 
+  // Through the receiver, a delivery first waits for its sheet's settings (secret, allow-list); the
+  // writer's own queue is seen by writing to it directly.
   const pending = Array.from({ length: 3 }, (_, i) =>
     app.inject({ method: 'GET', url: receiverUrl({ sheet_id: 's', transaction_id: `h${i}` }) }),
   )
+  const written = Array.from({ length: 3 }, (_, i) => app.conversionWriter.write({ sheet_id: 's', transaction_id: `w${i}` }).catch((error: { statusCode?: number }) => error.statusCode))
   await new Promise((resolve) => setTimeout(resolve, 300))
   t.equal(sample((await scrape(app)).text, 'postback_queue_depth'), 3, 'three deliveries wait for the store')
 
   const responses = await Promise.all(pending)
   t.same(responses.map((r) => r.statusCode), [503, 503, 503])
+  t.same(await Promise.all(written), [503, 503, 503])
   t.equal((await app.inject({ method: 'GET', url: '/readyz' })).statusCode, 503)
 
   const { text } = await scrape(app)
   t.equal(sample(text, 'postback_queue_depth'), 0)
   t.equal(sample(text, 'postback_deliveries_total{outcome="rejected",reason="storage_unavailable"}'), 3)
+  t.equal(sample(text, 'postback_database_errors_total{operation="request"}'), 3, 'each delivery that met the store unreachable')
   const batches = sample(text, 'postback_batch_size_count')!
   t.ok(batches >= 1 && batches <= 3, `${batches} batch(es)`)
   t.equal(sample(text, 'postback_batch_size_sum'), 3)

@@ -76,63 +76,71 @@ t.test('a migration recorded as started but unfinished stops the runner', async 
 })
 
 // PostgreSQL only (PGlite is one process): this runs in the suite's PostgreSQL pass.
-if (onPostgres) t.test('runners started together apply each migration once', async (t) => {
-  const migrations = [{ name: '29990103000000_counter', sql: 'CREATE TABLE counter_once (id int);', checksum: 'z' }]
-  const results = await Promise.all([1, 2, 3].map(() => run([...readMigrations(), ...migrations])))
-  t.equal(results.filter((result) => result.applied.includes('29990103000000_counter')).length, 1)
-})
+if (onPostgres) {
+  t.test('runners started together apply each migration once', async (t) => {
+    const migrations = [{ name: '29990103000000_counter', sql: 'CREATE TABLE counter_once (id int);', checksum: 'z' }]
+    const results = await Promise.all([1, 2, 3].map(() => run([...readMigrations(), ...migrations])))
+    t.equal(results.filter((result) => result.applied.includes('29990103000000_counter')).length, 1)
+  })
+}
 
 // PostgreSQL only (PGlite has no statement timeout): a migration may take longer than any request,
 // a CREATE INDEX on a large table, say; the pool's statement and read timeouts must not stop it.
-if (onPostgres) t.test('a migration longer than DB_STATEMENT_TIMEOUT_MS (and the read timeout) is applied', async (t) => {
-  const short = await openDatabase(loadConfig({ DATABASE_URL: emptyUrl, DB_STATEMENT_TIMEOUT_MS: '300' }))
-  t.teardown(() => short.close())
-  // 1.5 s: longer than the statement timeout (300 ms) and pg's client-side read timeout (1300 ms).
-  const slow: Migration = { name: '29990104000000_slow', sql: 'SELECT pg_sleep(1.5);', checksum: 's' }
-  const result = await short.withSession((session) => migrate(session, [...readMigrations(), slow]))
-  t.same(result.applied, [slow.name])
-})
+if (onPostgres) {
+  t.test('a migration longer than DB_STATEMENT_TIMEOUT_MS (and the read timeout) is applied', async (t) => {
+    const short = await openDatabase(loadConfig({ DATABASE_URL: emptyUrl, DB_STATEMENT_TIMEOUT_MS: '300' }))
+    t.teardown(() => short.close())
+    // 1.5 s: longer than the statement timeout (300 ms) and pg's client-side read timeout (1300 ms).
+    const slow: Migration = { name: '29990104000000_slow', sql: 'SELECT pg_sleep(1.5);', checksum: 's' }
+    const result = await short.withSession((session) => migrate(session, [...readMigrations(), slow]))
+    t.same(result.applied, [slow.name])
+  })
+}
 
 // PostgreSQL only (PGlite is one session): a migration waiting for a lock that another session holds
 // gives up after MIGRATION_LOCK_TIMEOUT_MS and names the lock and its holder, instead of hanging.
-if (onPostgres) t.test("a migration blocked by another session's lock fails within the lock timeout, saying so", async (t) => {
-  const target: Migration = { name: '29990105000000_lock_target', sql: 'CREATE TABLE lock_target (id int);', checksum: 'l' }
-  await run([...readMigrations(), target])
-  const holder = new pg.Client({ connectionString: emptyUrl, application_name: 'lock-holder' })
-  await holder.connect()
-  t.teardown(() => holder.end())
-  await holder.query('BEGIN')
-  await holder.query('SELECT * FROM lock_target')
+if (onPostgres) {
+  t.test("a migration blocked by another session's lock fails within the lock timeout, saying so", async (t) => {
+    const target: Migration = { name: '29990105000000_lock_target', sql: 'CREATE TABLE lock_target (id int);', checksum: 'l' }
+    await run([...readMigrations(), target])
+    const holder = new pg.Client({ connectionString: emptyUrl, application_name: 'lock-holder' })
+    await holder.connect()
+    t.teardown(() => holder.end())
+    await holder.query('BEGIN')
+    await holder.query('SELECT * FROM lock_target')
 
-  const short = await openDatabase(loadConfig({ DATABASE_URL: emptyUrl, MIGRATION_LOCK_TIMEOUT_MS: '1000' }))
-  t.teardown(() => short.close())
-  const alter: Migration = { name: '29990106000000_alter', sql: 'ALTER TABLE lock_target ADD COLUMN note text;', checksum: 'a' }
-  const began = Date.now()
-  await t.rejects(short.withSession((session) => migrate(session, [...readMigrations(), target, alter])), {
-    name: 'MigrationError',
-    message: /^migration 29990106000000_alter waited 1 s for a lock on lock_target; another session holds it: pid \d+ \(lock-holder, idle in transaction/,
+    const short = await openDatabase(loadConfig({ DATABASE_URL: emptyUrl, MIGRATION_LOCK_TIMEOUT_MS: '1000' }))
+    t.teardown(() => short.close())
+    const alter: Migration = { name: '29990106000000_alter', sql: 'ALTER TABLE lock_target ADD COLUMN note text;', checksum: 'a' }
+    const began = Date.now()
+    await t.rejects(short.withSession((session) => migrate(session, [...readMigrations(), target, alter])), {
+      name: 'MigrationError',
+      message: /^migration 29990106000000_alter waited 1 s for a lock on lock_target; another session holds it: pid \d+ \(lock-holder, idle in transaction/,
+    })
+    const elapsed = Date.now() - began
+    t.ok(elapsed < 4000, `gave up in ${elapsed} ms`)
+
+    await holder.query('ROLLBACK')
+    const after = await short.withSession((session) => migrate(session, [...readMigrations(), target, alter]))
+    t.same(after.applied, [alter.name], 'applied once the lock is free')
   })
-  const elapsed = Date.now() - began
-  t.ok(elapsed < 4000, `gave up in ${elapsed} ms`)
-
-  await holder.query('ROLLBACK')
-  const after = await short.withSession((session) => migrate(session, [...readMigrations(), target, alter]))
-  t.same(after.applied, [alter.name], 'applied once the lock is free')
-})
+}
 
 // PostgreSQL only: a database whose own time zone is not UTC still stores and reads true instants.
-if (onPostgres) t.test('timestamps are right when the database time zone is not UTC', async (t) => {
-  const url = await newPostgresDatabase(t, { timezone: 'America/New_York' })
-  const app = await buildApp(loadConfig({ DATABASE_URL: url, LOG_LEVEL: 'silent' }))
-  t.teardown(() => app.close())
-  const sheet = await createSheet(app.prisma, { sheetId: 'tz-sheet' })
-  const before = Date.now()
-  const response = await app.inject({ method: 'GET', url: `/meta/postback/conversion?sheet_id=${sheet.sheet_id}&transaction_id=t` })
-  t.equal(response.statusCode, 200)
-  const [row] = await app.prisma.conversion.findMany({ where: { sheetId: sheet.sheet_id } })
-  t.ok(Math.abs(row!.receivedAt.getTime() - before) < 60_000, `received_at ${row!.receivedAt.toISOString()} is now`)
-  t.ok(Math.abs(Date.parse(sheet.created_at) - before) < 60_000, `created_at ${sheet.created_at} is now`)
-})
+if (onPostgres) {
+  t.test('timestamps are right when the database time zone is not UTC', async (t) => {
+    const url = await newPostgresDatabase(t, { timezone: 'America/New_York' })
+    const app = await buildApp(loadConfig({ DATABASE_URL: url, LOG_LEVEL: 'silent' }))
+    t.teardown(() => app.close())
+    const sheet = await createSheet(app.prisma, { sheetId: 'tz-sheet' })
+    const before = Date.now()
+    const response = await app.inject({ method: 'GET', url: `/meta/postback/conversion?sheet_id=${sheet.sheet_id}&transaction_id=t` })
+    t.equal(response.statusCode, 200)
+    const [row] = await app.prisma.conversion.findMany({ where: { sheetId: sheet.sheet_id } })
+    t.ok(Math.abs(row!.receivedAt.getTime() - before) < 60_000, `received_at ${row!.receivedAt.toISOString()} is now`)
+    t.ok(Math.abs(Date.parse(sheet.created_at) - before) < 60_000, `created_at ${sheet.created_at} is now`)
+  })
+}
 
 t.test('the lifecycle migration makes existing rows approved base conversions, and their keys stay unique', async (t) => {
   const { db: older } = await emptyDatabase()

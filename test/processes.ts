@@ -72,6 +72,7 @@ export function loadGenerator(url: string, sheetId: string, concurrency: number,
   const statuses = new Map<number | string, number>()
   let sequence = 0
   const loops = Array.from({ length: concurrency }, async () => {
+    // eslint-disable-next-line no-unmodified-loop-condition -- stop() clears it while the loops await
     while (running) {
       const id = `${prefix}-${sequence++}`
       try {

@@ -215,7 +215,15 @@ async function redisProxy(t: { teardown(fn: () => unknown): void }) {
 t.test('Redis failing under a running app: requests let through and counted without headers, limits again once it is back', async (t) => {
   const proxy = await redisProxy(t)
   const lines: string[] = []
-  const logger = { level: 'info', stream: new Writable({ write: (chunk, _encoding, done) => done(void lines.push(String(chunk))) }) }
+  const logger = {
+    level: 'info',
+    stream: new Writable({
+      write: (chunk, _encoding, done) => {
+        lines.push(String(chunk))
+        done()
+      },
+    }),
+  }
   const config = testConfig(t, { REDIS_URL: proxy.url(), REDIS_KEY_PREFIX: `postback-test:${randomBytes(6).toString('hex')}:`, RECEIVER_RATE_LIMIT: '2' })
   const app = await buildApp(config, { logger })
   t.teardown(() => app.close())

@@ -3,7 +3,6 @@
 // initdb (5 to 7 s) itself.
 import { createHash } from 'node:crypto'
 import { cpSync, existsSync, renameSync, rmSync } from 'node:fs'
-import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { loadConfig, type Config } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
