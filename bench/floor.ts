@@ -6,19 +6,20 @@
 // - bare Fastify: no logger, no hooks, no rate limits, no metrics, no request-id plugin, no schemas;
 // - checks the two parameters a delivery cannot be stored without (sheet_id, transaction_id) and
 //   maps `status` (a Map lookup; an unknown word is a 400);
-// - queues the deliveries of one turn of the event loop and writes them with one
+// - queues the deliveries of one turn of the event loop and writes them, one row per key, sorted
+//   (concurrent statements then take row locks in one order and cannot deadlock), with one
 //   `INSERT ... ON CONFLICT DO NOTHING RETURNING` into the same `conversions` table (key
-//   (sheet_id, transaction_id, event)); only when some keys did not come back (repeats) does a
-//   second statement read their ids, which also finds a first delivery that a concurrent statement
-//   committed meanwhile;
-// - answers each delivery 200 only after its own statement committed, with the row's id.
+//   (sheet_id, transaction_id, event));
+// - answers each delivery 200 only after its own statement committed, with the row's id; a repeat
+//   with the id of the stored row.
 // PostgreSQL: `pg` directly, named prepared statements, as many statements in flight as the
-// receiver (DB_POOL_MAX / 2, 5 by default), so that neither is ahead for that. PGlite: its own
-// query API on its one connection, one statement at a time.
-// The lookup is a second statement rather than a UNION in the insert (the receiver's way) because
-// that is cheaper in the common case, unique ids: a bare INSERT costs PGlite about 0.95 ms a
-// statement of 13 rows, the INSERT with the UNION about 1.6 to 2.6 ms (PGlite parses and plans
-// every statement); on PostgreSQL it spares the UNION's index probe per row.
+// receiver (DB_POOL_MAX / 2, 5 by default), so that neither is ahead for that. The insert reads the
+// ids of repeats in the same round trip (UNION ALL, as the receiver does); a repeat whose first
+// delivery a concurrent statement committed after the snapshot is read by a second statement.
+// PGlite: its own query API on its one connection, one statement at a time. There the insert is
+// bare and repeats are read by a second statement only when there are any: PGlite parses and plans
+// every statement, and a bare INSERT of 13 rows costs about 0.95 ms against 1.6 to 2.6 ms with the
+// UNION (a lookup of 13 keys, about 0.6 ms).
 //
 // Why it is the floor: every correct receiver does at least this (parse the request, commit the row,
 // answer with its id, tell a repeat its id), in the cheapest way this stack allows. It makes no
@@ -72,25 +73,50 @@ interface KeyRow {
   sheet_id: string
   transaction_id: string
   event: string
+  /** Inserted by this statement; false for a repeat's stored row. */
+  stored?: boolean
 }
 
 interface FloorStore {
   query(statement: Statement): Promise<KeyRow[]>
+  /** The insert statement of this store. */
+  insert: { name: string; text: string }
   concurrency: number
   close(): Promise<void>
 }
 
+const UNNEST = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+  AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)`
+/** The INSERT of the rows from `source` (aliased i), up to its RETURNING list. */
+const insertFrom = (source: string) => `
+  INSERT INTO conversions (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)
+  SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
+    COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
+    i.campaign_id, i.adset_id, i.ad_id, i.status
+  FROM ${source}
+  ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
+  RETURNING`
+
+// PGlite: the insert alone.
 const INSERT_STATEMENT = {
   name: 'bench_floor_insert',
-  text: `
-    INSERT INTO conversions (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)
-    SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
-      COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
-      i.campaign_id, i.adset_id, i.ad_id, i.status
-    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
-      AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)
-    ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
-    RETURNING id::text AS id, sheet_id, transaction_id, event`,
+  text: `${insertFrom(UNNEST)} id::text AS id, sheet_id, transaction_id, event, true AS stored`,
+}
+
+// PostgreSQL: the insert and the stored rows of repeats, in one round trip. The lookup is LATERAL
+// with OFFSET 0, as in the receiver: a cached generic plan of a plain join can turn into a hash join
+// over the whole table on every batch.
+const INSERT_AND_LOOKUP_STATEMENT = {
+  name: 'bench_floor_insert_lookup',
+  text: `WITH input AS (SELECT * FROM ${UNNEST}), written AS (${insertFrom('input i')} id, sheet_id, transaction_id, event)
+    SELECT id::text AS id, sheet_id, transaction_id, event, true AS stored FROM written
+    UNION ALL
+    SELECT c.id::text, c.sheet_id, c.transaction_id, c.event, false
+    FROM input i
+    CROSS JOIN LATERAL (
+      SELECT c.id, c.sheet_id, c.transaction_id, c.event FROM conversions c
+      WHERE c.sheet_id = i.sheet_id AND c.transaction_id = i.transaction_id AND c.event = i.event OFFSET 0
+    ) c`,
 }
 
 // LATERAL with OFFSET 0, as in the receiver: a cached generic plan of a plain join can turn into a
@@ -107,6 +133,12 @@ const LOOKUP_STATEMENT = {
 }
 
 const keyOf = (row: { sheet_id: string; transaction_id: string; event: string }) => `${row.sheet_id}\u0000${row.event}\u0000${row.transaction_id}`
+
+function compareKeys(a: Row, b: Row): number {
+  if (a.sheet_id !== b.sheet_id) return a.sheet_id < b.sheet_id ? -1 : 1
+  if (a.transaction_id !== b.transaction_id) return a.transaction_id < b.transaction_id ? -1 : 1
+  return a.event < b.event ? -1 : a.event > b.event ? 1 : 0
+}
 
 /** The group commit: one statement per turn of the event loop while a connection is free. */
 class FloorWriter {
@@ -161,7 +193,7 @@ class FloorWriter {
     }
     let settle: () => void
     try {
-      const ids = await this.#writeRows([...byKey.values()].map((same) => same[0]!.row))
+      const ids = await this.#writeRows([...byKey.values()].map((same) => same[0]!.row).sort(compareKeys))
       settle = () => {
         for (const [key, same] of byKey) {
           const found = ids.get(key)
@@ -187,13 +219,13 @@ class FloorWriter {
   async #writeRows(rows: Row[]): Promise<Map<string, { id: string; stored: boolean }>> {
     const column = (name: keyof Row) => rows.map((row) => row[name])
     const written = await this.#store.query({
-      ...INSERT_STATEMENT,
+      ...this.#store.insert,
       values: (['sheet_id', 'transaction_id', 'event', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status'] as const).map(column),
     })
     const ids = new Map<string, { id: string; stored: boolean }>()
-    for (const row of written) ids.set(keyOf(row), { id: row.id, stored: true })
-    // Not inserted: a repeat, whose row is committed (ours or a concurrent statement's, which the
-    // insert waited for).
+    for (const row of written) ids.set(keyOf(row), { id: row.id, stored: row.stored === true })
+    // No row: a repeat on PGlite, or one whose first delivery a concurrent statement committed after
+    // this statement's snapshot (the insert waited for it). A new statement sees the committed row.
     const repeats = rows.filter((row) => !ids.has(keyOf(row)))
     if (repeats.length > 0) {
       const found = await this.#store.query({ ...LOOKUP_STATEMENT, values: [repeats.map((r) => r.sheet_id), repeats.map((r) => r.transaction_id), repeats.map((r) => r.event)] })
@@ -211,6 +243,7 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
     pool.on('error', () => undefined)
     return {
       query: async (statement) => (await pool.query(statement)).rows,
+      insert: INSERT_AND_LOOKUP_STATEMENT,
       concurrency: inFlight,
       close: () => pool.end(),
     }
@@ -220,6 +253,7 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
   const pglite = await PGlite.create(config.DATA_DIR)
   return {
     query: async (statement) => (await pglite.query<KeyRow>(statement.text, statement.values)).rows,
+    insert: INSERT_STATEMENT,
     concurrency: 1,
     async close() {
       try {
