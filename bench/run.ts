@@ -130,10 +130,13 @@ interface CaseResult {
   acknowledged: number
   /** Acknowledged deliveries not in the database, or there with another id; null for the no-database route. */
   missing: number | null
-  /** CPU used while measured, in % of one core: the server, this load generator, PostgreSQL's processes for this database. */
-  cpu: { server: number; loadGenerator: number; postgres: number }
-  /** CPU ms per 1000 answers while measured, of the server and of PostgreSQL (on PGlite, inside the server). */
-  cpuPerThousand: { server: number; postgres: number }
+  /**
+   * CPU used while measured, in % of one core: the server, this load generator, PostgreSQL's backends
+   * for this database, and PostgreSQL's shared WAL writer, checkpointer and background writer.
+   */
+  cpu: { server: number; loadGenerator: number; postgres: number; postgresShared: number }
+  /** CPU ms per 1000 answers while measured, of the server and of PostgreSQL's backends (on PGlite, inside the server), and of PostgreSQL's shared processes. */
+  cpuPerThousand: { server: number; postgres: number; postgresShared: number }
   /** The outcomes of the 200 answers (warm-up included), from their bodies; null for the no-database route. */
   outcomes: { stored: number; updated: number; duplicate: number } | null
   /** Connections the kernel dropped from a full listen queue while measured (TcpExt ListenOverflows, machine-wide). */
@@ -273,18 +276,24 @@ function cpuSeconds(pid: number | 'self'): number {
 }
 
 /**
- * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database and the
- * shared WAL writer, checkpointer and background writer (other databases' backends are left out).
+ * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database, and
+ * (`shared`) the WAL writer, checkpointer and background writer, which also work for every other
+ * database of the server, so other work on the machine shows in them, and the autovacuum workers
+ * of its database, whose work falls on whichever route happens to be measured. Other databases'
+ * backends are left out. Process titles read "postgres: 15/main: walwriter" (with the cluster's
+ * name) or "postgres: walwriter".
  */
-function postgresCpuSeconds(database: string | undefined): Map<number, number> {
-  const seconds = new Map<number, number>()
+function postgresCpuSeconds(database: string | undefined): Map<number, { seconds: number; shared: boolean }> {
+  const seconds = new Map<number, { seconds: number; shared: boolean }>()
   if (!database) return seconds
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue
     try {
       if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue
       const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8')
-      if (title.includes(` ${database} `) || /^postgres: (walwriter|checkpointer|background writer)/.test(title)) seconds.set(Number(entry), cpuSeconds(Number(entry)))
+      const ours = title.includes(` ${database} `) || title.includes(` ${database}\0`)
+      const shared = /^postgres: (?:[^:]+: )?(walwriter|checkpointer|background writer)/.test(title) || (ours && title.includes('autovacuum worker'))
+      if (shared || ours) seconds.set(Number(entry), { seconds: cpuSeconds(Number(entry)), shared })
     } catch {
       // Gone meanwhile.
     }
@@ -293,10 +302,10 @@ function postgresCpuSeconds(database: string | undefined): Map<number, number> {
 }
 
 /** CPU seconds PostgreSQL's processes used between two snapshots (a process that ended meanwhile is left out). */
-function postgresCpuUsed(before: Map<number, number>, after: Map<number, number>): number {
-  let total = 0
-  for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? 0)
-  return total
+function postgresCpuUsed(before: ReturnType<typeof postgresCpuSeconds>, after: ReturnType<typeof postgresCpuSeconds>) {
+  const used = { backends: 0, shared: 0 }
+  for (const [pid, { seconds, shared }] of after) used[shared ? 'shared' : 'backends'] += seconds - (before.get(pid)?.seconds ?? 0)
+  return used
 }
 
 function listenOverflows(): number {
@@ -332,7 +341,7 @@ class Tally {
   latencies: number[] = []
   acknowledged: Array<[transactionId: string, body: string]> = []
   rss: Array<{ at: number; kb: number }> = []
-  cpu = { server: 0, loadGenerator: 0, postgres: 0 }
+  cpu = { server: 0, loadGenerator: 0, postgres: 0, postgresShared: 0 }
   listenOverflows = 0
   // Ids sent lately, for the repeats and updates of the mixes; kept across slices.
   recent: string[] = []
@@ -408,7 +417,9 @@ function drive(server: Server, route: Route, tally: Tally, options: { seconds: n
           tally.timeouts += result.timeouts
           tally.cpu.server += cpuSeconds(server.pid) - before.server
           tally.cpu.loadGenerator += cpuSeconds('self') - before.loadGenerator
-          tally.cpu.postgres += postgresCpuUsed(before.postgres, postgresCpuSeconds(options.database))
+          const postgres = postgresCpuUsed(before.postgres, postgresCpuSeconds(options.database))
+          tally.cpu.postgres += postgres.backends
+          tally.cpu.postgresShared += postgres.shared
           tally.listenOverflows += listenOverflows() - before.overflows
         }
         resolve()
@@ -459,8 +470,8 @@ function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: nu
     timeouts: tally.timeouts,
     acknowledged: tally.acknowledged.length,
     missing: check?.missing ?? null,
-    cpu: { server: percent(tally.cpu.server), loadGenerator: percent(tally.cpu.loadGenerator), postgres: percent(tally.cpu.postgres) },
-    cpuPerThousand: { server: perThousand(tally.cpu.server), postgres: perThousand(tally.cpu.postgres) },
+    cpu: { server: percent(tally.cpu.server), loadGenerator: percent(tally.cpu.loadGenerator), postgres: percent(tally.cpu.postgres), postgresShared: percent(tally.cpu.postgresShared) },
+    cpuPerThousand: { server: perThousand(tally.cpu.server), postgres: perThousand(tally.cpu.postgres), postgresShared: perThousand(tally.cpu.postgresShared) },
     outcomes: check?.outcomes ?? null,
     listenOverflows: tally.listenOverflows,
     averageBatch: batch,
@@ -474,15 +485,15 @@ function report(result: CaseResult): void {
   const outcomes = result.outcomes ? ` (${outcomeText(result.outcomes)})` : ''
   console.log(
     `  ${result.route.padEnd(16)} ${String(result.requestsPerSecond).padStart(6)} req/s, p50 ${result.p50} ms, p99 ${result.p99} ms, peak RSS ${result.peakRssMb} MB, ` +
-      `CPU % server ${result.cpu.server} / load generator ${result.cpu.loadGenerator} / postgres ${result.cpu.postgres}, ` +
-      `CPU ms per 1000 server + pg ${cpuText(result)}${batch}${check}${outcomes}`,
+      `CPU % server ${result.cpu.server} / load generator ${result.cpu.loadGenerator} / postgres ${result.cpu.postgres} (+ shared ${result.cpu.postgresShared}), ` +
+      `CPU ms per 1000 server + pg ${cpuText(result)} (+ pg shared ${result.cpuPerThousand.postgresShared})${batch}${check}${outcomes}`,
   )
 }
 
 const outcomeText = (o: NonNullable<CaseResult['outcomes']>) => `${o.stored} stored / ${o.updated} updated / ${o.duplicate} duplicate`
 const cpuText = (r: CaseResult) => `${r.cpuPerThousand.server} + ${r.cpuPerThousand.postgres} = ${Math.round(10 * (r.cpuPerThousand.server + r.cpuPerThousand.postgres)) / 10}`
 
-/** CPU ms per 1000 answers while measured, of the server and PostgreSQL together. */
+/** CPU ms per 1000 answers while measured, of the server and PostgreSQL's backends together (the shared processes left out: other work on the machine shows in them). */
 function cpuPerThousand(r: CaseResult): number {
   return r.cpuPerThousand.server + r.cpuPerThousand.postgres
 }
@@ -588,7 +599,7 @@ const statusText = (s: Record<string, number>) => Object.entries(s).map(([code, 
 console.log(`\n## Results: ${duration} s per route and mix (${rounds} rounds), ${connections} connections\n`)
 console.log(
   table([
-    ['store', 'mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'peak RSS MB', 'answers', 'errors', 'timeouts', 'acked', 'missing', 'stored / updated / duplicate', 'CPU % server / load gen / pg', 'CPU ms per 1000 server + pg', 'batch'],
+    ['store', 'mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'peak RSS MB', 'answers', 'errors', 'timeouts', 'acked', 'missing', 'stored / updated / duplicate', 'CPU % server / load gen / pg (+ shared)', 'CPU ms per 1000 server + pg (+ shared)', 'batch'],
     ...results
       .filter((r) => r.mix !== 'overload')
       .map((r) => [
@@ -605,18 +616,18 @@ console.log(
         String(r.acknowledged),
         r.missing === null ? '-' : String(r.missing),
         r.outcomes ? `${r.outcomes.stored} / ${r.outcomes.updated} / ${r.outcomes.duplicate}` : '-',
-        `${r.cpu.server} / ${r.cpu.loadGenerator} / ${r.cpu.postgres}`,
-        cpuText(r),
+        `${r.cpu.server} / ${r.cpu.loadGenerator} / ${r.cpu.postgres} (+ ${r.cpu.postgresShared})`,
+        `${cpuText(r)} (+ ${r.cpuPerThousand.postgresShared})`,
         r.averageBatch === null ? '-' : String(r.averageBatch),
       ]),
   ]),
 )
 
-// Every route against the floor: requests/s and CPU per delivery (server and PostgreSQL) as
-// multiples of the floor's. The floor and the naive receiver make no lifecycle moves: in the
+// Every route against the floor: requests/s and CPU per delivery (server and PostgreSQL's backends)
+// as multiples of the floor's. The floor and the naive receiver make no lifecycle moves: in the
 // updates mix they answer a status update `duplicate` where the receiver moves the conversion.
 console.log('\n## Against the floor\n')
-const floorRows: string[][] = [['store', 'mix', 'route', 'req/s', 'req/s ÷ floor', 'CPU ms per 1000 (server + pg)', 'CPU ÷ floor', 'p99 ms', 'missing', 'stored / updated / duplicate', 'load']]
+const floorRows: string[][] = [['store', 'mix', 'route', 'req/s', 'req/s ÷ floor', 'CPU ms per 1000 (server + pg backends)', 'CPU ÷ floor', 'p99 ms', 'missing', 'stored / updated / duplicate', 'load']]
 for (const kind of stores) {
   for (const mix of mixes) {
     const floor = find(kind, 'floor', mix)
