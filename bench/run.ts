@@ -1,14 +1,16 @@
 // `npm run bench`: the receiver against its baselines, in one run, with one load generator.
 // For each store (a fresh PostgreSQL database, fresh PGlite folders) and each request mix (unique
-// transaction ids; half of them repeats), it starts three servers (bench/server.ts, each a child
-// process): load goes to (a) GET /bench/noop, no database work, (b) the naive receiver, one Prisma
-// write per request, (c) the real receiver, from autocannon in this process. The measured time is
-// cut into rounds that take turns between the three, so that a change in the machine's load
-// (other work on it) falls on all three alike and the ratios (c)/(a) and (c)/(b) stay fair.
-// It prints requests/s, p50/p99 of the 2xx answers, each server's peak RSS, CPU use, the ratios,
-// and then checks that every delivery answered 200 is in the database with the id it was answered
-// with. Last, an overload case: far more connections than the queue admits; every answer must be a
-// 2xx or a 503 and memory must stay bounded.
+// transaction ids; half of them repeats; a tenth of them status updates), it starts four servers
+// (bench/server.ts, each a child process): load goes to (a) GET /bench/noop, no database work,
+// (b) the floor (bench/floor.ts), the least a correct group-commit receiver does, (c) the naive
+// receiver, one Prisma write per request, (d) the real receiver, from autocannon in this process.
+// The measured time is cut into rounds that take turns between them, so that a change in the
+// machine's load (other work on it) falls on all alike and the ratios stay fair.
+// It prints requests/s, p50/p99 of the 2xx answers, each server's peak RSS, CPU use (and CPU per
+// delivery), the ratios against the floor and the no-database route, and then checks that every
+// delivery answered 200 is in the database with the id it was answered with, counting the answers'
+// outcomes (stored, updated, duplicate). Last, an overload case: far more connections than the
+// queue admits; every answer must be a 2xx or a 503 and memory must stay bounded.
 // Options: `npm run bench -- --help`.
 import { spawn } from 'node:child_process'
 import { closeSync, cpSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -24,6 +26,7 @@ import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
+import { FLOOR_PATH } from './floor.ts'
 import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -36,8 +39,8 @@ const { values: args } = parseArgs({
     warmup: { type: 'string', default: '2' },
     connections: { type: 'string', default: '50' },
     stores: { type: 'string', default: 'postgresql,pglite' },
-    mixes: { type: 'string', default: 'unique,half-repeats' },
-    routes: { type: 'string', default: 'noop,receiver,naive' },
+    mixes: { type: 'string', default: 'unique,half-repeats,updates' },
+    routes: { type: 'string', default: 'noop,floor,receiver,naive' },
     overload: { type: 'string', default: 'postgresql,pglite' },
     'overload-connections': { type: 'string', default: '1000' },
     'overload-queue': { type: 'string', default: '200' },
@@ -56,12 +59,13 @@ const { values: args } = parseArgs({
 if (args.help) {
   console.log(`npm run bench -- [options]
   --duration S               measured seconds per route and mix (10), cut into --rounds
-  --rounds N                 turns the routes take (4): round 1 runs noop, receiver, naive; round 2 receiver, naive, noop; ...
+  --rounds N                 turns the routes take (4): round 1 runs noop, floor, receiver, naive; round 2 floor, receiver, naive, noop; ...
   --warmup S                 unmeasured seconds per server before the rounds (2)
   --connections N            concurrent connections (50)
   --stores LIST              postgresql,pglite
-  --mixes LIST               unique,half-repeats
-  --routes LIST              noop,receiver,naive
+  --mixes LIST               unique,half-repeats,updates (updates: base deliveries status=lead, every tenth request
+                             re-sends one of the last 1000 ids with status=sale or status=chargeback)
+  --routes LIST              noop,floor,receiver,naive
   --overload LIST            stores to run the overload case on (postgresql,pglite; '' for none)
   --overload-connections N   (1000)
   --overload-queue N         RECEIVER_QUEUE_MAX in the overload case (200)
@@ -79,9 +83,9 @@ if (args.help) {
 }
 
 type Store = 'postgresql' | 'pglite'
-/** noop, naive, receiver, or receiver:LABEL for a --variant. */
+/** noop, floor, naive, receiver, or receiver:LABEL for a --variant. */
 type Route = string
-type Mix = 'unique' | 'half-repeats'
+type Mix = 'unique' | 'half-repeats' | 'updates'
 
 const list = (text: string) => text.split(',').map((s) => s.trim()).filter(Boolean)
 const duration = Number(args.duration)
@@ -100,7 +104,7 @@ const variants = new Map(
 const routes = [...list(args.routes), ...variants.keys()]
 const overloadStores = list(args.overload) as Store[]
 const receiverEnv = envPairs(args.env)
-const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : RECEIVER_PATH)
+const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : route === 'floor' ? FLOOR_PATH : RECEIVER_PATH)
 const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
 const SHEET = 'bench'
 // Room for every connection of a case and its reconnections (the kernel caps it at net.core.somaxconn).
@@ -126,8 +130,15 @@ interface CaseResult {
   acknowledged: number
   /** Acknowledged deliveries not in the database, or there with another id; null for the no-database route. */
   missing: number | null
-  /** CPU used while measured, in % of one core: the server, this load generator, PostgreSQL's processes for this database. */
-  cpu: { server: number; loadGenerator: number; postgres: number }
+  /**
+   * CPU used while measured, in % of one core: the server, this load generator, PostgreSQL's backends
+   * for this database, and PostgreSQL's shared WAL writer, checkpointer and background writer.
+   */
+  cpu: { server: number; loadGenerator: number; postgres: number; postgresShared: number }
+  /** CPU ms per 1000 answers while measured, of the server and of PostgreSQL's backends (on PGlite, inside the server), and of PostgreSQL's shared processes. */
+  cpuPerThousand: { server: number; postgres: number; postgresShared: number }
+  /** The outcomes of the 200 answers (warm-up included), from their bodies; null for the no-database route. */
+  outcomes: { stored: number; updated: number; duplicate: number } | null
   /** Connections the kernel dropped from a full listen queue while measured (TcpExt ListenOverflows, machine-wide). */
   listenOverflows: number
   /** Deliveries per batch statement (postback_batch_size), warm-up included. */
@@ -165,7 +176,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
       prepare: () => ({ DATABASE_URL: databaseUrl }),
       rows: () => db.withSession((session) => readRows(session.query.bind(session))),
       // Each mix starts on an empty table, as on PGlite.
-      clean: () => db.withSession((session) => session.exec('TRUNCATE conversions, delivery_counters, delivery_rejections')),
+      clean: () => db.withSession((session) => session.exec('TRUNCATE conversions, conversion_history, delivery_counters, delivery_rejections')),
       async close() {
         await db.close().catch(() => undefined)
         // A new connection: the server may have restarted meanwhile.
@@ -219,13 +230,13 @@ interface Server {
   stop(): Promise<void>
 }
 
-/** A server under test as a child process; resolves once it listens. Its log lines go to a file. */
-async function startServer(name: string, env: Record<string, string>): Promise<Server> {
+/** A server under test as a child process (the app, or with `floor` the floor); resolves once it listens. Its log lines go to a file. */
+async function startServer(name: string, env: Record<string, string>, floor = false): Promise<Server> {
   const logPath = join(tmpdir(), `postback-bench-${stamp}-${name}.log`)
   const logFd = openSync(logPath, 'w')
   // One folder per server: tsx's loader thread writes a (small) profile of its own beside the main thread's.
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
-  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog)], {
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog), ...(floor ? ['floor'] : [])], {
     cwd: ROOT,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...BENCH_SERVER_ENV, ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
@@ -265,18 +276,24 @@ function cpuSeconds(pid: number | 'self'): number {
 }
 
 /**
- * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database and the
- * shared WAL writer, checkpointer and background writer (other databases' backends are left out).
+ * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database, and
+ * (`shared`) the WAL writer, checkpointer and background writer, which also work for every other
+ * database of the server, so other work on the machine shows in them, and the autovacuum workers
+ * of its database, whose work falls on whichever route happens to be measured. Other databases'
+ * backends are left out. Process titles read "postgres: 15/main: walwriter" (with the cluster's
+ * name) or "postgres: walwriter".
  */
-function postgresCpuSeconds(database: string | undefined): Map<number, number> {
-  const seconds = new Map<number, number>()
+function postgresCpuSeconds(database: string | undefined): Map<number, { seconds: number; shared: boolean }> {
+  const seconds = new Map<number, { seconds: number; shared: boolean }>()
   if (!database) return seconds
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue
     try {
       if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue
       const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8')
-      if (title.includes(` ${database} `) || /^postgres: (walwriter|checkpointer|background writer)/.test(title)) seconds.set(Number(entry), cpuSeconds(Number(entry)))
+      const ours = title.includes(` ${database} `) || title.includes(` ${database}\0`)
+      const shared = /^postgres: (?:[^:]+: )?(walwriter|checkpointer|background writer)/.test(title) || (ours && title.includes('autovacuum worker'))
+      if (shared || ours) seconds.set(Number(entry), { seconds: cpuSeconds(Number(entry)), shared })
     } catch {
       // Gone meanwhile.
     }
@@ -285,10 +302,10 @@ function postgresCpuSeconds(database: string | undefined): Map<number, number> {
 }
 
 /** CPU seconds PostgreSQL's processes used between two snapshots (a process that ended meanwhile is left out). */
-function postgresCpuUsed(before: Map<number, number>, after: Map<number, number>): number {
-  let total = 0
-  for (const [pid, seconds] of after) total += seconds - (before.get(pid) ?? 0)
-  return total
+function postgresCpuUsed(before: ReturnType<typeof postgresCpuSeconds>, after: ReturnType<typeof postgresCpuSeconds>) {
+  const used = { backends: 0, shared: 0 }
+  for (const [pid, { seconds, shared }] of after) used[shared ? 'shared' : 'backends'] += seconds - (before.get(pid)?.seconds ?? 0)
+  return used
 }
 
 function listenOverflows(): number {
@@ -324,9 +341,9 @@ class Tally {
   latencies: number[] = []
   acknowledged: Array<[transactionId: string, body: string]> = []
   rss: Array<{ at: number; kb: number }> = []
-  cpu = { server: 0, loadGenerator: 0, postgres: 0 }
+  cpu = { server: 0, loadGenerator: 0, postgres: 0, postgresShared: 0 }
   listenOverflows = 0
-  // Ids sent lately, for the repeats of the half-repeats mix; kept across slices.
+  // Ids sent lately, for the repeats and updates of the mixes; kept across slices.
   recent: string[] = []
   sent = 0
 
@@ -339,13 +356,32 @@ class Tally {
 
 const QUERY_TAIL = '&payout=12.50&currency=USD&campaign_id=120210000000000001&adset_id=120210000000000002&ad_id=120210000000000003'
 
+// The updates mix: first deliveries are leads (pending); an update says sale (approved) or
+// chargeback (rejected). Allowed moves: lead to sale or chargeback, sale to chargeback; a second
+// update of a key may be refused (duplicate), as in a network's own retries and reversals.
+const UPDATE_WORDS = ['sale', 'chargeback'] as const
+
+/** The transaction id and status word of the next request of a mix. */
+function nextDelivery(tally: Tally, mix: Mix, prefix: string): { transactionId: string; status?: string } {
+  const n = tally.sent++
+  const earlier = () => tally.recent[Math.floor(Math.random() * tally.recent.length)]!
+  if (mix === 'half-repeats' && n % 2 === 1 && tally.recent.length > 0) return { transactionId: earlier() }
+  if (mix === 'updates' && n % 10 === 9 && tally.recent.length > 0) return { transactionId: earlier(), status: UPDATE_WORDS[Math.floor(Math.random() * 2)]! }
+  const transactionId = `${prefix}-${n}`
+  tally.recent.push(transactionId)
+  if (tally.recent.length > 1000) tally.recent.shift()
+  return mix === 'updates' ? { transactionId, status: 'lead' } : { transactionId }
+}
+
 /**
- * Drives one slice of load at a server. Every request is a full postback; with `repeats`, every
+ * Drives one slice of load at a server. Every request is a full postback. Mix half-repeats: every
  * other request repeats one of the last 1000 transaction ids sent (some meet their first delivery
- * in the same batch, most an already stored row). With `measure`, the slice is added to `tally`
- * (only the 200 answers are recorded otherwise, to be checked in the database too).
+ * in the same batch, most an already stored row). Mix updates: first deliveries with status=lead,
+ * and every tenth request re-sends one of the last 1000 ids with status=sale or status=chargeback.
+ * With `measure`, the slice is added to `tally` (only the 200 answers are recorded otherwise, to be
+ * checked in the database too).
  */
-function drive(server: Server, route: Route, tally: Tally, options: { seconds: number; connections: number; repeats: boolean; measure: boolean; database?: string }) {
+function drive(server: Server, route: Route, tally: Tally, options: { seconds: number; connections: number; mix: Mix; measure: boolean; database?: string }) {
   const prefix = `${server.name}-${options.measure ? 'm' : 'w'}`
   const before = { server: cpuSeconds(server.pid), loadGenerator: cpuSeconds('self'), postgres: postgresCpuSeconds(options.database), overflows: listenOverflows() }
   const sampler = options.measure ? setInterval(() => tally.rss.push({ at: Date.now(), kb: rssKb(server.pid) }), 100) : undefined
@@ -360,17 +396,10 @@ function drive(server: Server, route: Route, tally: Tally, options: { seconds: n
           {
             method: 'GET',
             setupRequest: (request, context) => {
-              let transactionId: string
-              if (options.repeats && tally.sent % 2 === 1 && tally.recent.length > 0) {
-                transactionId = tally.recent[Math.floor(Math.random() * tally.recent.length)]!
-              } else {
-                transactionId = `${prefix}-${tally.sent}`
-                tally.recent.push(transactionId)
-                if (tally.recent.length > 1000) tally.recent.shift()
-              }
-              tally.sent++
+              const { transactionId, status } = nextDelivery(tally, options.mix, prefix)
               ;(context as { transactionId?: string }).transactionId = transactionId
-              return { ...request, path: `${pathOf(route)}?sheet_id=${SHEET}&transaction_id=${transactionId}${QUERY_TAIL}` }
+              const statusParameter = status ? `&status=${status}` : ''
+              return { ...request, path: `${pathOf(route)}?sheet_id=${SHEET}&transaction_id=${transactionId}${statusParameter}${QUERY_TAIL}` }
             },
             onResponse: (status, body, context) => {
               if (status === 200) tally.acknowledged.push([(context as { transactionId: string }).transactionId, body])
@@ -388,7 +417,9 @@ function drive(server: Server, route: Route, tally: Tally, options: { seconds: n
           tally.timeouts += result.timeouts
           tally.cpu.server += cpuSeconds(server.pid) - before.server
           tally.cpu.loadGenerator += cpuSeconds('self') - before.loadGenerator
-          tally.cpu.postgres += postgresCpuUsed(before.postgres, postgresCpuSeconds(options.database))
+          const postgres = postgresCpuUsed(before.postgres, postgresCpuSeconds(options.database))
+          tally.cpu.postgres += postgres.backends
+          tally.cpu.postgresShared += postgres.shared
           tally.listenOverflows += listenOverflows() - before.overflows
         }
         resolve()
@@ -403,21 +434,26 @@ function drive(server: Server, route: Route, tally: Tally, options: { seconds: n
   })
 }
 
-async function verify(store: StoreHandle, server: Server, tally: Tally): Promise<number> {
+/** Acknowledged deliveries not in the database with the id they were answered with, and the answers' outcomes. */
+async function verify(store: StoreHandle, server: Server, tally: Tally): Promise<{ missing: number; outcomes: NonNullable<CaseResult['outcomes']> }> {
   const rows = await store.rows(server.env)
   let missing = 0
+  const outcomes = { stored: 0, updated: 0, duplicate: 0 }
   for (const [transactionId, body] of tally.acknowledged) {
-    if (rows.get(transactionId) !== (JSON.parse(body) as { conversion_id: string }).conversion_id) missing++
+    const answer = JSON.parse(body) as { status: keyof typeof outcomes; conversion_id: string }
+    if (rows.get(transactionId) !== answer.conversion_id) missing++
+    outcomes[answer.status]++
   }
-  return missing
+  return { missing, outcomes }
 }
 
-function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: number, tally: Tally, missing: number | null, batch: number | null, load: number): CaseResult {
+function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: number, tally: Tally, check: Awaited<ReturnType<typeof verify>> | null, batch: number | null, load: number): CaseResult {
   const mb = (samples: Tally['rss']) => Math.round(Math.max(0, ...samples.map((s) => s.kb)) / 1024)
   const first = tally.rss[0]?.at ?? 0
   const span = (tally.rss[tally.rss.length - 1]?.at ?? 0) - first
   const quarter = (q: number) => tally.rss.filter((s) => s.at - first >= (q * span) / 4 && s.at - first <= ((q + 1) * span) / 4)
   const percent = (cpuSeconds: number) => Math.round((100 * cpuSeconds) / tally.seconds)
+  const perThousand = (cpuSeconds: number) => Math.round((10 * 1e6 * cpuSeconds) / Math.max(1, tally.requests)) / 10
   return {
     store,
     route,
@@ -433,8 +469,10 @@ function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: nu
     errors: tally.errors,
     timeouts: tally.timeouts,
     acknowledged: tally.acknowledged.length,
-    missing,
-    cpu: { server: percent(tally.cpu.server), loadGenerator: percent(tally.cpu.loadGenerator), postgres: percent(tally.cpu.postgres) },
+    missing: check?.missing ?? null,
+    cpu: { server: percent(tally.cpu.server), loadGenerator: percent(tally.cpu.loadGenerator), postgres: percent(tally.cpu.postgres), postgresShared: percent(tally.cpu.postgresShared) },
+    cpuPerThousand: { server: perThousand(tally.cpu.server), postgres: perThousand(tally.cpu.postgres), postgresShared: perThousand(tally.cpu.postgresShared) },
+    outcomes: check?.outcomes ?? null,
     listenOverflows: tally.listenOverflows,
     averageBatch: batch,
     loadAverage: load,
@@ -444,13 +482,23 @@ function summarize(store: Store, route: Route, mix: CaseResult['mix'], conns: nu
 function report(result: CaseResult): void {
   const batch = result.averageBatch === null ? '' : `, batch ${result.averageBatch}`
   const check = result.missing === null ? '' : `, ${result.missing} of ${result.acknowledged} acknowledged missing`
+  const outcomes = result.outcomes ? ` (${outcomeText(result.outcomes)})` : ''
   console.log(
     `  ${result.route.padEnd(16)} ${String(result.requestsPerSecond).padStart(6)} req/s, p50 ${result.p50} ms, p99 ${result.p99} ms, peak RSS ${result.peakRssMb} MB, ` +
-      `CPU % server ${result.cpu.server} / load generator ${result.cpu.loadGenerator} / postgres ${result.cpu.postgres}${batch}${check}`,
+      `CPU % server ${result.cpu.server} / load generator ${result.cpu.loadGenerator} / postgres ${result.cpu.postgres} (+ shared ${result.cpu.postgresShared}), ` +
+      `CPU ms per 1000 server + pg ${cpuText(result)} (+ pg shared ${result.cpuPerThousand.postgresShared})${batch}${check}${outcomes}`,
   )
 }
 
-/** The three routes of one store and mix, measured in turns. */
+const outcomeText = (o: NonNullable<CaseResult['outcomes']>) => `${o.stored} stored / ${o.updated} updated / ${o.duplicate} duplicate`
+const cpuText = (r: CaseResult) => `${r.cpuPerThousand.server} + ${r.cpuPerThousand.postgres} = ${Math.round(10 * (r.cpuPerThousand.server + r.cpuPerThousand.postgres)) / 10}`
+
+/** CPU ms per 1000 answers while measured, of the server and PostgreSQL's backends together (the shared processes left out: other work on the machine shows in them). */
+function cpuPerThousand(r: CaseResult): number {
+  return r.cpuPerThousand.server + r.cpuPerThousand.postgres
+}
+
+/** The routes of one store and mix, measured in turns. */
 async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
   const load = loadavg()[0]!
   console.log(`${store.kind}, ${mix}: ${routes.join(', ')}; ${connections} connections, ${warmup} s warm-up each, then ${rounds} rounds of ${(duration / rounds).toFixed(1)} s each (load ${load.toFixed(2)})`)
@@ -460,21 +508,20 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
     for (const route of routes) {
       const name = `${store.kind}-${mix}-${route.replace(':', '-')}`
       const env = isReceiver(route) ? { ...receiverEnv, ...variants.get(route) } : {}
-      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }))
+      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }, route === 'floor'))
       tallies.set(route, new Tally())
     }
-    const repeats = mix === 'half-repeats'
     for (const route of routes) {
-      if (warmup > 0) await drive(servers.get(route)!, route, tallies.get(route)!, { seconds: warmup, connections, repeats, measure: false })
+      if (warmup > 0) await drive(servers.get(route)!, route, tallies.get(route)!, { seconds: warmup, connections, mix, measure: false })
     }
     for (let round = 0; round < rounds; round++) {
       for (let i = 0; i < routes.length; i++) {
         const route = routes[(i + round) % routes.length]!
-        await drive(servers.get(route)!, route, tallies.get(route)!, { seconds: duration / rounds, connections, repeats, measure: true, database: store.database })
+        await drive(servers.get(route)!, route, tallies.get(route)!, { seconds: duration / rounds, connections, mix, measure: true, database: store.database })
       }
     }
     const batches = new Map<Route, number | null>()
-    for (const route of routes.filter(isReceiver)) batches.set(route, await averageBatch(servers.get(route)!.url))
+    for (const route of routes.filter((r) => isReceiver(r) || r === 'floor')) batches.set(route, await averageBatch(servers.get(route)!.url))
     const stopped = [...servers.entries()]
     for (const [route, server] of stopped) {
       await server.stop()
@@ -483,8 +530,8 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
     const results: CaseResult[] = []
     for (const [route, server] of stopped) {
       const tally = tallies.get(route)!
-      const missing = route === 'noop' ? null : await verify(store, server, tally)
-      const result = summarize(store.kind, route, mix, connections, tally, missing, batches.get(route) ?? null, load)
+      const check = route === 'noop' ? null : await verify(store, server, tally)
+      const result = summarize(store.kind, route, mix, connections, tally, check, batches.get(route) ?? null, load)
       report(result)
       results.push(result)
     }
@@ -504,12 +551,12 @@ async function runOverload(store: StoreHandle): Promise<CaseResult> {
   const server = await startServer(name, { ...store.prepare(name), ...receiverEnv, RECEIVER_QUEUE_MAX: args['overload-queue'] })
   const tally = new Tally()
   try {
-    await drive(server, 'receiver', tally, { seconds, connections: conns, repeats: false, measure: true, database: store.database })
+    await drive(server, 'receiver', tally, { seconds, connections: conns, mix: 'unique', measure: true, database: store.database })
     const batch = await averageBatch(server.url)
     await server.stop()
-    const missing = await verify(store, server, tally)
+    const check = await verify(store, server, tally)
     await store.clean(server.env)
-    const result = summarize(store.kind, 'receiver', 'overload', conns, tally, missing, batch, load)
+    const result = summarize(store.kind, 'receiver', 'overload', conns, tally, check, batch, load)
     report(result)
     return result
   } catch (error) {
@@ -552,22 +599,69 @@ const statusText = (s: Record<string, number>) => Object.entries(s).map(([code, 
 console.log(`\n## Results: ${duration} s per route and mix (${rounds} rounds), ${connections} connections\n`)
 console.log(
   table([
-    ['store', 'mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'peak RSS MB', 'answers', 'errors', 'timeouts', 'acked', 'missing', 'CPU % server / load gen / pg', 'batch'],
+    ['store', 'mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'peak RSS MB', 'answers', 'errors', 'timeouts', 'acked', 'missing', 'stored / updated / duplicate', 'CPU % server / load gen / pg (+ shared)', 'CPU ms per 1000 server + pg (+ shared)', 'batch'],
     ...results
       .filter((r) => r.mix !== 'overload')
-      .map((r) => [r.store, r.mix, r.route, String(r.requestsPerSecond), String(r.p50), String(r.p99), String(r.peakRssMb), statusText(r.statuses), String(r.errors), String(r.timeouts), String(r.acknowledged), r.missing === null ? '-' : String(r.missing), `${r.cpu.server} / ${r.cpu.loadGenerator} / ${r.cpu.postgres}`, r.averageBatch === null ? '-' : String(r.averageBatch)]),
+      .map((r) => [
+        r.store,
+        r.mix,
+        r.route,
+        String(r.requestsPerSecond),
+        String(r.p50),
+        String(r.p99),
+        String(r.peakRssMb),
+        statusText(r.statuses),
+        String(r.errors),
+        String(r.timeouts),
+        String(r.acknowledged),
+        r.missing === null ? '-' : String(r.missing),
+        r.outcomes ? `${r.outcomes.stored} / ${r.outcomes.updated} / ${r.outcomes.duplicate}` : '-',
+        `${r.cpu.server} / ${r.cpu.loadGenerator} / ${r.cpu.postgres} (+ ${r.cpu.postgresShared})`,
+        `${cpuText(r)} (+ ${r.cpuPerThousand.postgresShared})`,
+        r.averageBatch === null ? '-' : String(r.averageBatch),
+      ]),
   ]),
 )
 
+// Every route against the floor: requests/s and CPU per delivery (server and PostgreSQL's backends)
+// as multiples of the floor's. The floor and the naive receiver make no lifecycle moves: in the
+// updates mix they answer a status update `duplicate` where the receiver moves the conversion.
+console.log('\n## Against the floor\n')
+const floorRows: string[][] = [['store', 'mix', 'route', 'req/s', 'req/s ÷ floor', 'CPU ms per 1000 (server + pg backends)', 'CPU ÷ floor', 'p99 ms', 'missing', 'stored / updated / duplicate', 'load']]
+for (const kind of stores) {
+  for (const mix of mixes) {
+    const floor = find(kind, 'floor', mix)
+    for (const route of routes) {
+      const r = find(kind, route, mix)
+      if (!r) continue
+      floorRows.push([
+        kind,
+        mix,
+        route,
+        String(r.requestsPerSecond),
+        ratio(r.requestsPerSecond, floor?.requestsPerSecond),
+        String(Math.round(10 * cpuPerThousand(r)) / 10),
+        floor ? ratio(cpuPerThousand(r), cpuPerThousand(floor)) : '-',
+        String(r.p99),
+        r.missing === null ? '-' : String(r.missing),
+        r.outcomes ? `${r.outcomes.stored} / ${r.outcomes.updated} / ${r.outcomes.duplicate}` : '-',
+        r.loadAverage.toFixed(1),
+      ])
+    }
+  }
+}
+console.log(table(floorRows))
+
 console.log('\n## Ratios\n')
-const ratioRows: string[][] = [['store', 'mix', 'receiver / no-db', 'receiver / naive', 'receiver p99 ms', 'acked missing', 'targets on PostgreSQL: >= 0.5, >= 8, p99 < 50 ms, 0 missing']]
+const ratioRows: string[][] = [['store', 'mix', 'receiver / floor', 'receiver / no-db', 'receiver / naive', 'receiver p99 ms', 'acked missing', 'targets on PostgreSQL: >= 0.5, >= 8, p99 < 50 ms, 0 missing']]
 for (const kind of stores) {
   for (const mix of mixes) for (const route of routes.filter(isReceiver)) {
     const receiver = find(kind, route, mix)
     const noop = find(kind, 'noop', mix)
     const naive = find(kind, 'naive', mix)
+    const floor = find(kind, 'floor', mix)
     if (!receiver) continue
-    const lost = (receiver.missing ?? 0) + (naive?.missing ?? 0)
+    const lost = (receiver.missing ?? 0) + (naive?.missing ?? 0) + (floor?.missing ?? 0)
     const verdicts =
       kind === 'postgresql'
         ? [
@@ -579,7 +673,7 @@ for (const kind of stores) {
             .map((ok) => (ok === undefined ? '-' : ok ? 'met' : 'MISSED'))
             .join(', ')
         : '(none on PGlite)'
-    ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
+    ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, floor?.requestsPerSecond), ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
   }
 }
 console.log(table(ratioRows))

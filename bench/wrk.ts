@@ -1,7 +1,8 @@
 // `npm run bench:wrk`: the ratios of `npm run bench` again, with an independent load generator:
 // wrk (Debian's package: apt-get install wrk) in its own process, with bench/wrk/postback.lua,
 // against one bench server (bench/server.ts) on a fresh PostgreSQL database: GET /bench/noop, the
-// naive receiver and the receiver, in rounds that take turns, unique ids and half repeats.
+// naive receiver and the receiver, plus the floor (bench/floor.ts, its own server process on the
+// same database), in rounds that take turns; unique ids, half repeats, and a tenth status updates.
 // Options: --duration S per route and mix (10), --rounds N (2), --connections N (50), --threads N (1),
 // --pg-url URL, --env NAME=VALUE for the server.
 import { spawn, spawnSync } from 'node:child_process'
@@ -9,6 +10,7 @@ import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
+import { FLOOR_PATH } from './floor.ts'
 import { adminQuery, BENCH_SERVER_ENV, envPairs, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
@@ -24,9 +26,9 @@ const { values: args } = parseArgs({
 })
 const rounds = Math.max(1, Number(args.rounds))
 const slice = Number(args.duration) / rounds
-const ROUTES = { noop: '/bench/noop', naive: '/bench/naive', receiver: '/meta/postback/conversion' } as const
+const ROUTES = { noop: '/bench/noop', floor: FLOOR_PATH, naive: '/bench/naive', receiver: '/meta/postback/conversion' } as const
 type Route = keyof typeof ROUTES
-const MIXES = ['unique', 'half-repeats'] as const
+const MIXES = ['unique', 'half-repeats', 'updates'] as const
 
 if (spawnSync('wrk', ['--version']).error) {
   console.error('wrk is not installed: apt-get install -y wrk')
@@ -40,23 +42,32 @@ const url = new URL(args['pg-url'])
 url.pathname = `/${database}`
 await admin(`CREATE DATABASE ${database}`)
 const serverEnv = envPairs(args.env)
-const server = spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts'], {
-  cwd: ROOT,
-  env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), ...BENCH_SERVER_ENV, ...serverEnv },
-  stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
-})
+const spawnServer = (mode: string[], env: Record<string, string>) =>
+  spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts', '511', ...mode], {
+    cwd: ROOT,
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), ...env },
+    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+  })
+const server = spawnServer([], { ...BENCH_SERVER_ENV, ...serverEnv })
+const floorServer = spawnServer(['floor'], {})
+const stop = (child: typeof server) => {
+  child.kill('SIGTERM')
+  return new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)))
+}
 const cleanup = async () => {
-  server.kill('SIGTERM')
-  await new Promise((resolve) => (server.exitCode === null ? server.once('exit', resolve) : resolve(null)))
+  await Promise.all([stop(server), stop(floorServer)])
   await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
 }
 process.on('SIGINT', () => void cleanup().then(() => process.exit(130)))
 
 try {
-  const base = await new Promise<string>((resolve, reject) => {
-    server.once('message', (message: { url: string }) => resolve(message.url))
-    server.once('exit', (code) => reject(new Error(`bench server exited (${code})`)))
-  })
+  const listening = (child: typeof server) =>
+    new Promise<string>((resolve, reject) => {
+      child.once('message', (message: { url: string }) => resolve(message.url))
+      child.once('exit', (code) => reject(new Error(`bench server exited (${code})`)))
+    })
+  const [base, floorBase] = await Promise.all([listening(server), listening(floorServer)])
+  const baseOf = (route: Route) => (route === 'floor' ? floorBase : base)
   const db = new pg.Client({ connectionString: url.toString() })
   await db.connect()
   await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
@@ -65,7 +76,7 @@ try {
   console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${rounds} rounds of ${slice} s per route; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
   const stamp = Date.now().toString(36)
   const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors']]
-  const ratios: string[][] = [['mix', 'receiver / no-db', 'receiver / naive']]
+  const ratios: string[][] = [['mix', 'receiver / floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
     const totals = new Map<Route, { requests: number; seconds: number; p50: number[]; p99: number[]; non2xx: number; errors: number }>()
     const order = Object.keys(ROUTES) as Route[]
@@ -74,11 +85,11 @@ try {
         const route = order[(i + round) % order.length]!
         const result = spawnSync(
           'wrk',
-          ['-t', args.threads, '-c', args.connections, '-d', `${slice}s`, '--timeout', '10s', '--latency', '-s', 'bench/wrk/postback.lua', base],
+          ['-t', args.threads, '-c', args.connections, '-d', `${slice}s`, '--timeout', '10s', '--latency', '-s', 'bench/wrk/postback.lua', baseOf(route)],
           {
             cwd: ROOT,
             encoding: 'utf8',
-            env: { ...process.env, WRK_PATH: ROUTES[route], WRK_SHEET: 'bench', WRK_PREFIX: `${stamp}-${mix}-${route}-${round}`, WRK_REPEATS: mix === 'half-repeats' ? '1' : '0' },
+            env: { ...process.env, WRK_PATH: ROUTES[route], WRK_SHEET: 'bench', WRK_PREFIX: `${stamp}-${mix}-${route}-${round}`, WRK_REPEATS: mix === 'half-repeats' ? '1' : '0', WRK_UPDATES: mix === 'updates' ? '1' : '0' },
           },
         )
         const out = result.stdout
@@ -103,7 +114,8 @@ try {
       const t = totals.get(route)!
       rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), String(t.non2xx), String(t.errors)])
     }
-    ratios.push([mix, (rps('receiver') / rps('noop')).toFixed(2), (rps('receiver') / rps('naive')).toFixed(2)])
+    const over = (a: Route, b: Route) => (rps(a) / rps(b)).toFixed(2)
+    ratios.push([mix, over('receiver', 'floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
   }
   console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's. Load average now ${loadavg()[0]!.toFixed(2)}.`)
 } finally {

@@ -1,0 +1,313 @@
+// The benchmark's floor (issue 15): the least that a correct group-commit receiver does, as a route
+// of its own minimal server (bench/server.ts starts it instead of the app when told `floor`). The
+// receiver is measured against it to see what its features cost beyond storing a delivery at all.
+//
+// What it does, and nothing more:
+// - bare Fastify: no logger, no hooks, no rate limits, no metrics, no request-id plugin, no schemas;
+// - checks the two parameters a delivery cannot be stored without (sheet_id, transaction_id) and
+//   maps `status` (a Map lookup; an unknown word is a 400);
+// - queues the deliveries of one turn of the event loop and writes them, one row per key, sorted
+//   (concurrent statements then take row locks in one order and cannot deadlock), with one
+//   `INSERT ... ON CONFLICT DO NOTHING RETURNING` into the same `conversions` table (key
+//   (sheet_id, transaction_id, event));
+// - answers each delivery 200 only after its own statement committed, with the row's id; a repeat
+//   with the id of the stored row.
+// PostgreSQL: `pg` directly, named prepared statements, as many statements in flight as the
+// receiver (DB_POOL_MAX / 2, 5 by default), so that neither is ahead for that. The insert reads the
+// ids of repeats in the same round trip (UNION ALL, as the receiver does); a repeat whose first
+// delivery a concurrent statement committed after the snapshot is read by a second statement.
+// PGlite: its own query API on its one connection, one statement at a time. There the insert is
+// bare and repeats are read by a second statement only when there are any: PGlite parses and plans
+// every statement, and a bare INSERT of 13 rows costs about 0.95 ms against 1.6 to 2.6 ms with the
+// UNION (a lookup of 13 keys, about 0.6 ms).
+//
+// Why it is the floor: every correct receiver does at least this (parse the request, commit the row,
+// answer with its id, tell a repeat its id), in the cheapest way this stack allows. It makes no
+// lifecycle moves (a later status of a stored key answers `duplicate`), does not check that the
+// sheet is active (the foreign key refuses an unknown one, failing its whole batch with 503), and a
+// bad value (payout, say) fails its whole batch: the receiver's validation and batch splitting
+// exist for that, and the benchmark sends no such delivery.
+import { mkdirSync } from 'node:fs'
+import { PGlite } from '@electric-sql/pglite'
+import Fastify, { type FastifyInstance } from 'fastify'
+import pg from 'pg'
+import type { Config } from '../src/config.ts'
+import { lockDataDir } from '../src/data-dir-lock.ts'
+import { mapStatus, type ConversionStatus } from '../src/lifecycle.ts'
+
+export const FLOOR_PATH = '/bench/floor'
+
+const BATCH_MAX = 500
+
+interface Row {
+  sheet_id: string
+  transaction_id: string
+  event: string
+  payout: string | null
+  currency: string | null
+  campaign_id: string | null
+  adset_id: string | null
+  ad_id: string | null
+  status: ConversionStatus
+}
+
+interface Answer {
+  status: 'stored' | 'duplicate'
+  conversion_id: string
+}
+
+interface Pending {
+  row: Row
+  resolve: (answer: Answer) => void
+  reject: (error: unknown) => void
+}
+
+interface Statement {
+  name: string
+  text: string
+  values: unknown[]
+}
+
+interface KeyRow {
+  id: string
+  sheet_id: string
+  transaction_id: string
+  event: string
+  /** Inserted by this statement; false for a repeat's stored row. */
+  stored?: boolean
+}
+
+interface FloorStore {
+  query(statement: Statement): Promise<KeyRow[]>
+  /** The insert statement of this store. */
+  insert: { name: string; text: string }
+  concurrency: number
+  close(): Promise<void>
+}
+
+const UNNEST = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
+  AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)`
+/** The INSERT of the rows from `source` (aliased i), up to its RETURNING list. */
+const insertFrom = (source: string) => `
+  INSERT INTO conversions (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)
+  SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
+    COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
+    i.campaign_id, i.adset_id, i.ad_id, i.status
+  FROM ${source}
+  ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
+  RETURNING`
+
+// PGlite: the insert alone.
+const INSERT_STATEMENT = {
+  name: 'bench_floor_insert',
+  text: `${insertFrom(UNNEST)} id::text AS id, sheet_id, transaction_id, event, true AS stored`,
+}
+
+// PostgreSQL: the insert and the stored rows of repeats, in one round trip. The lookup is LATERAL
+// with OFFSET 0, as in the receiver: a cached generic plan of a plain join can turn into a hash join
+// over the whole table on every batch.
+const INSERT_AND_LOOKUP_STATEMENT = {
+  name: 'bench_floor_insert_lookup',
+  text: `WITH input AS (SELECT * FROM ${UNNEST}), written AS (${insertFrom('input i')} id, sheet_id, transaction_id, event)
+    SELECT id::text AS id, sheet_id, transaction_id, event, true AS stored FROM written
+    UNION ALL
+    SELECT c.id::text, c.sheet_id, c.transaction_id, c.event, false
+    FROM input i
+    CROSS JOIN LATERAL (
+      SELECT c.id, c.sheet_id, c.transaction_id, c.event FROM conversions c
+      WHERE c.sheet_id = i.sheet_id AND c.transaction_id = i.transaction_id AND c.event = i.event OFFSET 0
+    ) c`,
+}
+
+// LATERAL with OFFSET 0, as in the receiver: a cached generic plan of a plain join can turn into a
+// hash join over the whole table on every batch.
+const LOOKUP_STATEMENT = {
+  name: 'bench_floor_lookup',
+  text: `
+    SELECT c.id::text AS id, c.sheet_id, c.transaction_id, c.event
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS k(sheet_id, transaction_id, event)
+    CROSS JOIN LATERAL (
+      SELECT c.id, c.sheet_id, c.transaction_id, c.event FROM conversions c
+      WHERE c.sheet_id = k.sheet_id AND c.transaction_id = k.transaction_id AND c.event = k.event OFFSET 0
+    ) c`,
+}
+
+const keyOf = (row: { sheet_id: string; transaction_id: string; event: string }) => `${row.sheet_id}\u0000${row.event}\u0000${row.transaction_id}`
+
+function compareKeys(a: Row, b: Row): number {
+  if (a.sheet_id !== b.sheet_id) return a.sheet_id < b.sheet_id ? -1 : 1
+  if (a.transaction_id !== b.transaction_id) return a.transaction_id < b.transaction_id ? -1 : 1
+  return a.event < b.event ? -1 : a.event > b.event ? 1 : 0
+}
+
+/** The group commit: one statement per turn of the event loop while a connection is free. */
+class FloorWriter {
+  readonly #store: FloorStore
+  #queue: Pending[] = []
+  #inFlight = 0
+  #scheduled = false
+  #idle: Array<() => void> = []
+  /** Statements written and the deliveries in them, for the bench's batch-size column. */
+  readonly batches = { count: 0, rows: 0 }
+
+  constructor(store: FloorStore) {
+    this.#store = store
+  }
+
+  write(row: Row): Promise<Answer> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ row, resolve, reject })
+      if (this.#scheduled || this.#inFlight >= this.#store.concurrency) return
+      // The rest of this turn's requests join the batch.
+      this.#scheduled = true
+      setImmediate(() => {
+        this.#scheduled = false
+        this.#flush()
+      })
+    })
+  }
+
+  /** Resolves once nothing is queued or being written. */
+  drain(): Promise<void> {
+    if (this.#queue.length === 0 && this.#inFlight === 0) return Promise.resolve()
+    return new Promise((resolve) => this.#idle.push(resolve))
+  }
+
+  #flush(): void {
+    while (this.#queue.length > 0 && this.#inFlight < this.#store.concurrency) {
+      this.#inFlight++
+      void this.#writeBatch(this.#queue.splice(0, BATCH_MAX))
+    }
+  }
+
+  async #writeBatch(batch: Pending[]): Promise<void> {
+    this.batches.count++
+    this.batches.rows += batch.length
+    // One row per key; the key's later deliveries in the batch are its repeats.
+    const byKey = new Map<string, Pending[]>()
+    for (const pending of batch) {
+      const key = keyOf(pending.row)
+      const same = byKey.get(key)
+      if (same) same.push(pending)
+      else byKey.set(key, [pending])
+    }
+    let settle: () => void
+    try {
+      const ids = await this.#writeRows([...byKey.values()].map((same) => same[0]!.row).sort(compareKeys))
+      settle = () => {
+        for (const [key, same] of byKey) {
+          const found = ids.get(key)
+          if (!found) {
+            for (const pending of same) pending.reject(new Error('no row after the insert'))
+            continue
+          }
+          same.forEach((pending, index) => pending.resolve({ status: index === 0 && found.stored ? 'stored' : 'duplicate', conversion_id: found.id }))
+        }
+      }
+    } catch (error) {
+      settle = () => {
+        for (const pending of batch) pending.reject(error)
+      }
+    }
+    // The next batch goes out before this one is answered, as in the receiver.
+    this.#inFlight--
+    this.#flush()
+    settle()
+    if (this.#queue.length === 0 && this.#inFlight === 0) for (const resolve of this.#idle.splice(0)) resolve()
+  }
+
+  async #writeRows(rows: Row[]): Promise<Map<string, { id: string; stored: boolean }>> {
+    const column = (name: keyof Row) => rows.map((row) => row[name])
+    const written = await this.#store.query({
+      ...this.#store.insert,
+      values: (['sheet_id', 'transaction_id', 'event', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status'] as const).map(column),
+    })
+    const ids = new Map<string, { id: string; stored: boolean }>()
+    for (const row of written) ids.set(keyOf(row), { id: row.id, stored: row.stored === true })
+    // No row: a repeat on PGlite, or one whose first delivery a concurrent statement committed after
+    // this statement's snapshot (the insert waited for it). A new statement sees the committed row.
+    const repeats = rows.filter((row) => !ids.has(keyOf(row)))
+    if (repeats.length > 0) {
+      const found = await this.#store.query({ ...LOOKUP_STATEMENT, values: [repeats.map((r) => r.sheet_id), repeats.map((r) => r.transaction_id), repeats.map((r) => r.event)] })
+      for (const row of found) ids.set(keyOf(row), { id: row.id, stored: false })
+    }
+    return ids
+  }
+}
+
+async function openFloorStore(config: Config): Promise<FloorStore> {
+  if (config.DATABASE_URL) {
+    // The receiver's statements in flight (plugins/ingest.ts), one connection each.
+    const inFlight = Math.max(1, Math.floor(config.DB_POOL_MAX / 2))
+    const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: inFlight })
+    pool.on('error', () => undefined)
+    return {
+      query: async (statement) => (await pool.query(statement)).rows,
+      insert: INSERT_AND_LOOKUP_STATEMENT,
+      concurrency: inFlight,
+      close: () => pool.end(),
+    }
+  }
+  mkdirSync(config.DATA_DIR, { recursive: true })
+  const lock = lockDataDir(config.DATA_DIR)
+  const pglite = await PGlite.create(config.DATA_DIR)
+  return {
+    query: async (statement) => (await pglite.query<KeyRow>(statement.text, statement.values)).rows,
+    insert: INSERT_STATEMENT,
+    concurrency: 1,
+    async close() {
+      try {
+        await pglite.close()
+      } finally {
+        lock.release()
+      }
+    },
+  }
+}
+
+const text = (value: unknown) => (typeof value === 'string' && value !== '' ? value : null)
+
+/** The floor's server, listening; closing it answers what is queued, then closes the store. */
+export async function startFloor(config: Config, backlog: number): Promise<{ url: string; close(): Promise<void> }> {
+  const store = await openFloorStore(config)
+  const writer = new FloorWriter(store)
+  const app: FastifyInstance = Fastify({ logger: false })
+  app.get(FLOOR_PATH, async (request, reply) => {
+    const query = request.query as Record<string, unknown>
+    const sheetId = text(query.sheet_id)
+    const transactionId = text(query.transaction_id)
+    if (!sheetId || !transactionId) return reply.code(400).send({ error: 'missing_parameter' })
+    let status: ConversionStatus
+    try {
+      status = mapStatus(text(query.status) ?? undefined)
+    } catch {
+      return reply.code(400).send({ error: 'invalid_parameter', parameter: 'status' })
+    }
+    try {
+      return await writer.write({
+        sheet_id: sheetId,
+        transaction_id: transactionId,
+        event: text(query.event) ?? '',
+        payout: text(query.payout),
+        currency: text(query.currency)?.toUpperCase() ?? null,
+        campaign_id: text(query.campaign_id),
+        adset_id: text(query.adset_id),
+        ad_id: text(query.ad_id),
+        status,
+      })
+    } catch {
+      return reply.code(503).send({ error: 'storage_unavailable' })
+    }
+  })
+  // The two lines of the app's /metrics that bench/run.ts reads (postback_batch_size), nothing else.
+  app.get('/metrics', async () => `postback_batch_size_sum ${writer.batches.rows}\npostback_batch_size_count ${writer.batches.count}\n`)
+  const url = await app.listen({ host: config.HOST, port: config.PORT, backlog })
+  return {
+    url,
+    async close() {
+      await app.close()
+      await writer.drain()
+      await store.close()
+    },
+  }
+}
