@@ -19,7 +19,6 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
-import pg from 'pg'
 import { loadConfig } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
 import { migrate } from '../src/migrations.ts'
@@ -565,7 +564,6 @@ async function runOverload(store: StoreHandle): Promise<CaseResult> {
   }
 }
 
-
 const results: CaseResult[] = []
 const started = Date.now()
 console.log(`postback-store bench: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), Node.js ${process.version}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`)
@@ -655,14 +653,15 @@ console.log(table(floorRows))
 console.log('\n## Ratios\n')
 const ratioRows: string[][] = [['store', 'mix', 'receiver / floor', 'receiver / no-db', 'receiver / naive', 'receiver p99 ms', 'acked missing', 'targets on PostgreSQL: >= 0.5, >= 8, p99 < 50 ms, 0 missing']]
 for (const kind of stores) {
-  for (const mix of mixes) for (const route of routes.filter(isReceiver)) {
-    const receiver = find(kind, route, mix)
-    const noop = find(kind, 'noop', mix)
-    const naive = find(kind, 'naive', mix)
-    const floor = find(kind, 'floor', mix)
-    if (!receiver) continue
-    const lost = (receiver.missing ?? 0) + (naive?.missing ?? 0) + (floor?.missing ?? 0)
-    const verdicts =
+  for (const mix of mixes) {
+    for (const route of routes.filter(isReceiver)) {
+      const receiver = find(kind, route, mix)
+      const noop = find(kind, 'noop', mix)
+      const naive = find(kind, 'naive', mix)
+      const floor = find(kind, 'floor', mix)
+      if (!receiver) continue
+      const lost = (receiver.missing ?? 0) + (naive?.missing ?? 0) + (floor?.missing ?? 0)
+      const verdicts =
       kind === 'postgresql'
         ? [
             noop ? receiver.requestsPerSecond >= 0.5 * noop.requestsPerSecond : undefined,
@@ -673,7 +672,8 @@ for (const kind of stores) {
             .map((ok) => (ok === undefined ? '-' : ok ? 'met' : 'MISSED'))
             .join(', ')
         : '(none on PGlite)'
-    ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, floor?.requestsPerSecond), ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
+      ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, floor?.requestsPerSecond), ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
+    }
   }
 }
 console.log(table(ratioRows))

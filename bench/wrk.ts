@@ -58,7 +58,9 @@ const cleanup = async () => {
   await Promise.all([stop(server), stop(floorServer)])
   await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
 }
-process.on('SIGINT', () => void cleanup().then(() => process.exit(130)))
+process.on('SIGINT', () => {
+  void cleanup().then(() => process.exit(130))
+})
 
 try {
   const listening = (child: typeof server) =>
