@@ -1,16 +1,12 @@
 // API key roles: `read` (conversions, summary, history, diagnostics) and `admin` (also /admin).
 // A reporting service's global read key is refused on every admin route: the routes are taken from
 // the app itself (its OpenAPI document), so a new admin route is covered without editing this test.
-import { mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import t from 'tap'
 import { createApiKey } from '../src/api-keys.ts'
-import { run } from '../src/cli.ts'
 import { loadConfig } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
 import { migrate, readMigrations } from '../src/migrations.ts'
-import { deliverAll, newKeyHeader, newSheet, pgliteCopy, testApp } from './helpers.ts'
+import { adminOn, deliverAll, newKeyHeader, newSheet, pgliteCopy, testApp } from './helpers.ts'
 
 const app = await testApp(t)
 const [sheetA, sheetB] = [await newSheet(app), await newSheet(app)]
@@ -77,32 +73,19 @@ t.test("a sheet-scoped admin key administers its sheets' secrets and allow-lists
 
 t.test('postback-admin key create --role', async (t) => {
   const env = { LOG_LEVEL: 'silent', DATABASE_URL: process.env.DATABASE_URL, DATA_DIR: process.env.DATABASE_URL ? undefined : pgliteCopy(t) }
-  const invoke = async (argv: string[]) => {
-    const out: string[] = []
-    const err: string[] = []
-    const [stdout, stderr] = [process.stdout.write, process.stderr.write]
-    process.stdout.write = ((chunk: string) => out.push(String(chunk)) > 0) as typeof process.stdout.write
-    process.stderr.write = ((chunk: string) => err.push(String(chunk)) > 0) as typeof process.stderr.write
-    try {
-      const code = await run(argv, env)
-      return { code, out: out.join(''), err: err.join('') }
-    } finally {
-      process.stdout.write = stdout
-      process.stderr.write = stderr
-    }
-  }
-  t.equal(JSON.parse((await invoke(['key', 'create', '--global'])).out).role, 'admin')
-  t.equal(JSON.parse((await invoke(['key', 'create', '--global', '--role', 'read'])).out).role, 'read')
+  const cli = adminOn(env)
+  const invoke = (argv: string[]) => cli(...argv)
+
+  t.equal(JSON.parse((await invoke(['key', 'create', '--global'])).stdout).role, 'admin')
+  t.equal(JSON.parse((await invoke(['key', 'create', '--global', '--role', 'read'])).stdout).role, 'read')
   const bad = await invoke(['key', 'create', '--global', '--role', 'owner'])
   t.equal(bad.code, 2)
-  t.match(bad.err, /--role is read or admin/)
+  t.match(bad.stderr, /--role is read or admin/)
 })
 
 t.test('the migration keeps existing global keys admin and makes scoped keys read', async (t) => {
   // On a fresh embedded store in either run: the migrations before roles, two keys, then the rest.
-  const dir = mkdtempSync(join(tmpdir(), 'postback-roles-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
-  const db = await openDatabase(loadConfig({ DATA_DIR: dir }))
+  const db = await openDatabase(loadConfig({ DATA_DIR: pgliteCopy(t, { migrated: false }) }))
   t.teardown(() => db.close())
   const migrations = readMigrations()
   const index = migrations.findIndex((migration) => migration.name.endsWith('_security'))
