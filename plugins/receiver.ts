@@ -34,6 +34,8 @@ function rawQuery(request: FastifyRequest): string {
   return mark === -1 ? '' : request.url.slice(mark + 1)
 }
 
+const CLOSE_WAIT_MS = 10_000
+
 export default async function receiver(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   app.decorateRequest('postbackTest', false)
@@ -75,6 +77,35 @@ export default async function receiver(fastify: FastifyInstance) {
       test: request.postbackTest,
     })
     if (request.postbackTest) app.deliveryLog.recordTest(sheetId, error.code)
+  })
+
+  // Deliveries being answered. On close they finish first, with the writer and the store still open
+  // (this scope's onClose runs before theirs): a delivery still reading its sheet's settings when the
+  // shutdown starts is answered as usual, not failed by a store closing under it.
+  const answering = new Set<FastifyRequest>()
+  let allAnswered: (() => void) | undefined
+  const answered = (request: FastifyRequest) => {
+    if (answering.delete(request) && answering.size === 0) allAnswered?.()
+  }
+  app.addHook('onRequest', (request, _reply, done) => {
+    answering.add(request)
+    done()
+  })
+  app.addHook('onResponse', (request, _reply, done) => {
+    answered(request)
+    done()
+  })
+  app.addHook('onRequestAbort', (request, done) => {
+    answered(request)
+    done()
+  })
+  app.addHook('onClose', async () => {
+    if (answering.size === 0) return
+    await new Promise<void>((resolve) => {
+      allAnswered = resolve
+      // A request that neither finished nor was aborted must not hold the shutdown forever.
+      setTimeout(resolve, CLOSE_WAIT_MS).unref()
+    })
   })
 
   const security = app.sheetSecurity
