@@ -239,7 +239,9 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
   if (config.DATABASE_URL) {
     // The receiver's statements in flight (plugins/ingest.ts), one connection each.
     const inFlight = Math.max(1, Math.floor(config.DB_POOL_MAX / 2))
-    const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: inFlight })
+    // Idle connections kept 30 s, as the app's pool does (pg's default, 10 s, would close them while
+    // the bench measures the other routes, and the floor would pay for reconnecting).
+    const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: inFlight, idleTimeoutMillis: 30_000 })
     pool.on('error', () => undefined)
     return {
       query: async (statement) => (await pool.query(statement)).rows,

@@ -3,8 +3,10 @@
 // against one bench server (bench/server.ts) on a fresh PostgreSQL database: GET /bench/noop, the
 // naive receiver and the receiver, plus the floor (bench/floor.ts, its own server process on the
 // same database), in rounds that take turns; unique ids, half repeats, and a tenth status updates.
-// Options: --duration S per route and mix (10), --rounds N (2), --connections N (50), --threads N (1),
-// --pg-url URL, --env NAME=VALUE for the server.
+// Options: --duration S per route and mix (10), --rounds N (2), --warmup S per route before the
+// first mix (2; the floor is a process of its own and would otherwise pay its start-up, JIT and
+// connections in its first measured slice), --connections N (50), --threads N (1), --pg-url URL,
+// --env NAME=VALUE for the server.
 import { spawn, spawnSync } from 'node:child_process'
 import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
@@ -18,6 +20,7 @@ const { values: args } = parseArgs({
   options: {
     duration: { type: 'string', default: '10' },
     rounds: { type: 'string', default: '2' },
+    warmup: { type: 'string', default: '2' },
     connections: { type: 'string', default: '50' },
     threads: { type: 'string', default: '1' },
     'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
@@ -26,6 +29,7 @@ const { values: args } = parseArgs({
 })
 const rounds = Math.max(1, Number(args.rounds))
 const slice = Number(args.duration) / rounds
+const warmup = Number(args.warmup)
 const ROUTES = { noop: '/bench/noop', floor: FLOOR_PATH, naive: '/bench/naive', receiver: '/meta/postback/conversion' } as const
 type Route = keyof typeof ROUTES
 const MIXES = ['unique', 'half-repeats', 'updates'] as const
@@ -75,8 +79,19 @@ try {
   await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
   await db.end()
 
-  console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${rounds} rounds of ${slice} s per route; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
+  console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${warmup} s warm-up per route, then ${rounds} rounds of ${slice} s per route; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
   const stamp = Date.now().toString(36)
+  const runWrk = (route: Route, seconds: number, prefix: string, mix: (typeof MIXES)[number]) =>
+    spawnSync(
+      'wrk',
+      ['-t', args.threads, '-c', args.connections, '-d', `${seconds}s`, '--timeout', '10s', '--latency', '-s', 'bench/wrk/postback.lua', baseOf(route)],
+      {
+        cwd: ROOT,
+        encoding: 'utf8',
+        env: { ...process.env, WRK_PATH: ROUTES[route], WRK_SHEET: 'bench', WRK_PREFIX: prefix, WRK_REPEATS: mix === 'half-repeats' ? '1' : '0', WRK_UPDATES: mix === 'updates' ? '1' : '0' },
+      },
+    )
+  if (warmup > 0) for (const route of Object.keys(ROUTES) as Route[]) runWrk(route, warmup, `${stamp}-warmup-${route}`, 'unique')
   const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors']]
   const ratios: string[][] = [['mix', 'receiver / floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
@@ -85,15 +100,7 @@ try {
     for (let round = 0; round < rounds; round++) {
       for (let i = 0; i < order.length; i++) {
         const route = order[(i + round) % order.length]!
-        const result = spawnSync(
-          'wrk',
-          ['-t', args.threads, '-c', args.connections, '-d', `${slice}s`, '--timeout', '10s', '--latency', '-s', 'bench/wrk/postback.lua', baseOf(route)],
-          {
-            cwd: ROOT,
-            encoding: 'utf8',
-            env: { ...process.env, WRK_PATH: ROUTES[route], WRK_SHEET: 'bench', WRK_PREFIX: `${stamp}-${mix}-${route}-${round}`, WRK_REPEATS: mix === 'half-repeats' ? '1' : '0', WRK_UPDATES: mix === 'updates' ? '1' : '0' },
-          },
-        )
+        const result = runWrk(route, slice, `${stamp}-${mix}-${route}-${round}`, mix)
         const out = result.stdout
         const total = totals.get(route) ?? { requests: 0, seconds: 0, p50: [], p99: [], non2xx: 0, errors: 0 }
         const done = /(\d+) requests in ([\d.]+)(ms|s|m)/.exec(out)
