@@ -1,7 +1,8 @@
 // The benchmark's baseline (registered only by bench/server.ts, never by the app): the receiver as a
 // first version would write it, awaiting one Prisma write per request, with the same validation
-// (parseDelivery) and the same answers as the real receiver for first deliveries and repeats (it makes
-// no lifecycle moves: the benchmark's baseline mix has none). No group commit, no queue bound.
+// (parseDelivery) and the same answers as the real receiver for first deliveries and repeats. It makes
+// no lifecycle moves: in the bench's updates mix, a later status answers `duplicate`, as from the
+// floor (bench/floor.ts). No group commit, no queue bound.
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { parseDelivery } from '../src/delivery.ts'
