@@ -62,22 +62,22 @@ export function parseTestFlag(value: QueryValue | undefined): boolean {
 }
 
 export function parseDelivery(query: ParsedQuery): Delivery {
-  const values: Record<string, string> = {}
+  // One pass, no copies (the receiver's hot path): the status word is mapped to its canonical status
+  // and kept as sent; the mapping parameters only serve that and are not stored.
+  const delivery: Record<string, string> = {}
+  let mapping: StatusMapping | undefined
+  let word: string | undefined
   for (const name of PARAMETERS) {
     const value = readParameter(name, query[name])
-    if (value !== undefined) values[name] = value
-  }
-  // The status word is mapped to its canonical status and kept as sent; the mapping parameters
-  // only serve that and are not stored.
-  const { status: word, ...rest } = values
-  const mapping: StatusMapping = {}
-  const delivery: Record<string, string> = {}
-  for (const [name, value] of Object.entries(rest)) {
-    if (MAPPING.has(name)) mapping[name as keyof StatusMapping] = value
+    if (value === undefined) continue
+    if (name === 'status') word = value
+    else if (MAPPING.has(name)) (mapping ??= {})[name as keyof StatusMapping] = value
     else delivery[name] = value
   }
-  const status = mapStatus(word, mapping)
-  return { ...(delivery as Omit<Delivery, 'status' | 'network_status'>), status, ...(word === undefined ? {} : { network_status: word }) }
+  const result = delivery as Delivery
+  result.status = mapStatus(word, mapping)
+  if (word !== undefined) result.network_status = word
+  return result
 }
 
 function readParameter(name: Parameter, input: QueryValue | undefined): string | undefined {
