@@ -1,12 +1,11 @@
 // The embedded store's folder is one process's: a second opener fails at once naming the folder,
 // and a lock left by a killed process does not block the next start.
 import { spawn } from 'node:child_process'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { readFileSync, writeFileSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import t from 'tap'
 import { lockDataDir } from '../src/data-dir-lock.ts'
-import { pgliteCopy } from './helpers.ts'
+import { pgliteCopy, scratchDir } from './helpers.ts'
 import { ROOT, run, start, startServer, waitForOutput } from './processes.ts'
 
 const hold = ['--import=tsx', 'test/fixtures/hold-store.ts']
@@ -32,8 +31,7 @@ t.test('a second process opening the folder fails at once, naming it; after kill
 })
 
 t.test('the lock in one process', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'postback-lock-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const dir = scratchDir(t, 'postback-lock-')
   const lock = lockDataDir(dir)
   t.throws(() => lockDataDir(dir), { name: 'DataDirLockedError', message: /already open in this process/ })
   lock.release()
@@ -46,8 +44,7 @@ t.test('the lock in one process', async (t) => {
 })
 
 t.test('a lock with this process id but another start time is stale (a restarted container)', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'postback-lock-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const dir = scratchDir(t, 'postback-lock-')
   writeFileSync(join(dir, 'postback-store.lock'), JSON.stringify({ pid: process.pid, startTime: '1' }))
   const lock = lockDataDir(dir)
   t.pass('taken over')
@@ -55,8 +52,7 @@ t.test('a lock with this process id but another start time is stale (a restarted
 })
 
 t.test('a lock held by another live process is refused', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'postback-lock-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const dir = scratchDir(t, 'postback-lock-')
   // pid 1 is alive; with a null start time it cannot be told stale.
   writeFileSync(join(dir, 'postback-store.lock'), JSON.stringify({ pid: 1, startTime: null }))
   t.throws(() => lockDataDir(dir), { name: 'DataDirLockedError', message: `data folder ${dir} is in use by process 1` })
@@ -88,8 +84,7 @@ async function zombie(t: { teardown(fn: () => unknown): void }): Promise<{ pid: 
 // Regression: after `kill -9` of a process group started by `npm start`, the server lingers as a
 // zombie until someone reaps it, and a supervisor's immediate restart was refused.
 t.test('a lock whose owner is a zombie (dead, not yet reaped) is taken over', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'postback-lock-'))
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  const dir = scratchDir(t, 'postback-lock-')
   const owner = await zombie(t)
   writeFileSync(join(dir, 'postback-store.lock'), JSON.stringify(owner))
   const lock = lockDataDir(dir)

@@ -1,7 +1,7 @@
 // Test helpers: an app on a real store (a copy of a prepared PGlite folder, or the PostgreSQL that
 // DATABASE_URL names), sheets with unique ids so test files never step on each other, and a
 // receiver URL builder.
-import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import { accessSync, constants, cpSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -24,13 +24,36 @@ interface Test {
 }
 
 /**
+ * Where tests make folders: TEST_SCRATCH_DIR, else /dev/shm (memory) where the machine has it, else
+ * the OS temp folder. A PGlite data folder is about 1,000 files: copying one onto this machine's
+ * disk took 0.7 to 1 s of system time, onto /dev/shm 0.04 s (a third of the suite's CPU went there).
+ * PGlite runs the same on either; only a machine crash, which no test makes, tells them apart.
+ */
+const SCRATCH = process.env.TEST_SCRATCH_DIR || (writable('/dev/shm') ? '/dev/shm' : tmpdir())
+
+function writable(dir: string): boolean {
+  try {
+    accessSync(dir, constants.W_OK)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** A new empty folder for this test, removed after it. */
+export function scratchDir(t: Test, prefix = 'postback-test-'): string {
+  const dir = mkdtempSync(join(SCRATCH, prefix))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/**
  * A fresh PGlite data folder, copied from a template that test/setup.ts prepares: migrated, or with
  * `{ migrated: false }` a store as a first open leaves it (initdb done, no tables).
  */
 export function pgliteCopy(t: Test, { migrated = true } = {}): string {
-  const dir = mkdtempSync(join(tmpdir(), 'postback-test-'))
+  const dir = scratchDir(t)
   cpSync(migrated ? TEMPLATE_DIR : EMPTY_TEMPLATE_DIR, dir, { recursive: true })
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
   return dir
 }
 
