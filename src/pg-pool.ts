@@ -6,7 +6,7 @@ import pg from 'pg'
 import { StoreUnavailableError, type UnavailableReason } from './storage-errors.ts'
 
 // pg 8.16 (pg/lib/client.js, pg-pool/index.js): the failures that carry no code. Exact texts; a pg
-// upgrade that changes one makes test/database-outage.test.ts fail.
+// upgrade that changes one makes test/store/database-outage.ts fail.
 const CLIENT_FAILURES = new Map<string, UnavailableReason>([
   ['Query read timeout', 'timeout'],
   ['timeout exceeded when trying to connect', 'timeout'],

@@ -1,0 +1,121 @@
+// Logs as an operator reads them: JSON lines, a request id on each request's lines and in the
+// x-request-id header, secrets redacted, one line per rejected postback, probes kept quiet.
+import t from 'tap'
+import { buildApp } from '../../src/app.ts'
+import { isSecretParameter, redactQueryValues } from '../../src/logging.ts'
+import { capturedLog, newSheet, receiverUrl, testConfig } from '../helpers.ts'
+
+interface LogLine {
+  level: number
+  msg: string
+  reqId?: string
+  req?: { url: string }
+  [field: string]: unknown
+}
+
+const { stream, raw, lines } = capturedLog<LogLine>()
+const app = await buildApp(testConfig(t), { logger: { level: 'info', stream } })
+t.teardown(() => app.close())
+await app.ready()
+const sheet = await newSheet(app)
+
+const linesOf = (id: string) => lines().filter((line) => line.reqId === id)
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+
+t.test('a sane incoming x-request-id is kept, echoed, and on every line of that request', async (t) => {
+  const response = await app.inject({
+    method: 'GET',
+    url: receiverUrl({ sheet_id: sheet, transaction_id: 'L-1', payout: '{payout}' }),
+    headers: { 'x-request-id': 'lb-7f3a.2:9_x' },
+  })
+  t.equal(response.statusCode, 400)
+  t.equal(response.headers['x-request-id'], 'lb-7f3a.2:9_x')
+  t.same(
+    linesOf('lb-7f3a.2:9_x').map((line) => line.msg),
+    ['incoming request', 'postback rejected', 'request completed'],
+  )
+})
+
+t.test('without a usable incoming id, each request gets a new UUID', async (t) => {
+  const ids: string[] = []
+  for (const headers of [{}, { 'x-request-id': 'a'.repeat(65) }, { 'x-request-id': 'bad id"<>' }, { 'x-request-id': '' }, {}]) {
+    const response = await app.inject({ method: 'GET', url: '/nowhere', headers })
+    const id = String(response.headers['x-request-id'])
+    t.match(id, UUID, JSON.stringify(headers))
+    t.equal(linesOf(id).length, 2, 'incoming request and request completed carry it')
+    ids.push(id)
+  }
+  t.equal(new Set(ids).size, ids.length, 'all different')
+  const malformed = await app.inject({ method: 'GET', url: '/meta/postback/conversion%', headers: { 'x-request-id': 'bad-path-1' } })
+  t.equal(malformed.statusCode, 400)
+  t.equal(malformed.headers['x-request-id'], 'bad-path-1', 'also on an answer given before routing')
+})
+
+t.test('secret query values and authorization headers never reach the log', async (t) => {
+  const url =
+    `/meta/postback/conversion?sheet_id=${sheet}&transaction_id=L-2&api_key=SEKRET1&token=SEKRET2` +
+    `&password=SEKRET3&Access_Token=SEKRET4&api%5Fkey=SEKRET5&apiKey=SEKRET6&keyword=shoes&payout=2`
+  const response = await app.inject({
+    method: 'GET',
+    url,
+    headers: { authorization: 'Bearer SEKRET7', 'x-request-id': 'redaction-1' },
+  })
+  t.equal(response.statusCode, 200)
+  const [incoming] = linesOf('redaction-1')
+  t.equal(
+    incoming?.req?.url,
+    `/meta/postback/conversion?sheet_id=${sheet}&transaction_id=L-2&api_key=[REDACTED]&token=[REDACTED]` +
+      `&password=[REDACTED]&Access_Token=[REDACTED]&api%5Fkey=[REDACTED]&apiKey=[REDACTED]&keyword=shoes&payout=2`,
+  )
+
+  // A line that logs headers (a plugin's debugging, an error's context) has them redacted too.
+  app.log.info({ headers: { authorization: 'Bearer SEKRET8', 'x-api-key': 'SEKRET9', accept: '*/*' } }, 'headers at top')
+  app.log.info({ request: { headers: { authorization: 'Bearer SEKRET10', cookie: 'sid=SEKRET11' } }, apiKey: 'SEKRET12' }, 'headers nested')
+  const logged = lines()
+  t.match(logged.find((line) => line.msg === 'headers at top'), {
+    headers: { authorization: '[REDACTED]', 'x-api-key': '[REDACTED]', accept: '*/*' },
+  })
+  t.match(logged.find((line) => line.msg === 'headers nested'), {
+    request: { headers: { authorization: '[REDACTED]', cookie: '[REDACTED]' } },
+    apiKey: '[REDACTED]',
+  })
+  t.notMatch(raw.join('\n'), /SEKRET/, 'no secret anywhere in the log')
+})
+
+t.test('one info line per rejected postback, with its reason, also when no sheet is named', async (t) => {
+  const cases: Array<[Record<string, string>, string, string]> = [
+    [{ sheet_id: sheet, transaction_id: '', payout: '1' }, 'missing_parameter', 'transaction_id'],
+    [{ transaction_id: 'L-3' }, 'missing_parameter', 'sheet_id'],
+    [{ sheet_id: 'no-such-sheet', transaction_id: 'L-4' }, 'unknown_sheet', 'sheet_id'],
+  ]
+  for (const [params, reason, parameter] of cases) {
+    const response = await app.inject({ method: 'GET', url: receiverUrl(params) })
+    const rejected = linesOf(String(response.headers['x-request-id'])).filter((line) => line.msg === 'postback rejected')
+    t.match(rejected, [{ level: 30, reason, parameter }], JSON.stringify(params))
+    t.equal(rejected.length, 1)
+  }
+})
+
+t.test('health checks and scrapes are not logged at info', async (t) => {
+  const before = raw.length
+  for (const url of ['/livez', '/readyz', '/metrics']) {
+    const response = await app.inject({ method: 'GET', url })
+    t.equal(response.statusCode, 200, url)
+    t.match(response.headers['x-request-id'], UUID, `${url} still answers with its id`)
+  }
+  t.same(raw.slice(before), [])
+})
+
+t.test('which query parameters count as secret', async (t) => {
+  for (const name of ['key', 'KEY', 'api_key', 'apikey', 'apiKey', 'x-api-key', 'access_token', 'token', 'secret', 'client_secret', 'password', 'passwd', 'auth', 'signature', 'session_id']) {
+    t.ok(isSecretParameter(name), name)
+  }
+  for (const name of ['sheet_id', 'transaction_id', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'keyword', 'monkey', 'sub1', 'clickid']) {
+    t.notOk(isSecretParameter(name), name)
+  }
+  t.equal(redactQueryValues('/a'), '/a')
+  t.equal(redactQueryValues('/a?'), '/a?')
+  t.equal(redactQueryValues('/a?token'), '/a?token', 'a name without a value has nothing to hide')
+  t.equal(redactQueryValues('/a?token=&x=1'), '/a?token=[REDACTED]&x=1')
+  t.equal(redactQueryValues('/a?%ZZkey=1&key=a=b'), '/a?%ZZkey=1&key=[REDACTED]', 'a malformed name is compared as sent')
+})

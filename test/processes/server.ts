@@ -1,0 +1,49 @@
+// The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
+import { createServer } from 'node:net'
+import t from 'tap'
+import { admin, storeEnv, uniqueId } from '../helpers.ts'
+import { run, start, waitForOutput } from '../processes.ts'
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number }
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+t.test('starts, answers, and exits 0 on SIGTERM', async (t) => {
+  const port = await freePort()
+  const env = storeEnv(t)
+  // Provisioned with the CLI first, as a user would (the embedded store is one process's at a time).
+  const sheet = uniqueId('server')
+  t.equal((await admin(env, 'sheet', 'create', '--id', sheet)).code, 0)
+  const { key } = (await admin(env, 'key', 'create', '--sheet', sheet)).result as { key: string }
+  const began = Date.now()
+  const server = start(['--import=tsx', 'src/server.ts'], { ...env, PORT: String(port) })
+  t.teardown(() => server.kill('SIGKILL'))
+  await waitForOutput(server, 'Server listening')
+  t.comment(`listening after ${Date.now() - began} ms`)
+  const live = await fetch(`http://127.0.0.1:${port}/livez`)
+  t.equal(live.status, 200)
+  const receiver = await fetch(`http://127.0.0.1:${port}/meta/postback/conversion?sheet_id=none-such&transaction_id=1`)
+  t.equal(receiver.status, 404)
+  t.equal(((await receiver.json()) as { error: string }).error, 'unknown_sheet')
+  const stored = await fetch(`http://127.0.0.1:${port}/meta/postback/conversion?sheet_id=${sheet}&transaction_id=over-http&payout=4.20`)
+  const { conversion_id: id } = (await stored.json()) as { conversion_id: string }
+  const listed = await fetch(`http://127.0.0.1:${port}/api/v1/postback/conversions?sheet_id=${sheet}`, { headers: { authorization: `Bearer ${key}` } })
+  t.equal(listed.status, 200)
+  t.match(await listed.json(), { data: [{ id, transaction_id: 'over-http', payout: '4.20' }], next_cursor: null })
+  const anonymous = await fetch(`http://127.0.0.1:${port}/api/v1/postback/conversions`)
+  t.equal(anonymous.status, 401)
+  server.kill('SIGTERM')
+  const { code, signal } = await server.output
+  t.same([code, signal], [0, null])
+})
+
+t.test('a bad setting stops start-up, naming the variable', async (t) => {
+  const result = await run(['--import=tsx', 'src/server.ts'], { PORT: 'eighty' })
+  t.equal(result.code, 2)
+  t.match(result.stderr, 'PORT="eighty" is not allowed: a whole number from 0 to 65535')
+})

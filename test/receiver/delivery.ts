@@ -1,0 +1,52 @@
+// The receiver's validation rules, as a pure function (the HTTP contract is in receiver.ts).
+import t from 'tap'
+import { isUnreplacedMacro, parseDelivery, parsePayout } from '../../src/delivery.ts'
+import { MalformedValue, parseQueryString } from '../../src/query-string.ts'
+
+t.test('the query-string parser keeps repeats, decodes, and marks malformed encodings', async (t) => {
+  const query = parseQueryString('a=1&a=2&b=x+y%20z&c=%E2%82%AC&d=%ZZ&e&__proto__=p&=v&&')
+  t.same(query.a, ['1', '2'])
+  t.equal(query.b, 'x y z')
+  t.equal(query.c, '€')
+  t.ok(query.d instanceof MalformedValue)
+  t.equal(String(query.d), '%ZZ')
+  t.equal(query.e, '')
+  // eslint-disable-next-line no-proto -- the parameter of that name, not the prototype
+  t.equal(query.__proto__, 'p', 'a parameter named __proto__ is a plain parameter')
+  t.equal(Object.getPrototypeOf(query), null)
+})
+
+t.test('payout canonical form keeps the scale as sent', async (t) => {
+  t.equal(parsePayout('12.50'), '12.50')
+  t.equal(parsePayout('-0'), '0')
+  t.equal(parsePayout('000.000100'), '0.000100')
+  t.equal(parsePayout('999999999999'), '999999999999')
+  t.throws(() => parsePayout('1000000000000'), { code: 'invalid_parameter', parameter: 'payout' })
+  t.throws(() => parsePayout(' 1'), { code: 'invalid_parameter' })
+  t.throws(() => parsePayout('1.2.3'), { code: 'invalid_parameter' })
+  t.throws(() => parsePayout('.'), { code: 'invalid_parameter' })
+  t.throws(() => parsePayout('-'), { code: 'invalid_parameter' })
+  t.throws(() => parsePayout('0x10'), { code: 'invalid_parameter' })
+  t.throws(() => parsePayout('１２'), { code: 'invalid_parameter' }, 'full-width digits are not digits here')
+})
+
+t.test('macro detection', async (t) => {
+  for (const value of ['{a}', '{{a}}', '${a}', '[a]', '[[a]]', '%a%', '#a#', '##a##', '{ a }', 'x{a}y', '{1}', '{sub id}', '{$payout}', 'REPLACE', 'Optional']) {
+    t.ok(isUnreplacedMacro(value), value)
+  }
+  for (const value of ['a', '[1]', '%', '100%', '50%off%', '#1', 'a#b', 'a#b#', 'order[abc]', 'REPLACED', '{', '}{', 'x[1]']) {
+    t.notOk(isUnreplacedMacro(value), value)
+  }
+})
+
+t.test('parameters are checked in a fixed order and the first problem is named', async (t) => {
+  t.throws(() => parseDelivery(parseQueryString('payout=x')), { code: 'missing_parameter', parameter: 'sheet_id' })
+  t.throws(() => parseDelivery(parseQueryString('sheet_id=s&payout=x')), { code: 'missing_parameter', parameter: 'transaction_id' })
+  t.same(parseDelivery(parseQueryString('sheet_id=s&transaction_id=t&currency=usd&payout=%2B1.0')), {
+    sheet_id: 's',
+    transaction_id: 't',
+    payout: '1.0',
+    currency: 'USD',
+    status: 'approved',
+  })
+})

@@ -1,0 +1,123 @@
+// A PostgreSQL outage (the connection cut by a proxy, mid-load): 503 with Retry-After within a
+// bounded time, readiness reports not ready, the process goes on, and it recovers by itself.
+// PostgreSQL only (PGlite is in process): this file runs in the suite's PostgreSQL pass.
+import t from 'tap'
+import { newKeyHeader, newSheet, onPostgres, receiverUrl, testApp } from '../helpers.ts'
+import { TcpProxy } from '../fixtures/tcp-proxy.ts'
+
+if (!onPostgres) {
+  // The embedded store has no connection to lose; its failure is the store closing under the app.
+  t.test('embedded store failing: 503 with Retry-After, readiness not ready, the process goes on', async (t) => {
+    const app = await testApp(t, { RETRY_AFTER_SECONDS: '3' })
+    const sheet = await newSheet(app)
+    const key = await newKeyHeader(app, { global: true })
+    await app.db.close()
+    const response = await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: 'x' }) })
+    t.same([response.statusCode, response.headers['retry-after'], response.json().error], [503, '3', 'storage_unavailable'])
+    // The management API too, from its API-key lookup on.
+    const listed = await app.inject({ method: 'GET', url: `/api/v1/postback/conversions?sheet_id=${sheet}`, headers: key })
+    t.same([listed.statusCode, listed.headers['retry-after'], listed.json().error], [503, '3', 'storage_unavailable'])
+    t.equal((await app.inject({ method: 'GET', url: '/readyz' })).statusCode, 503)
+    t.equal((await app.inject({ method: 'GET', url: '/livez' })).statusCode, 200)
+  })
+} else {
+  const target = new URL(process.env.DATABASE_URL!)
+  const proxy = new TcpProxy(target.hostname, Number(target.port || 5432))
+  await proxy.start()
+  t.teardown(() => proxy.cut())
+  const url = new URL(process.env.DATABASE_URL!)
+  url.port = String(proxy.port)
+  const app = await testApp(t, { DATABASE_URL: url.toString(), DB_CONNECT_TIMEOUT_MS: '1000', DB_STATEMENT_TIMEOUT_MS: '2000', RETRY_AFTER_SECONDS: '3' })
+  const sheet = await newSheet(app)
+  let sequence = 0
+  const deliver = () => app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `o${sequence++}` }) })
+
+  t.test('stores while the database is up, 503s while it is down, recovers without a restart', async (t) => {
+    const acknowledged: string[] = []
+    const record = (response: Awaited<ReturnType<typeof deliver>>, id: string) => {
+      if (response.statusCode === 200) acknowledged.push(id)
+      return response
+    }
+    const load = async (n: number) => Promise.all(Array.from({ length: n }, async () => {
+      const id = `o${sequence}`
+      return record(await deliver(), id)
+    }))
+
+    t.same(new Set((await load(20)).map((r) => r.statusCode)), new Set([200]), 'up: stored')
+    const inFlight = load(30)
+    await proxy.cut()
+    const during = await inFlight
+    t.ok(during.every((r) => r.statusCode === 200 || r.statusCode === 503), 'cut mid-load: every answer is 200 or 503')
+
+    const began = Date.now()
+    const down = await load(10)
+    const elapsed = Date.now() - began
+    t.same(new Set(down.map((r) => r.statusCode)), new Set([503]), 'down: 503')
+    t.ok(down.every((r) => r.headers['retry-after'] === '3' && r.json().error === 'storage_unavailable'), 'with Retry-After and the error body')
+    t.ok(elapsed < 5000, `answered in ${elapsed} ms (connection timeout 1000 ms)`)
+    const ready = await app.inject({ method: 'GET', url: '/readyz' })
+    t.equal(ready.statusCode, 503, 'readiness: not ready')
+    t.equal((await app.inject({ method: 'GET', url: '/livez' })).statusCode, 200, 'liveness: the process is fine')
+
+    await proxy.restore()
+    let recovered = false
+    for (let attempt = 0; attempt < 20 && !recovered; attempt++) {
+      recovered = (await load(1))[0]!.statusCode === 200
+      if (!recovered) await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+    t.ok(recovered, 'stores again once the database is back')
+    t.equal((await app.inject({ method: 'GET', url: '/readyz' })).statusCode, 200, 'readiness: ready again')
+
+    const stored = await app.prisma.$queryRaw<Array<{ transaction_id: string }>>`SELECT transaction_id FROM conversions WHERE sheet_id = ${sheet}`
+    const ids = new Set(stored.map((row) => row.transaction_id))
+    t.same(acknowledged.filter((id) => !ids.has(id)), [], `every one of ${acknowledged.length} acknowledged deliveries is stored`)
+  })
+
+  t.test('a database that hangs (connections taken, never answered): 503 within the timeouts, then recovery', async (t) => {
+    t.equal((await deliver()).statusCode, 200)
+    proxy.pause()
+    const began = Date.now()
+    const hung = await Promise.all([deliver(), deliver(), deliver()])
+    const elapsed = Date.now() - began
+    t.same(hung.map((r) => r.statusCode), [503, 503, 503])
+    t.ok(hung.every((r) => r.headers['retry-after'] === '3'))
+    // Statement timeout 2000 ms (+1000 ms on the client side), connection timeout 1000 ms.
+    t.ok(elapsed < 6000, `answered in ${elapsed} ms, not left hanging`)
+    await proxy.restore()
+    let recovered = false
+    for (let attempt = 0; attempt < 20 && !recovered; attempt++) {
+      recovered = (await deliver()).statusCode === 200
+      if (!recovered) await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+    t.ok(recovered, 'stores again once the database answers')
+  })
+
+  // Regression: pg's client-side read timeout ("Query read timeout") was not seen as the store being
+  // unavailable, so the API-key lookup of a hanging database ended in a 500.
+  t.test('the management API while the database hangs, then while it refuses: 503 with Retry-After', async (t) => {
+    // A key never used before: its lookup is the first query of each request.
+    const key = await newKeyHeader(app, { global: true })
+    const management = () =>
+      Promise.all([`/api/v1/postback/conversions?sheet_id=${sheet}`, '/api/v1/postback/admin/sheets'].map((url) => app.inject({ method: 'GET', url, headers: key })))
+    const unavailable = (responses: Awaited<ReturnType<typeof management>>) =>
+      responses.map((r) => [r.statusCode, r.headers['retry-after'], r.json().error])
+
+    proxy.pause()
+    const began = Date.now()
+    const hung = await management()
+    const elapsed = Date.now() - began
+    t.same(unavailable(hung), [[503, '3', 'storage_unavailable'], [503, '3', 'storage_unavailable']], 'hanging')
+    t.ok(elapsed < 6000, `answered in ${elapsed} ms`)
+    await proxy.restore()
+
+    await proxy.cut()
+    t.same(unavailable(await management()), [[503, '3', 'storage_unavailable'], [503, '3', 'storage_unavailable']], 'refusing connections')
+    await proxy.restore()
+    let recovered = false
+    for (let attempt = 0; attempt < 20 && !recovered; attempt++) {
+      recovered = (await management()).every((r) => r.statusCode === 200)
+      if (!recovered) await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+    t.ok(recovered, 'answers again once the database is back')
+  })
+}

@@ -1,0 +1,247 @@
+// The group-commit writer on a real store: batches, splitting around a bad row, draining on close,
+// one statement per batch, the longest wait, pipelining, and a repeat that races its first delivery.
+import pg from 'pg'
+import t from 'tap'
+import { ConversionWriter, type ConversionWriterOptions } from '../../src/conversion-writer.ts'
+import type { Delivery } from '../../src/schemas/receiver.ts'
+import { newSheet, onPostgres, receiverUrl, testApp } from '../helpers.ts'
+
+const app = await testApp(t)
+const count = async (sheet: string) =>
+  (await app.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${sheet}`)[0]?.n
+
+t.test('a row that fails on its data fails alone with a 400 naming the problem; the rest of its batch is stored', async (t) => {
+  const sheet = await newSheet(app)
+  const batches: number[] = []
+  const writer = new ConversionWriter({ query: (statement) => app.db.query(statement), batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
+  // 'not-a-number' cannot pass the receiver's validation; here it stands for any row the database refuses.
+  const deliveries: Delivery[] = Array.from({ length: 9 }, (_, i) => ({ sheet_id: sheet, transaction_id: `t${i}`, payout: i === 4 ? 'not-a-number' : `${i}` }))
+  const results = await Promise.allSettled(deliveries.map((delivery) => writer.write(delivery)))
+  t.same(batches, [9], 'one batch')
+  t.same(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled'])
+  // A retry would be refused again: a 4xx, so that the network stops retrying and shows why.
+  t.match((results[4] as PromiseRejectedResult).reason, { code: 'invalid_parameter', statusCode: 400, message: /refused a value.*not-a-number/ })
+  t.equal(await count(sheet), 8)
+})
+
+t.test('closing the app answers and stores the deliveries in flight', async (t) => {
+  const local = await testApp(t)
+  const sheet = await newSheet(local)
+  const pending = Array.from({ length: 40 }, (_, i) => local.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `c${i}` }) }))
+  await new Promise((resolve) => setImmediate(resolve))
+  const closing = local.close()
+  const responses = await Promise.all(pending)
+  await closing
+  const statuses = responses.map((r) => r.statusCode)
+  const stored = statuses.filter((s) => s === 200).length
+  t.ok(statuses.every((s) => s === 200 || s === 503), `every request answered 200 or 503: ${[...new Set(statuses)]}`)
+  t.ok(stored > 0, `${stored} stored before close`)
+  // Reopen the same store and check that every acknowledged delivery is there.
+  const reopened = await testApp(t, local.config.DATABASE_URL ? {} : { DATA_DIR: local.config.DATA_DIR })
+  const [row] = await reopened.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${sheet}`
+  t.equal(row?.n, stored)
+})
+
+/** A writer on the test app's store that counts its statements and batch sizes. */
+function countingWriter(options: { batchMax?: number; batchWaitMs?: number; concurrency?: number } = {}) {
+  const statements: string[] = []
+  const batches: number[] = []
+  const writer = new ConversionWriter({
+    query: (statement) => {
+      statements.push(statement.name)
+      return app.db.query(statement)
+    },
+    batchMax: options.batchMax ?? 100,
+    batchWaitMs: options.batchWaitMs ?? 0,
+    queueMax: 1000,
+    concurrency: options.concurrency ?? 1,
+    retryAfterSeconds: 3,
+    onBatch: (size) => batches.push(size),
+  })
+  return { writer, statements, batches }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** A writer on the test app's store whose statements go through `query` (to hold or fail them). */
+function writerThrough(query: ConversionWriterOptions['query'], options: Partial<ConversionWriterOptions> = {}) {
+  return new ConversionWriter({ query, batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, ...options })
+}
+
+t.test('one statement answers a batch of new rows, repeats of stored rows, repeats within the batch and unknown sheets', async (t) => {
+  const sheet = await newSheet(app)
+  const { writer, statements, batches } = countingWriter()
+  const first = await writer.write({ sheet_id: sheet, transaction_id: 'old' })
+  await writer.drain()
+  statements.length = 0
+  batches.length = 0
+  const results = await Promise.allSettled([
+    writer.write({ sheet_id: sheet, transaction_id: 'new' }),
+    writer.write({ sheet_id: sheet, transaction_id: 'old' }),
+    writer.write({ sheet_id: sheet, transaction_id: 'new' }),
+    writer.write({ sheet_id: 'no-such-sheet', transaction_id: 'new' }),
+  ])
+  await writer.drain()
+  t.same(batches, [4], 'one batch')
+  t.same(statements, ['postback_conversion_batch_v2'], 'one statement')
+  const [created, repeat, twin, unknown] = results
+  t.match(created, { status: 'fulfilled', value: { status: 'stored' } })
+  t.same(repeat, { status: 'fulfilled', value: { status: 'duplicate', conversionId: first.conversionId, conversionStatus: 'approved' } })
+  t.same(twin, { status: 'fulfilled', value: { status: 'duplicate', conversionId: (created as PromiseFulfilledResult<{ conversionId: string }>).value.conversionId, conversionStatus: 'approved' } })
+  t.match(unknown, { status: 'rejected', reason: { code: 'unknown_sheet', statusCode: 404 } })
+  t.equal(await count(sheet), 2)
+})
+
+t.test('a batch waits up to RECEIVER_BATCH_WAIT_MS for deliveries to join it, and no longer once it is full', async (t) => {
+  const sheet = await newSheet(app)
+  const waiting = countingWriter({ batchWaitMs: 300 })
+  const started = Date.now()
+  const early = waiting.writer.write({ sheet_id: sheet, transaction_id: 'w1' })
+  await sleep(50)
+  const late = waiting.writer.write({ sheet_id: sheet, transaction_id: 'w2' })
+  await Promise.all([early, late])
+  t.same(waiting.batches, [2], 'a delivery that came 50 ms later joined the batch')
+  t.ok(Date.now() - started >= 290, 'the batch waited for the oldest delivery’s 300 ms')
+
+  const full = countingWriter({ batchMax: 3, batchWaitMs: 60_000 })
+  const before = Date.now()
+  await Promise.all(['f1', 'f2', 'f3'].map((transaction_id) => full.writer.write({ sheet_id: sheet, transaction_id })))
+  t.same(full.batches, [3])
+  t.ok(Date.now() - before < 10_000, 'a full batch is written at once')
+
+  const immediate = countingWriter({ batchWaitMs: 0 })
+  await immediate.writer.write({ sheet_id: sheet, transaction_id: 'i1' })
+  await immediate.writer.write({ sheet_id: sheet, transaction_id: 'i2' })
+  t.same(immediate.batches, [1, 1], 'without a wait, each delivery that finds the writer idle is written at once')
+})
+
+t.test('deliveries that arrive during a write go into the next statement, sent before the first batch is answered', async (t) => {
+  const sheet = await newSheet(app)
+  const events: string[] = []
+  // The first statement is held until the test has queued more deliveries behind it.
+  let release!: () => void
+  const held = new Promise<void>((resolve) => (release = resolve))
+  const writer = new ConversionWriter({
+    query: async (statement) => {
+      events.push('statement')
+      if (events.length === 1) await held
+      return app.db.query(statement)
+    },
+    batchMax: 100,
+    batchWaitMs: 0,
+    queueMax: 1000,
+    concurrency: 1,
+    retryAfterSeconds: 3,
+    onBatch: (size) => events.push(`batch of ${size} committed`),
+  })
+  const first = writer.write({ sheet_id: sheet, transaction_id: 'p0' }).then((result) => {
+    events.push('first answered')
+    return result
+  })
+  await new Promise((resolve) => setImmediate(resolve))
+  // The first batch is in flight; these queue behind it and go together.
+  const rest = Array.from({ length: 20 }, (_, i) => writer.write({ sheet_id: sheet, transaction_id: `p${i + 1}` }))
+  release()
+  const results = await Promise.all([first, ...rest])
+  // The connection goes back to work before the first batch's answers are sent.
+  t.same(events, ['statement', 'statement', 'batch of 1 committed', 'first answered', 'batch of 20 committed'])
+  t.equal(new Set(results.map((r) => r.conversionId)).size, 21)
+  t.ok(results.every((r) => r.status === 'stored'))
+})
+
+// Needs a second connection: PostgreSQL only, run in the suite's PostgreSQL pass.
+if (onPostgres) {
+  t.test('a repeat whose first delivery commits while the batch waits on it is a duplicate with that row’s id', async (t) => {
+    const sheet = await newSheet(app)
+    const other = new pg.Client({ connectionString: process.env.DATABASE_URL })
+    await other.connect()
+    t.teardown(() => other.end())
+    // Another instance's batch, not yet committed: our INSERT must wait for it on the unique key.
+    await other.query('BEGIN')
+    const [row] = (await other.query(`INSERT INTO conversions (sheet_id, transaction_id, currency) VALUES ($1, 'raced', 'USD') RETURNING id::text`, [sheet])).rows
+    const { writer, statements } = countingWriter()
+    const result = writer.write({ sheet_id: sheet, transaction_id: 'raced' })
+    // Let our statement start and block on the other transaction's row.
+    for (let i = 0; i < 50; i++) {
+      const waiting = await other.query(
+      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+      )
+      if (waiting.rows[0].n > 0) break
+      await sleep(20)
+    }
+    await other.query('COMMIT')
+    t.same(await result, { status: 'duplicate', conversionId: row.id, conversionStatus: 'approved' })
+    t.same(statements, ['postback_conversion_batch_v2', 'postback_conversion_committed_v2'], 'the committed row is read by a second statement')
+    t.equal(await count(sheet), 1)
+  })
+}
+
+t.test('an observer that throws cannot keep a request unanswered', async (t) => {
+  const sheet = await newSheet(app)
+  let fail = false
+  const writer = writerThrough(
+    async (statement) => {
+      // A connection that is gone: not a data error, so the whole batch is refused with 503.
+      if (fail) throw Object.assign(new Error('connection refused'), { code: 'ECONNREFUSED' })
+      return app.db.query(statement)
+    },
+    {
+      onBatch: () => {
+        throw new Error('observer failed')
+      },
+    },
+  )
+  const stored = await writer.write({ sheet_id: sheet, transaction_id: 'o1' })
+  t.equal(stored.status, 'stored', 'a committed batch is answered before its observer runs')
+  fail = true
+  const refused = await Promise.race([
+    writer.write({ sheet_id: sheet, transaction_id: 'o2' }).then(() => 'resolved', (error: { code?: string }) => error.code),
+    sleep(5000).then(() => 'unanswered after 5 s'),
+  ])
+  t.equal(refused, 'storage_unavailable', 'a failed batch is answered before its observer runs')
+  const drained = await Promise.race([writer.drain().then(() => 'drained'), sleep(5000).then(() => 'drain hangs')])
+  t.equal(drained, 'drained')
+})
+
+t.test('after a data error splits a batch, a failure that is not about data ends the batch at once', async (t) => {
+  const sheet = await newSheet(app)
+  const statements: number[] = []
+  const writer = writerThrough(async (statement) => {
+    statements.push((statement.values[0] as unknown[]).length)
+    // The first half's statement finds the store gone.
+    if (statements.length === 2) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
+    return app.db.query(statement)
+  })
+  const deliveries = Array.from({ length: 8 }, (_, i) => ({ sheet_id: sheet, transaction_id: `s${i}`, payout: i === 6 ? 'not-a-number' : '1' }))
+  const results = await Promise.allSettled(deliveries.map((delivery) => writer.write(delivery)))
+  t.same(statements, [8, 4], 'the whole batch, then its first half; the second half is not tried')
+  t.ok(results.every((r) => r.status === 'rejected' && (r.reason as { code: string }).code === 'storage_unavailable'), 'every request gets the 503')
+  t.equal(await count(sheet), 0)
+})
+
+t.test("the oldest queued delivery's wait counts from its arrival, not from when the batch before it left", async (t) => {
+  const sheet = await newSheet(app)
+  let release!: () => void
+  const held = new Promise<void>((resolve) => (release = resolve))
+  let calls = 0
+  const writer = writerThrough(
+    async (statement) => {
+      if (calls++ === 0) await held
+      return app.db.query(statement)
+    },
+    { batchMax: 2, batchWaitMs: 1000 },
+  )
+  // A full batch goes at once and is held; five more queue behind it, all arriving now.
+  const first = Promise.all([writer.write({ sheet_id: sheet, transaction_id: 'q0' }), writer.write({ sheet_id: sheet, transaction_id: 'q1' })])
+  await sleep(10)
+  const arrived = Date.now()
+  const queued = ['q2', 'q3', 'q4', 'q5', 'q6'].map((transaction_id) => writer.write({ sheet_id: sheet, transaction_id }))
+  await sleep(1500)
+  release()
+  await first
+  await Promise.all(queued)
+  // q6 is alone in the last batch. Its 1 s wait was over while the first batch was held (1.5 s), so it
+  // goes as soon as the connection is free; were the wait restarted when q2..q5 left, about 2.5 s.
+  const waited = Date.now() - arrived
+  t.ok(waited < 2200, `the last delivery was written ${waited} ms after it arrived (1500 ms held, wait 1000 ms from arrival)`)
+})
