@@ -19,9 +19,12 @@ export interface SqlSession {
   exec(sql: string): Promise<void>
 }
 
-/** A statement of the hot path: positional parameters ($1, $2, ...) and a name unique to its text. */
+/**
+ * A statement of the hot path: positional parameters ($1, $2, ...) and, for a prepared statement on
+ * PostgreSQL (parsed once per connection, its plan possibly cached), a name unique to its text.
+ */
 export interface Statement {
-  name: string
+  name?: string
   text: string
   values: unknown[]
 }

@@ -73,9 +73,12 @@ async function untilZombie(pid: number): Promise<string> {
   throw new Error(`process ${pid} did not become a zombie`)
 }
 
-/** A real zombie: `sleep 0` run in the background by a shell that then execs `sleep 30`, which never reaps it. */
+/**
+ * A real zombie: `sleep 0.2` run in the background by a shell that then execs `sleep 30`, which never
+ * reaps it. The child outlives the exec (with `sleep 0`, a loaded machine let the shell reap it first).
+ */
 async function zombie(t: { teardown(fn: () => unknown): void }): Promise<{ pid: number; startTime: string }> {
-  const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] })
+  const parent = spawn('sh', ['-c', 'sleep 0.2 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] })
   t.teardown(() => parent.kill('SIGKILL'))
   const pid = Number(await new Promise<string>((resolve) => parent.stdout!.once('data', (chunk) => resolve(String(chunk)))))
   return { pid, startTime: await untilZombie(pid) }

@@ -48,7 +48,7 @@ function countingWriter(options: { batchMax?: number; batchWaitMs?: number; conc
   const batches: number[] = []
   const writer = new ConversionWriter({
     query: (statement) => {
-      statements.push(statement.name)
+      statements.push(statement.name ?? 'stored rows (unnamed)')
       return app.db.query(statement)
     },
     batchMax: options.batchMax ?? 100,
@@ -68,11 +68,20 @@ function writerThrough(query: ConversionWriterOptions['query'], options: Partial
   return new ConversionWriter({ query, batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, ...options })
 }
 
-t.test('one statement answers a batch of new rows, repeats of stored rows, repeats within the batch and unknown sheets', async (t) => {
+t.test('a batch of new rows and unknown sheets is one statement; repeats, of stored rows or within the batch, add one lookup', async (t) => {
   const sheet = await newSheet(app)
   const { writer, statements, batches } = countingWriter()
-  const first = await writer.write({ sheet_id: sheet, transaction_id: 'old' })
+  const fresh = await Promise.all([
+    writer.write({ sheet_id: sheet, transaction_id: 'old' }),
+    writer.write({ sheet_id: sheet, transaction_id: 'other' }),
+    writer.write({ sheet_id: 'no-such-sheet', transaction_id: 'old' }).catch((error) => error),
+  ])
   await writer.drain()
+  t.same(batches, [3], 'one batch')
+  t.same(statements, ['postback_conversion_batch_v3'], 'one statement, which reads no stored row')
+  t.match(fresh, [{ status: 'stored' }, { status: 'stored' }, { code: 'unknown_sheet' }])
+  const first = fresh[0] as { conversionId: string }
+
   statements.length = 0
   batches.length = 0
   const results = await Promise.allSettled([
@@ -83,13 +92,13 @@ t.test('one statement answers a batch of new rows, repeats of stored rows, repea
   ])
   await writer.drain()
   t.same(batches, [4], 'one batch')
-  t.same(statements, ['postback_conversion_batch_v2'], 'one statement')
+  t.same(statements, ['postback_conversion_batch_v3', 'stored rows (unnamed)'], 'the batch statement, then one lookup of the keys it did not write')
   const [created, repeat, twin, unknown] = results
   t.match(created, { status: 'fulfilled', value: { status: 'stored' } })
   t.same(repeat, { status: 'fulfilled', value: { status: 'duplicate', conversionId: first.conversionId, conversionStatus: 'approved' } })
   t.same(twin, { status: 'fulfilled', value: { status: 'duplicate', conversionId: (created as PromiseFulfilledResult<{ conversionId: string }>).value.conversionId, conversionStatus: 'approved' } })
   t.match(unknown, { status: 'rejected', reason: { code: 'unknown_sheet', statusCode: 404 } })
-  t.equal(await count(sheet), 2)
+  t.equal(await count(sheet), 3)
 })
 
 t.test('a batch waits up to RECEIVER_BATCH_WAIT_MS for deliveries to join it, and no longer once it is full', async (t) => {
@@ -171,7 +180,7 @@ if (onPostgres) {
     }
     await other.query('COMMIT')
     t.same(await result, { status: 'duplicate', conversionId: row.id, conversionStatus: 'approved' })
-    t.same(statements, ['postback_conversion_batch_v2', 'postback_conversion_committed_v2'], 'the committed row is read by a second statement')
+    t.same(statements, ['postback_conversion_batch_v3', 'stored rows (unnamed)'], 'the committed row is read by a second statement')
     t.equal(await count(sheet), 1)
   })
 }
