@@ -79,33 +79,19 @@ export default async function receiver(fastify: FastifyInstance) {
     if (request.postbackTest) app.deliveryLog.recordTest(sheetId, error.code)
   })
 
-  // Deliveries being answered. On close they finish first, with the writer and the store still open
+  // Settings reads under way. On close they finish first, with the writer and the store still open
   // (this scope's onClose runs before theirs): a delivery still reading its sheet's settings when the
-  // shutdown starts is answered as usual, not failed by a store closing under it.
-  const answering = new Set<FastifyRequest>()
-  let allAnswered: (() => void) | undefined
-  const answered = (request: FastifyRequest) => {
-    if (answering.delete(request) && answering.size === 0) allAnswered?.()
-  }
-  app.addHook('onRequest', (request, _reply, done) => {
-    answering.add(request)
-    done()
-  })
-  app.addHook('onResponse', (request, _reply, done) => {
-    answered(request)
-    done()
-  })
-  app.addHook('onRequestAbort', (request, done) => {
-    answered(request)
-    done()
-  })
+  // shutdown starts goes on, in the same turn as the read's answer, to the writer, which stores and
+  // answers what it holds before it closes. Only the reads are tracked: a hook on every request (an
+  // onRequest and an onResponse) cost the common case, whose sheet settings are cached, for nothing.
+  const loading = new Set<Promise<void>>()
   app.addHook('onClose', async () => {
-    if (answering.size === 0) return
-    await new Promise<void>((resolve) => {
-      allAnswered = resolve
-      // A request that neither finished nor was aborted must not hold the shutdown forever.
-      setTimeout(resolve, CLOSE_WAIT_MS).unref()
-    })
+    if (loading.size === 0) return
+    let timer: NodeJS.Timeout | undefined
+    // A read that never answers must not hold the shutdown forever.
+    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_MS)))
+    await Promise.race([Promise.allSettled(loading), timeout])
+    clearTimeout(timer)
   })
 
   const security = app.sheetSecurity
@@ -135,10 +121,12 @@ export default async function receiver(fastify: FastifyInstance) {
     if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return done()
     const cached = security.cached(sheetId)
     if (cached !== undefined) return done(refusal(cached, request) ?? (test && !cached?.active ? new UnknownSheetError(sheetId) : undefined))
-    security.load(sheetId).then(
+    const read = security.load(sheetId).then(
       (settings) => done(refusal(settings, request) ?? (test && !settings?.active ? new UnknownSheetError(sheetId) : undefined)),
       (error: Error) => done(error),
     )
+    loading.add(read)
+    void read.finally(() => loading.delete(read))
   }
 
   app.get(

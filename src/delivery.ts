@@ -39,6 +39,7 @@ const CONTROL = /[\u0000-\u001F\u007F-\u009F]/
 /** What template engines print for a missing value (JavaScript, C's printf, Go, Ruby, Python). */
 export const NO_VALUE_WORDS = ['null', 'undefined', '(null)', 'nil', '<nil>', 'none', 'NaN'] as const
 const NO_VALUE = new Set<string>(NO_VALUE_WORDS.map((word) => word.toLowerCase()))
+const NO_VALUE_MAX_LENGTH = Math.max(...NO_VALUE_WORDS.map((word) => word.length))
 
 export function isUnreplacedMacro(value: string): boolean {
   return MACRO.test(value) || PLACEHOLDER.test(value.trim())
@@ -46,6 +47,8 @@ export function isUnreplacedMacro(value: string): boolean {
 
 /** A word for "no value" as the whole value: stored, every later one would be its duplicate. */
 export function isNoValue(value: string): boolean {
+  // Most values are longer than any of the words: no trimmed, lower-cased copy for them.
+  if (value.length > NO_VALUE_MAX_LENGTH && value.trim().length > NO_VALUE_MAX_LENGTH) return false
   return NO_VALUE.has(value.trim().toLowerCase())
 }
 

@@ -42,6 +42,22 @@ t.test('closing the app answers and stores the deliveries in flight', async (t) 
   t.equal(row?.n, stored)
 })
 
+t.test('closing the app while deliveries read their sheet\'s settings: they are stored and answered 200, not failed by the closing store', async (t) => {
+  const local = await testApp(t)
+  const sheet = await newSheet(local)
+  // A sheet nothing has read yet: each delivery waits for the read of its settings (secret, allow-list).
+  // (On PostgreSQL, without the receiver's wait for those reads, they failed with 503 as the pool closed.)
+  const pending = Array.from({ length: 20 }, (_, i) => local.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `r${i}` }) }))
+  await new Promise((resolve) => setImmediate(resolve))
+  const closing = local.close()
+  const responses = await Promise.all(pending)
+  await closing
+  t.same([...new Set(responses.map((r) => r.statusCode))], [200], responses.find((r) => r.statusCode !== 200)?.body)
+  const reopened = await testApp(t, local.config.DATABASE_URL ? {} : { DATA_DIR: local.config.DATA_DIR })
+  const [row] = await reopened.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${sheet}`
+  t.equal(row?.n, 20)
+})
+
 /** A writer on the test app's store that counts its statements and batch sizes. */
 function countingWriter(options: { batchMax?: number; batchWaitMs?: number; concurrency?: number } = {}) {
   const statements: string[] = []
