@@ -52,7 +52,7 @@ t.test('closing the app while deliveries read their sheet\'s settings: they are 
   const closing = local.close()
   const responses = await Promise.all(pending)
   await closing
-  t.same([...new Set(responses.map((r) => r.statusCode))], [200], responses.find((r) => r.statusCode !== 200)?.body)
+  t.same([...new Set(responses.map((r) => r.statusCode))], [200], responses.find((r) => r.statusCode !== 200)?.body ?? 'all 200')
   const reopened = await testApp(t, local.config.DATABASE_URL ? {} : { DATA_DIR: local.config.DATA_DIR })
   const [row] = await reopened.prisma.$queryRaw<Array<{ n: number }>>`SELECT count(*)::int AS n FROM conversions WHERE sheet_id = ${sheet}`
   t.equal(row?.n, 20)
