@@ -15,6 +15,7 @@ import dbPlugin from '../plugins/db.ts'
 import healthPlugin from '../plugins/health.ts'
 import ingestPlugin from '../plugins/ingest.ts'
 import metricsPlugin from '../plugins/metrics.ts'
+import opsPlugin from '../plugins/ops.ts'
 import managementPlugin from '../plugins/management/index.ts'
 import rateLimitPlugin from '../plugins/rate-limit.ts'
 import receiverPlugin from '../plugins/receiver.ts'
@@ -74,6 +75,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
     reply.code(404).send({ error: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` })
   })
 
+  await app.register(opsPlugin)
   await app.register(swaggerPlugin)
   await app.register(requestIdPlugin)
   await app.register(metricsPlugin)

@@ -13,6 +13,10 @@ const Count = (fallback: number, minimum: number, maximum: number, description: 
 export const ConfigSchema = Type.Object({
   HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address to listen on' }),
   PORT: Port(3000, 'Port to listen on'),
+  OPS_PORT: Type.Optional(
+    Type.Integer({ minimum: 0, maximum: 65535, description: 'Port of a separate listener for /metrics and /docs (only there); unset: they are on PORT' }),
+  ),
+  OPS_HOST: Type.String({ minLength: 1, default: '127.0.0.1', description: 'Address of the OPS_PORT listener' }),
   DATABASE_URL: Type.Optional(
     Type.String({
       pattern: '^postgres(ql)?://',
@@ -79,6 +83,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const name = error.path.replace(/^\//, '')
     const schema = (ConfigSchema.properties as Record<string, TSchema>)[name]
     throw new ConfigError(`${name}=${shown(name, env[name])} is not allowed: ${allowed(schema)}`)
+  }
+  if (value.OPS_PORT !== undefined && value.OPS_PORT !== 0 && value.OPS_PORT === value.PORT) {
+    throw new ConfigError(`OPS_PORT=${value.OPS_PORT} is not allowed: a port other than PORT (${value.PORT}), for the separate operations listener`)
   }
   return value as Config
 }

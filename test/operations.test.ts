@@ -8,4 +8,5 @@ t.before(async () => {
   await import('./operations/metrics.ts')
   await import('./operations/rate-limit.ts')
   await import('./operations/openapi.ts')
+  await import('./operations/ops-listener.ts')
 })
