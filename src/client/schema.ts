@@ -574,8 +574,8 @@ export interface operations {
                 rejected_status?: string;
                 /** @description The sheet's secret, when it has one (`postback-admin sheet token`); required then */
                 token?: string;
-                /** @description `1`: a test postback: every check of a real delivery, nothing stored or counted */
-                test?: "1" | "0";
+                /** @description `1` or `true` (any case): a test postback: every check of a real delivery, nothing stored or counted; `0` or `false`: a real one */
+                test?: "1" | "0" | "true" | "false";
             };
             header?: never;
             path?: never;

@@ -51,7 +51,7 @@ export const DeliveryQuery = Type.Object(
       Type.String({ description: "The sheet's secret, when it has one (`postback-admin sheet token`); required then" }),
     ),
     test: Type.Optional(
-      StringEnum(['1', '0'], { description: '`1`: a test postback: every check of a real delivery, nothing stored or counted' }),
+      StringEnum(['1', '0', 'true', 'false'], { description: '`1` or `true` (any case): a test postback: every check of a real delivery, nothing stored or counted; `0` or `false`: a real one' }),
     ),
   },
   { additionalProperties: true },

@@ -32,9 +32,12 @@ t.test('a passing test postback answers test and stores or counts nothing', asyn
   t.same(mapped.json(), { status: 'test', conversion_status: 'pending' }, 'the lifecycle mapping is applied')
   // A test repeating a stored conversion's key does not touch it either.
   t.same((await deliver({ sheet_id: sheetId, transaction_id: 'real', status: 'chargeback', test: '1' })).json(), { status: 'test', conversion_status: 'rejected' })
+  // The flag's other spellings (the document lists 1, 0, true, false).
+  t.same((await deliver({ sheet_id: sheetId, transaction_id: 'T-3', test: 'TRUE' })).json(), { status: 'test', conversion_status: 'approved' })
 
   t.same(await numbers(sheetId), before, 'nothing stored or counted')
   t.equal((await app.prisma.conversion.findFirstOrThrow({ where: { sheetId, transactionId: 'real' } })).status, 'approved')
+  t.equal((await deliver({ sheet_id: sheetId, transaction_id: 'F-1', test: 'false' })).json().status, 'stored', 'test=false is a real delivery')
   const status = await get(`/sheets/${sheetId}/status`)
   t.equal(status.last_test.outcome, 'ok')
   t.ok(Date.now() - Date.parse(status.last_test.received_at) < 60_000)
