@@ -15,9 +15,9 @@ type OpsRequest = IncomingMessage & { [ON_OPS]?: true }
 
 const PROBES = new Set(['/livez', '/readyz'])
 
-/** Whether a path belongs to the operations surface: the Prometheus scrape and the documentation. */
-export function isOpsPath(path: string): boolean {
-  return path === '/metrics' || path === '/docs' || path.startsWith('/docs/')
+/** Whether a route (its pattern, e.g. `/docs/*`) belongs to the operations surface: the Prometheus scrape and the documentation. */
+export function isOpsRoute(route: string): boolean {
+  return route === '/metrics' || route === '/docs' || route.startsWith('/docs/')
 }
 
 declare module 'fastify' {
@@ -39,9 +39,10 @@ export default fp(
     if (port === undefined) return
 
     app.addHook('onRequest', (request, reply, done) => {
-      const path = request.url.split('?', 1)[0]!
+      // Undefined for a URL no route matches: the not-found handler answers it on either listener.
+      const route = request.routeOptions.url
       const onOps = (request.raw as OpsRequest)[ON_OPS] === true
-      if (onOps ? isOpsPath(path) || PROBES.has(path) : !isOpsPath(path)) return done()
+      if (route === undefined || (onOps ? isOpsRoute(route) || PROBES.has(route) : !isOpsRoute(route))) return done()
       reply.callNotFound()
     })
 
