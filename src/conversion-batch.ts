@@ -14,6 +14,19 @@ export interface WriteResult {
 /** The outcome of one key of a statement: its row, or null when its sheet is unknown or disabled. */
 export type KeyOutcome = WriteResult | null
 
+/**
+ * The batch statement committed, then the read of the keys it did not write failed: `written` has
+ * the outcomes of the keys it wrote or named unknown, which stand; the others have none.
+ */
+export class LookupFailedError extends Error {
+  constructor(
+    readonly written: Map<string, KeyOutcome>,
+    cause: unknown,
+  ) {
+    super('reading the stored rows of a batch failed', { cause })
+  }
+}
+
 interface BatchRow {
   id: string | null
   sheet_id: string
@@ -32,9 +45,10 @@ export function keyOf(d: { sheet_id: string; transaction_id: string; event?: str
 export const statusOf = (delivery: Delivery): ConversionStatus => delivery.status ?? 'approved'
 
 /**
- * Writes deliveries of distinct keys in one statement (two if a concurrent batch raced it) and
- * returns each key's outcome, by key. Each delivery is inserted, or moves its stored conversion
- * when the lifecycle allows the move; anything else changes nothing.
+ * Writes deliveries of distinct keys in one statement, plus a read when some keys were not written
+ * (repeats, refused moves, a race with another batch), and returns each key's outcome, by key. Each
+ * delivery is inserted, or moves its stored conversion when the lifecycle allows the move; anything
+ * else changes nothing. When that read fails, LookupFailedError carries what was written.
  */
 export async function writeDeliveries(query: Database['query'], deliveries: Delivery[]): Promise<Map<string, KeyOutcome>> {
   // Sorted so that concurrent batches (on any instance) take row locks in the same order.
@@ -63,10 +77,15 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
   // snapshot) reads what is stored for them now.
   const rest = rows.filter((_, index) => !outcomes.has(keys[index]!))
   if (rest.length > 0) {
-    const stored = await query<BatchRow>({
-      ...STORED_STATEMENT,
-      values: [rest.map((d) => d.sheet_id), rest.map((d) => d.transaction_id), rest.map((d) => d.event ?? '')],
-    })
+    let stored: BatchRow[]
+    try {
+      stored = await query<BatchRow>({
+        ...STORED_STATEMENT,
+        values: [rest.map((d) => d.sheet_id), rest.map((d) => d.transaction_id), rest.map((d) => d.event ?? '')],
+      })
+    } catch (error) {
+      throw new LookupFailedError(outcomes, error)
+    }
     for (const row of stored) outcomes.set(keyOf(row), { status: 'duplicate', conversionId: row.id!, conversionStatus: row.status! })
   }
   // A key with no row is a sheet disabled meanwhile.

@@ -1,7 +1,7 @@
 // Group commit for the receiver: deliveries that arrive while a write is under way wait in a bounded
 // queue and are written together by one statement (src/conversion-batch.ts). Each caller's promise
 // settles only after its batch statement has committed, so a 2xx always means stored.
-import { keyOf, statusOf, writeDeliveries, type WriteResult } from './conversion-batch.ts'
+import { keyOf, LookupFailedError, statusOf, writeDeliveries, type KeyOutcome, type WriteResult } from './conversion-batch.ts'
 import type { Delivery } from './schemas/receiver.ts'
 import { AppError, UnavailableError, UnknownSheetError } from './errors.ts'
 import type { Database } from './database.ts'
@@ -179,6 +179,12 @@ export class ConversionWriter {
       const outcomes = await writeDeliveries(this.#options.query, runs.map((run) => run.delivery))
       settlements.push(() => settle(runs, outcomes))
     } catch (error) {
+      if (error instanceof LookupFailedError) {
+        // What the batch statement wrote is committed and answered as such; the batch's failure
+        // answers the rest.
+        settlements.push(() => settle(runs, error.written))
+        throw error.cause
+      }
       if (runs.length === 1 || !isDataError(error)) throw error
       const middle = Math.ceil(runs.length / 2)
       let dataFailure: unknown
@@ -196,11 +202,12 @@ export class ConversionWriter {
   }
 }
 
-/** Answers the requests of the runs of a committed statement. */
-function settle(runs: Run[], outcomes: Map<string, WriteResult | null>): void {
+/** Answers the requests of the runs of a committed statement; a run whose key has no outcome is left to the batch's failure. */
+function settle(runs: Run[], outcomes: Map<string, KeyOutcome>): void {
   for (const run of runs) {
     const outcome = outcomes.get(keyOf(run.delivery))
-    if (!outcome) {
+    if (outcome === undefined) continue
+    if (outcome === null) {
       // Its sheet is unknown, or was disabled meanwhile.
       const error = new UnknownSheetError(run.delivery.sheet_id)
       for (const pending of run.waiting) pending.reject(error)

@@ -84,7 +84,7 @@ function writerThrough(query: ConversionWriterOptions['query'], options: Partial
   return new ConversionWriter({ query, batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, ...options })
 }
 
-t.test('a batch of new rows and unknown sheets is one statement; repeats, of stored rows or within the batch, add one lookup', async (t) => {
+t.test('a batch of new rows and unknown sheets is one statement; a repeat of a stored row adds one lookup; a repeat within the batch shares its first answer', async (t) => {
   const sheet = await newSheet(app)
   const { writer, statements, batches } = countingWriter()
   const fresh = await Promise.all([
@@ -242,6 +242,25 @@ t.test('after a data error splits a batch, a failure that is not about data ends
   t.same(statements, [8, 4], 'the whole batch, then its first half; the second half is not tried')
   t.ok(results.every((r) => r.status === 'rejected' && (r.reason as { code: string }).code === 'storage_unavailable'), 'every request gets the 503')
   t.equal(await count(sheet), 0)
+})
+
+t.test('when the read of the keys a batch did not write fails, the keys it wrote are answered as stored; only the others get the 503', async (t) => {
+  const sheet = await newSheet(app)
+  const setup = writerThrough((statement) => app.db.query(statement))
+  await setup.write({ sheet_id: sheet, transaction_id: 'kept' })
+  await setup.drain()
+  // The batch statement runs; the read after it (the unnamed statement) finds the store gone.
+  const writer = writerThrough(async (statement) => {
+    if (statement.name === undefined) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
+    return app.db.query(statement)
+  })
+  const [created, repeat] = await Promise.allSettled([
+    writer.write({ sheet_id: sheet, transaction_id: 'new' }),
+    writer.write({ sheet_id: sheet, transaction_id: 'kept' }),
+  ])
+  t.match(created, { status: 'fulfilled', value: { status: 'stored', conversionStatus: 'approved' } }, 'committed, and answered so')
+  t.match(repeat, { status: 'rejected', reason: { code: 'storage_unavailable', statusCode: 503 } }, 'its answer could not be read: retried later, then a duplicate')
+  t.equal(await count(sheet), 2)
 })
 
 t.test("the oldest queued delivery's wait counts from its arrival, not from when the batch before it left", async (t) => {
