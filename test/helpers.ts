@@ -1,7 +1,7 @@
 // Test helpers: an app on a real store (a copy of a prepared PGlite folder, or the PostgreSQL that
 // DATABASE_URL names), sheets with unique ids so test files never step on each other, and a
 // receiver URL builder.
-import { accessSync, constants, cpSync, mkdtempSync, rmSync } from 'node:fs'
+import { accessSync, constants, cpSync, mkdtempSync, rmSync, statfsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -24,17 +24,20 @@ interface Test {
 }
 
 /**
- * Where tests make folders: TEST_SCRATCH_DIR, else /dev/shm (memory) where the machine has it, else
- * the OS temp folder. A PGlite data folder is about 1,000 files: copying one onto this machine's
- * disk took 0.7 to 1 s of system time, onto /dev/shm 0.04 s (a third of the suite's CPU went there).
+ * Where tests make folders: TEST_SCRATCH_DIR, else /dev/shm (memory) where the machine has it with
+ * room to spare, else the OS temp folder. A PGlite data folder is about 1,000 files and 40 MB:
+ * copying one onto this machine's disk took 0.7 to 1 s of system time, onto /dev/shm 0.04 s (a third
+ * of the suite's CPU went there). An area's files keep their stores open until the area ends, and
+ * four areas run at once: a container's default /dev/shm (64 MB) is far too small, hence the 2 GB.
  * PGlite runs the same on either; only a machine crash, which no test makes, tells them apart.
  */
-const SCRATCH = process.env.TEST_SCRATCH_DIR || (writable('/dev/shm') ? '/dev/shm' : tmpdir())
+const SCRATCH = process.env.TEST_SCRATCH_DIR || (roomy('/dev/shm', 2 * 1024 ** 3) ? '/dev/shm' : tmpdir())
 
-function writable(dir: string): boolean {
+function roomy(dir: string, bytes: number): boolean {
   try {
     accessSync(dir, constants.W_OK)
-    return true
+    const { bavail, bsize } = statfsSync(dir)
+    return bavail * bsize >= bytes
   } catch {
     return false
   }
