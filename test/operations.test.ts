@@ -9,4 +9,5 @@ t.before(async () => {
   await import('./operations/rate-limit.ts')
   await import('./operations/openapi.ts')
   await import('./operations/ops-listener.ts')
+  await import('./operations/suite-layout.ts')
 })
