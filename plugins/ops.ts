@@ -4,8 +4,10 @@
 // /readyz) answer on both; nothing else answers on the operations listener. Without OPS_PORT (the
 // default) every route is on the main listener.
 // The second listener is a plain HTTP server that hands its requests to this same app
-// (`app.routing`): the same hooks, logging, request ids and metrics. It starts when the app
-// listens and closes with it.
+// (`app.routing`): the same hooks, logging, request ids and metrics. It starts when the app is
+// ready (so also under `inject` once OPS_PORT is set; a port taken stops start-up) and closes with
+// the app. Which routes answer where is decided on the route the router matched, not on the URL's
+// text: the router decodes percent-escapes and takes absolute URLs (`/%6Detrics` is /metrics).
 import { createServer, type IncomingMessage, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import fp from 'fastify-plugin'
