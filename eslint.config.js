@@ -6,7 +6,7 @@ import neostandard from 'neostandard'
 export default [
   ...neostandard({
     ts: true,
-    ignores: ['src/generated/**', 'src/client/schema.ts', 'dist/**', 'data/**', '.tap/**', 'coverage/**'],
+    ignores: ['src/generated/**', 'client/src/schema.ts', 'client/dist/**', 'dist/**', 'data/**', '.tap/**', 'coverage/**'],
   }),
   {
     rules: {

@@ -4,6 +4,7 @@
 // what is queued before the store closes (it closes first, having been registered after the store).
 import type { FastifyBaseLogger } from 'fastify'
 import fp from 'fastify-plugin'
+import { ChangeSignal } from '../src/changes.ts'
 import { ConversionWriter } from '../src/conversion-writer.ts'
 import { DeliveryLog } from '../src/delivery-log.ts'
 
@@ -11,6 +12,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     conversionWriter: ConversionWriter
     deliveryLog: DeliveryLog
+    /** Wakes the change feed's long polls when this instance commits a batch. */
+    changeSignal: ChangeSignal
   }
 }
 
@@ -18,6 +21,7 @@ export default fp(
   async function ingestPlugin(app) {
     const { config, metrics, prisma } = app
     const overload = overloadLog(app.log, config.RECEIVER_QUEUE_MAX)
+    const changeSignal = new ChangeSignal()
     const writer = new ConversionWriter({
       query: (statement) => app.db.query(statement),
       batchMax: config.RECEIVER_BATCH_MAX,
@@ -28,6 +32,8 @@ export default fp(
       retryAfterSeconds: config.RETRY_AFTER_SECONDS,
       onBatch: (size, error) => {
         metrics.batchSize.observe(size)
+        // Also after a failure: part of a batch may have committed.
+        changeSignal.notify()
         if (!error) return
         metrics.databaseErrors.inc({ operation: 'conversion_batch' })
         app.log.error({ err: error, size }, 'conversion batch failed')
@@ -44,6 +50,9 @@ export default fp(
     })
     app.decorate('conversionWriter', writer)
     app.decorate('deliveryLog', deliveryLog)
+    app.decorate('changeSignal', changeSignal)
+    // Long polls answer at once when the app starts closing, so that they do not hold the close.
+    app.addHook('preClose', async () => changeSignal.close())
     app.addHook('onClose', async () => {
       overload.close()
       await writer.drain()

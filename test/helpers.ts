@@ -11,7 +11,7 @@ import pg from 'pg'
 import { buildApp } from '../src/app.ts'
 import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
-import { createClient, type PostbackClient } from 'postback-store/client'
+import { createClient, type PostbackClient } from '../client/src/index.ts'
 import { run as runAdmin } from '../src/cli.ts'
 import type { Database } from '../src/database.ts'
 import { createSheet } from '../src/sheets.ts'
@@ -171,7 +171,7 @@ export async function listen(app: FastifyInstance): Promise<string> {
   return `http://127.0.0.1:${address.port}`
 }
 
-/** The typed client (postback-store/client) of a listening app, with a new key of the given scope. */
+/** The typed client (@postback-store/client) of a listening app, with a new key of the given scope. */
 export async function apiClient(app: FastifyInstance, baseUrl: string, scope: { global: true } | { sheetIds: string[] }): Promise<PostbackClient> {
   const { authorization } = await newKeyHeader(app, scope)
   return createClient({ baseUrl, apiKey: authorization.slice('Bearer '.length) })

@@ -2,19 +2,36 @@
 import type { FastifyInstance } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { sheetScope } from '../../src/api-keys.ts'
+import { changesPage } from '../../src/changes.ts'
 import { conversionHistory, getConversion, listConversions, summarize } from '../../src/conversions.ts'
 import { NotFoundError } from '../../src/errors.ts'
 import { ErrorRef, ref } from '../../src/schemas/common.ts'
-import { managementRoute, Conversion, ConversionHistory, ConversionPage, ConversionParams, ConversionQuery, Summary, SummaryQuery } from '../../src/schemas/management.ts'
+import { managementRoute, ChangePage, ChangeQuery, Conversion, ConversionHistory, ConversionPage, ConversionParams, ConversionQuery, Summary, SummaryQuery } from '../../src/schemas/management.ts'
 import { principalOf } from '../auth.ts'
 
 const listSchema = managementRoute({
   tag: 'conversions',
   summary: 'List conversions',
-  description: 'Filtered and keyset-paginated. Paging through with next_cursor returns every matching row exactly once, also while new conversions arrive.',
+  description:
+    'Filtered and keyset-paginated by received_at, a view for people and reports. Paging with next_cursor never returns a row twice, but a conversion ' +
+    'committed while you page can land before your position (received_at is taken when its batch starts, and batches commit out of that order), ' +
+    'so a walk may miss conversions that arrive during it; next_cursor is null on the last page. Services that keep a copy follow /changes instead.',
   operationId: 'listConversions',
   querystring: ConversionQuery,
   response: { 200: ref(ConversionPage) },
+})
+
+const changesSchema = managementRoute({
+  tag: 'conversions',
+  summary: 'Follow every change: the feed for keeping a copy',
+  description:
+    'Every stored conversion (`stored`) and every status move (`updated`), each exactly once, a conversion\'s `stored` before its `updated`s, ' +
+    'under any number of instances writing at once. Start without `after`, then always pass the `next` of the previous page, also of an empty one. ' +
+    'A change is in the feed once its transaction and every write transaction that began before it have committed (PostgreSQL: any on the server); ' +
+    'with `wait`, the request holds until then. Unlike the conversion list, the feed orders by commit, not by time: services that keep a copy follow it.',
+  operationId: 'listChanges',
+  querystring: ChangeQuery,
+  response: { 200: ref(ChangePage) },
 })
 
 const getSchema = managementRoute({
@@ -51,6 +68,13 @@ export default async function conversionRoutes(fastify: FastifyInstance) {
   app.get('/conversions', { schema: listSchema }, async (request) =>
     listConversions(app.prisma, sheetScope(principalOf(request), request.query.sheet_id), request.query),
   )
+
+  app.get('/changes', { schema: changesSchema }, async (request) => {
+    // A client that goes away ends its long poll.
+    const gone = new AbortController()
+    request.raw.once('close', () => gone.abort())
+    return changesPage(app.prisma, app.changeSignal, sheetScope(principalOf(request), request.query.sheet_id), request.query, gone.signal)
+  })
 
   app.get('/conversions/:id', { schema: getSchema }, async (request) => {
     const conversion = await getConversion(app.prisma, sheetScope(principalOf(request)), request.params.id)

@@ -105,6 +105,36 @@ export const Summary = Type.Object(
   { $id: 'Summary', description: 'One row per group and currency; currencies are never summed together' },
 )
 
+export const Change = Type.Object(
+  {
+    position: Type.String({ description: 'Where this change is in the feed: pass the last one you processed as `after` to resume after it' }),
+    kind: StringEnum(['stored', 'updated'], { description: '`stored`: the conversion was stored; `updated`: a delivery moved its status' }),
+    conversion: ref(Conversion),
+  },
+  { $id: 'Change', description: 'A change of a conversion, with the conversion as that change left it' },
+)
+export type Change = Static<typeof Change>
+
+export const ChangePage = Type.Object(
+  {
+    data: Type.Array(ref(Change)),
+    next: Type.String({ description: 'Pass as `after` for the next page; always set, also on an empty page' }),
+  },
+  { $id: 'ChangePage', description: 'Changes in feed order' },
+)
+export type ChangePage = Static<typeof ChangePage>
+
+export const ChangeQuery = Type.Object(
+  {
+    sheet_id: conversionFilters.sheet_id,
+    after: Type.Optional(Type.String({ maxLength: 64, description: '`next` of the previous page (or the `position` of the last change processed); absent: from the beginning' })),
+    limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Changes per page' })),
+    wait: Type.Optional(Type.Integer({ minimum: 0, maximum: 30, default: 0, description: 'Long poll: when no change is ready, hold the request up to this many seconds until one is' })),
+  },
+  { additionalProperties: false },
+)
+export type ChangeQuery = Static<typeof ChangeQuery>
+
 export const Rejection = Type.Object(
   {
     id: Type.String(),
@@ -334,4 +364,4 @@ export function managementRoute<const S extends ManagementRouteSchema>({ tag, re
   return { ...own, tags: [tag], security: bearerSecurity, response: merged }
 }
 
-export const managementSchemas = [Conversion, ConversionPage, HistoryEntry, ConversionHistory, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, SheetToken, ApiKey, CreatedApiKey]
+export const managementSchemas = [Conversion, ConversionPage, Change, ChangePage, HistoryEntry, ConversionHistory, SummaryRow, Summary, Rejection, RejectionPage, SheetStatus, ReceiverUrl, Sheet, SheetToken, ApiKey, CreatedApiKey]

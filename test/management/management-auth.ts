@@ -2,7 +2,7 @@
 // sheets, and no route or filter that shows another sheet's rows, counts or diagnostics.
 // Scoping goes through the typed client against a listening server; malformed credentials through fetch.
 import t from 'tap'
-import { createClient } from 'postback-store/client'
+import { createClient } from '../../client/src/index.ts'
 import { buildApp } from '../../src/app.ts'
 import { createApiKey, revokeApiKey } from '../../src/api-keys.ts'
 import { capturedLog, deliverAll, listen, newKeyHeader, newSheet, receiverUrl, testConfig } from '../helpers.ts'

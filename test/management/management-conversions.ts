@@ -1,8 +1,8 @@
 // The conversion list (filters, keyset paging in both orders while deliveries arrive) and the
-// summary, through the typed client (postback-store/client) against a listening server; requests
+// summary, through the typed client (@postback-store/client, client/) against a listening server; requests
 // that the client's types rule out (bad parameters) go through plain fetch.
 import t from 'tap'
-import { createClient, type operations } from 'postback-store/client'
+import { createClient, type operations } from '../../client/src/index.ts'
 import { deliverAll, listen, newKeyHeader, newSheet, testApp } from '../helpers.ts'
 
 const app = await testApp(t)
@@ -56,7 +56,7 @@ t.test('an item carries every field, ids and decimals as strings, times in UTC',
   t.same([bad.status, bad.body.error, bad.body.parameter], [400, 'invalid_parameter', 'id'])
 })
 
-t.test('paging with small pages, both orders, while new deliveries arrive: each row exactly once', async (t) => {
+t.test('paging with small pages, both orders, while new deliveries arrive: no row twice, every row stored before the walk', async (t) => {
   const sheet = await newSheet(app)
   const initial = await deliverAll(app, Array.from({ length: 300 }, (_, i) => ({ sheet_id: sheet, transaction_id: `p${i}`, payout: `${i}` })))
   let extra = 0

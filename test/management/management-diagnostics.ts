@@ -1,7 +1,7 @@
 // Delivery diagnostics, the receiver URL builder, and the admin API, through the typed client
-// (postback-store/client) against a listening server.
+// (@postback-store/client, client/) against a listening server.
 import t from 'tap'
-import { createClient } from 'postback-store/client'
+import { createClient } from '../../client/src/index.ts'
 import { deliverAll, listen, newKeyHeader, newSheet, receiverUrl, testApp, uniqueId } from '../helpers.ts'
 
 const app = await testApp(t, { PUBLIC_BASE_URL: 'https://postback.example.com/' })

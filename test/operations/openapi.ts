@@ -21,7 +21,7 @@ t.test('openapi.yaml is the document the code generates (run `npm run openapi` a
 
 t.test('the typed client was generated from this openapi.yaml', async (t) => {
   const { stdout } = await run(process.execPath, [`${ROOT}/node_modules/openapi-typescript/bin/cli.js`, 'openapi.yaml'], { cwd: ROOT })
-  t.equal(readFileSync(`${ROOT}/src/client/schema.ts`, 'utf8'), stdout)
+  t.equal(readFileSync(`${ROOT}/client/src/schema.ts`, 'utf8'), stdout)
 })
 
 t.test('redocly lint (recommended rules) reports no errors', async (t) => {

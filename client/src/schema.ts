@@ -33,9 +33,29 @@ export interface paths {
         };
         /**
          * List conversions
-         * @description Filtered and keyset-paginated. Paging through with next_cursor returns every matching row exactly once, also while new conversions arrive.
+         * @description Filtered and keyset-paginated by received_at, a view for people and reports. Paging with next_cursor never returns a row twice, but a conversion committed while you page can land before your position (received_at is taken when its batch starts, and batches commit out of that order), so a walk may miss conversions that arrive during it; next_cursor is null on the last page. Services that keep a copy follow /changes instead.
          */
         get: operations["listConversions"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/postback/changes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Follow every change: the feed for keeping a copy
+         * @description Every stored conversion (`stored`) and every status move (`updated`), each exactly once, a conversion's `stored` before its `updated`s, under any number of instances writing at once. Start without `after`, then always pass the `next` of the previous page, also of an empty one. A change is in the feed once its transaction and every write transaction that began before it have committed (PostgreSQL: any on the server); with `wait`, the request holds until then. Unlike the conversion list, the feed orders by commit, not by time: services that keep a copy follow it.
+         */
+        get: operations["listChanges"];
         put?: never;
         post?: never;
         delete?: never;
@@ -350,6 +370,23 @@ export interface components {
         ConversionPage: {
             data: components["schemas"]["Conversion"][];
             next_cursor: string | null;
+        };
+        /** @description A change of a conversion, with the conversion as that change left it */
+        Change: {
+            /** @description Where this change is in the feed: pass the last one you processed as `after` to resume after it */
+            position: string;
+            /**
+             * @description `stored`: the conversion was stored; `updated`: a delivery moved its status
+             * @enum {string}
+             */
+            kind: "stored" | "updated";
+            conversion: components["schemas"]["Conversion"];
+        };
+        /** @description Changes in feed order */
+        ChangePage: {
+            data: components["schemas"]["Change"][];
+            /** @description Pass as `after` for the next page; always set, also on an empty page */
+            next: string;
         };
         /** @description A stored or applied delivery of a conversion */
         HistoryEntry: {
@@ -706,6 +743,80 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ConversionPage"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    listChanges: {
+        parameters: {
+            query?: {
+                /** @description One sheet; default: every sheet the key may see */
+                sheet_id?: string;
+                /** @description `next` of the previous page (or the `position` of the last change processed); absent: from the beginning */
+                after?: string;
+                /** @description Changes per page */
+                limit?: number;
+                /** @description Long poll: when no change is ready, hold the request up to this many seconds until one is */
+                wait?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Changes in feed order */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChangePage"];
                 };
             };
             /** @description The error body of every non-2xx answer */

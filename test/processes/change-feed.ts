@@ -1,0 +1,138 @@
+// The change feed under concurrent writers, followed through the client's followChanges while the
+// deliveries arrive: on PostgreSQL two server processes take them (several statements in flight on
+// each, and moves of one conversion sent to both at once); on PGlite the app in the test process. The follower must
+// end with every stored conversion and every applied move, each once, a conversion's `stored` first.
+import pg from 'pg'
+import t from 'tap'
+import { createClient, followChanges, type Change } from '../../client/src/index.ts'
+import { createApiKey } from '../../src/api-keys.ts'
+import { createSheet } from '../../src/sheets.ts'
+import { admin, listen, onPostgres, testApp, uniqueId } from '../helpers.ts'
+import { startServer } from '../processes.ts'
+
+// Deliveries per loop, not a duration, so that a loaded machine still makes moves race: 12 loops at
+// once (on PostgreSQL each instance several statements in flight); the embedded store writes one
+// statement at a time in one process, so fewer there.
+const LOOPS = 12
+const ROUNDS = onPostgres ? 80 : 25
+
+t.test(`the feed misses nothing and repeats nothing while ${onPostgres ? 'two instances take' : 'an instance takes'} deliveries and moves`, async (t) => {
+  const sheet = uniqueId('feed')
+  let apiKey: string
+  let servers: Array<{ url: string }>
+  if (onPostgres) {
+    const env = { DATABASE_URL: process.env.DATABASE_URL, RECEIVER_RATE_LIMIT: '10000000', RECEIVER_FLOOD_LIMIT: '10000000', MANAGEMENT_RATE_LIMIT: '10000000' }
+    t.equal((await admin(env, 'sheet', 'create', '--id', sheet)).code, 0)
+    apiKey = ((await admin(env, 'key', 'create', '--sheet', sheet)).result as { key: string }).key
+    const started = await Promise.all([startServer(env), startServer(env)])
+    for (const server of started) t.teardown(() => server.child.kill('SIGKILL'))
+    servers = started
+  } else {
+    // The embedded store is one process's: the app in this one.
+    const app = await testApp(t, { RECEIVER_RATE_LIMIT: '10000000', RECEIVER_FLOOD_LIMIT: '10000000', MANAGEMENT_RATE_LIMIT: '10000000' })
+    await createSheet(app.prisma, { sheetId: sheet, currency: 'USD' })
+    apiKey = (await createApiKey(app.prisma, { sheetIds: [sheet] })).key
+    servers = [{ url: await listen(app) }]
+  }
+
+  const seen: Change[] = []
+  const stop = new AbortController()
+  const follower = (async () => {
+    const client = createClient({ baseUrl: servers.at(-1)!.url, apiKey })
+    for await (const change of followChanges(client, { sheet_id: sheet, signal: stop.signal, wait: 1, limit: 50 })) seen.push(change)
+  })()
+
+  // New conversions (pending or approved) to either instance; moves of stored ones to every instance at once.
+  const stored: string[] = []
+  let sequence = 0
+  const deliver = (url: string, query: Record<string, string>) =>
+    fetch(`${url}/meta/postback/conversion?${new URLSearchParams({ sheet_id: sheet, ...query })}`).then(async (response) => {
+      await response.arrayBuffer()
+      return response.status
+    })
+  const statuses: number[] = []
+  const loops = Array.from({ length: LOOPS }, async (_, loop) => {
+    for (let round = 0; round < ROUNDS; round++) {
+      const url = servers[loop % servers.length]!.url
+      if (stored.length > 0 && Math.random() < 0.3) {
+        const id = stored[Math.floor(Math.random() * stored.length)]!
+        const status = Math.random() < 0.5 ? 'approved' : 'rejected'
+        statuses.push(...(await Promise.all(servers.map((server) => deliver(server.url, { transaction_id: id, status })))))
+      } else {
+        const id = `t-${sequence++}`
+        const status = await deliver(url, { transaction_id: id, status: Math.random() < 0.5 ? 'pending' : 'approved', payout: '1.25' })
+        statuses.push(status)
+        if (status === 200) stored.push(id)
+      }
+    }
+  })
+  await Promise.all(loops)
+  t.same([...new Set(statuses)], [200], `every delivery answered 200 (${statuses.length} deliveries)`)
+
+  let expected: { conversions: Map<string, string>; moves: Map<string, string[]> }
+  if (onPostgres) {
+    const db = new pg.Client({ connectionString: process.env.DATABASE_URL })
+    await db.connect()
+    const conversions = await db.query<{ id: string; status: string }>('SELECT id::text, status FROM conversions WHERE sheet_id = $1', [sheet])
+    const moves = await db.query<{ id: string; status: string }>(
+      'SELECT h.conversion_id::text AS id, h.status FROM conversion_history h WHERE h.sheet_id = $1 AND h.change_key IS NOT NULL ORDER BY h.id',
+      [sheet],
+    )
+    await db.end()
+    expected = { conversions: new Map(conversions.rows.map((row) => [row.id, row.status])), moves: group(moves.rows) }
+  } else {
+    // PGlite's folder is the server's: read what is stored through the API instead.
+    expected = await storedThroughApi(servers[0]!.url, apiKey, sheet)
+  }
+  const moveCount = [...expected.moves.values()].reduce((sum, list) => sum + list.length, 0)
+  t.equal(expected.conversions.size, stored.length, 'a row for every acknowledged conversion')
+  t.ok(moveCount > 0, `moves were applied (${moveCount})`)
+
+  const deadline = Date.now() + 30_000
+  while (seen.length < expected.conversions.size + moveCount && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100))
+  // Anything the follower would wrongly see twice comes now.
+  await new Promise((resolve) => setTimeout(resolve, 1000))
+  stop.abort()
+  await follower
+
+  const storedChanges = seen.filter((change) => change.kind === 'stored')
+  t.equal(storedChanges.length, expected.conversions.size, 'one stored change per conversion')
+  t.same(new Set(storedChanges.map((change) => change.conversion.id)), new Set(expected.conversions.keys()), 'for exactly the stored conversions')
+  t.same(group(seen.filter((change) => change.kind === 'updated').map((change) => ({ id: change.conversion.id, status: change.conversion.status }))), expected.moves, 'every applied move once, in the order applied')
+  t.equal(new Set(seen.map((change) => change.position)).size, seen.length, 'no position twice')
+  const storedSeen = new Set<string>()
+  const early: string[] = []
+  for (const change of seen) {
+    if (change.kind === 'stored') storedSeen.add(change.conversion.id)
+    else if (!storedSeen.has(change.conversion.id)) early.push(change.position)
+  }
+  t.same(early, [], "a conversion's stored comes before its updates")
+  const replayed = new Map<string, string>()
+  for (const change of seen) replayed.set(change.conversion.id, change.conversion.status)
+  t.same(replayed, expected.conversions, 'replaying the feed gives every conversion its stored status')
+})
+
+function group(rows: Array<{ id: string; status: string }>): Map<string, string[]> {
+  const byId = new Map<string, string[]>()
+  for (const { id, status } of rows) byId.set(id, [...(byId.get(id) ?? []), status])
+  return byId
+}
+
+async function storedThroughApi(url: string, apiKey: string, sheet: string) {
+  const client = createClient({ baseUrl: url, apiKey })
+  const conversions = new Map<string, string>()
+  const moves = new Map<string, string[]>()
+  let cursor: string | undefined
+  do {
+    const { data } = await client.GET('/api/v1/postback/conversions', { params: { query: { sheet_id: sheet, limit: 500, cursor } } })
+    for (const conversion of data!.data) conversions.set(conversion.id, conversion.status)
+    cursor = data!.next_cursor ?? undefined
+  } while (cursor)
+  for (const id of conversions.keys()) {
+    const { data } = await client.GET('/api/v1/postback/conversions/{id}/history', { params: { path: { id } } })
+    // The first entry is the stored state; the rest are the moves.
+    const entries = data!.data.slice(1).map((entry) => entry.status)
+    if (entries.length > 0) moves.set(id, entries)
+  }
+  return { conversions, moves }
+}
