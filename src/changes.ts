@@ -25,6 +25,8 @@ import type { Change, ChangeQuery, ChangePage } from './schemas/management.ts'
 
 /** How often a long poll reads again when no local commit wakes it (commits on other instances). */
 export const FEED_POLL_MS = 250
+/** The least time between two reads of one long poll: a busy instance commits hundreds of batches a second. */
+const FEED_MIN_READ_MS = 50
 
 // A position: the last change seen, as "key.kind.id" (kind 0 for an insert, 1 for a move; id of the
 // conversion or of the history entry).
@@ -73,31 +75,30 @@ interface ChangeRow {
 
 /** One page of the feed after `after`, in feed order, and the position to pass next. */
 export async function readChanges(prisma: PrismaClient, scope: SheetScope, after: Position, limit: number): Promise<{ changes: Change[]; next: Position }> {
-  const sheets = scope === null ? Prisma.sql`SELECT sheet_id FROM sheets` : Prisma.sql`SELECT unnest(${[...scope]}::text[]) AS sheet_id`
+  const inScope = (alias: string) => (scope === null ? Prisma.sql`true` : Prisma.sql`${Prisma.raw(alias)}.sheet_id = ANY(${[...scope]}::text[])`)
   const key = Prisma.sql`${after.key.toString()}::xid8`
   // Past the position: inserts at its key only after an insert, moves at its key after any insert.
   const insertId = after.kind === 0 ? after.id : MAX_BIGINT
   const moveId = after.kind === 1 ? after.id : 0n
-  // One statement, so that the horizon is the xmin of the snapshot the rows are read in. Each sheet's
-  // inserts and moves are read in key order from its index, at most `limit` of each, then merged.
+  // One statement, so that the horizon is the xmin of the snapshot the rows are read in. Inserts and
+  // moves are each read in key order from their (key, id) index, at most `limit` of each, then merged.
+  // A scoped key filters as it reads: a page reads past other sheets' changes, and a short page moves
+  // `next` to the horizon, so a follower reads each index entry about once. The horizon is a scalar
+  // subquery so that it bounds the index scan (as a join filter, a feed held back by an open
+  // transaction would read every newer entry on every poll).
   const rows = await prisma.$queryRaw<ChangeRow[]>(Prisma.sql`
     WITH horizon AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
-    scope AS (${sheets}),
     inserts AS (
-      SELECT c.* FROM scope, horizon, LATERAL (
-        SELECT c.stored_key AS key, 0 AS kind, c.id AS change_id, c.id
-        FROM conversions c
-        WHERE c.sheet_id = scope.sheet_id AND (c.stored_key, c.id) > (${key}, ${insertId.toString()}::bigint) AND c.stored_key < horizon.xmin
-        ORDER BY c.stored_key, c.id LIMIT ${limit}
-      ) c
+      SELECT c.stored_key AS key, 0 AS kind, c.id AS change_id, c.id
+      FROM conversions c
+      WHERE ${inScope('c')} AND (c.stored_key, c.id) > (${key}, ${insertId.toString()}::bigint) AND c.stored_key < (SELECT xmin FROM horizon)
+      ORDER BY c.stored_key, c.id LIMIT ${limit}
     ),
     moves AS (
-      SELECT h.* FROM scope, horizon, LATERAL (
-        SELECT h.change_key AS key, 1 AS kind, h.id AS change_id, h.conversion_id AS id
-        FROM conversion_history h
-        WHERE h.sheet_id = scope.sheet_id AND (h.change_key, h.id) > (${key}, ${moveId.toString()}::bigint) AND h.change_key < horizon.xmin
-        ORDER BY h.change_key, h.id LIMIT ${limit}
-      ) h
+      SELECT h.change_key AS key, 1 AS kind, h.id AS change_id, h.conversion_id AS id
+      FROM conversion_history h
+      WHERE ${inScope('h')} AND (h.change_key, h.id) > (${key}, ${moveId.toString()}::bigint) AND h.change_key < (SELECT xmin FROM horizon)
+      ORDER BY h.change_key, h.id LIMIT ${limit}
     ),
     page AS (
       SELECT * FROM (SELECT * FROM inserts UNION ALL SELECT * FROM moves) p ORDER BY key, kind, change_id LIMIT ${limit}
@@ -182,11 +183,14 @@ export async function changesPage(
   const limit = query.limit ?? 100
   const deadline = performance.now() + (query.wait ?? 0) * 1000
   for (;;) {
+    const readAt = performance.now()
     const { changes, next } = await readChanges(prisma, scope, after, limit)
     const remaining = deadline - performance.now()
     if (changes.length > 0 || remaining <= 0 || changeSignal.closed || signal?.aborted) return { data: changes, next: encodePosition(next) }
     // Nothing in scope up to the horizon: read on from there.
     after = next
     await changeSignal.wait(Math.min(FEED_POLL_MS, remaining), signal)
+    const since = performance.now() - readAt
+    if (since < FEED_MIN_READ_MS) await sleep(Math.min(FEED_MIN_READ_MS - since, Math.max(0, deadline - performance.now())))
   }
 }

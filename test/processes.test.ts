@@ -1,4 +1,4 @@
-// The service as processes: start and stop, kill -9, several instances, the data folder lock.
+// The service as processes: start and stop, several instances, the change feed under concurrent writers.
 import { runArea } from './area.ts'
 
 runArea(import.meta.url)

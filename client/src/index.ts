@@ -41,15 +41,17 @@ export interface FollowOptions {
   sheet_id?: string
   /** Resume after this position (a change's `position`, or a page's `next`); default: from the beginning. */
   after?: string
-  /** Ends the iteration, also during a long poll or a wait for Retry-After. */
+  /** Ends the iteration, also during a long poll or a wait before a retry. */
   signal?: AbortSignal
   /** Changes per request (1..1000, default 100). */
   limit?: number
-  /** Seconds each request may wait for a change (0..30, default 30). */
+  /** Seconds each request may wait for a change (0..30, default 25: under the 30 s idle timeout of common proxies). */
   wait?: number
+  /** Called before each wait-and-retry, with what went wrong and how long it waits. */
+  onRetry?: (retry: { status?: number; error?: unknown; delayMs: number }) => void
 }
 
-/** An answer of the feed that is neither a page nor a wait-and-retry (429, 503). */
+/** An answer of the feed that is neither a page nor worth a retry (a 4xx other than 429). */
 export class FeedError extends Error {
   constructor(
     readonly status: number,
@@ -60,16 +62,31 @@ export class FeedError extends Error {
   }
 }
 
+// Answers that a later request may not get: rate limits, a draining or restarting instance, a proxy
+// that lost its upstream or timed out.
+const RETRY_STATUSES = new Set([429, 500, 502, 503, 504])
+const MIN_RETRY_MS = 250
+const MAX_RETRY_MS = 60 * 60 * 1000
+const MAX_BACKOFF_MS = 30_000
+
 /**
  * Every change of the feed after `after`, in feed order, for as long as it is iterated: pages are
  * long polls, and each request resumes from the previous page's `next`. 429 and 503 answers are
- * waited out by their Retry-After; any other error is thrown (a FeedError), and so are network
- * errors. To resume later, keep the `position` of the last change you processed and pass it as
- * `after`. Ends (without throwing) when `signal` aborts.
+ * waited out by their Retry-After; other 5xx answers and network errors (an instance restarting)
+ * are retried with a backoff from 1 s up to 30 s. Another answer (401, 403, 400) is thrown as a
+ * FeedError. To resume after a restart, keep the `position` of the last change you processed and
+ * pass it as `after`. Ends (without throwing) when `signal` aborts.
  */
 export async function * followChanges(client: PostbackClient, options: FollowOptions = {}): AsyncGenerator<Change, void, undefined> {
-  const { sheet_id, signal, limit, wait = 30 } = options
+  const { sheet_id, signal, limit, wait = 25, onRetry } = options
   let after = options.after
+  let failures = 0
+  const retry = async (delayMs: number, reason: { status?: number; error?: unknown }) => {
+    failures++
+    onRetry?.({ ...reason, delayMs })
+    await delay(delayMs, signal)
+  }
+  const backoff = () => Math.min(MAX_BACKOFF_MS, 1000 * 2 ** Math.min(failures, 5))
   while (!signal?.aborted) {
     let result
     try {
@@ -79,27 +96,34 @@ export async function * followChanges(client: PostbackClient, options: FollowOpt
       })
     } catch (error) {
       if (signal?.aborted) return
-      throw error
+      await retry(backoff(), { error })
+      continue
     }
     const { data, error, response } = result
-    if (response.status === 429 || response.status === 503) {
-      await delay(retryAfterMs(response.headers.get('retry-after')), signal)
+    if (RETRY_STATUSES.has(response.status)) {
+      const header = response.headers.get('retry-after')
+      await retry(header === null ? backoff() : retryAfterMs(header), { status: response.status })
       continue
     }
     if (!data) throw new FeedError(response.status, error as ErrorBody | undefined)
-    for (const change of data.data) yield change
+    failures = 0
+    for (const change of data.data) {
+      if (signal?.aborted) return
+      yield change
+    }
     after = data.next
   }
 }
 
 const DEFAULT_RETRY_MS = 1000
 
-/** Retry-After in seconds or as an HTTP date, in ms; one second when absent or unreadable. */
+/** Retry-After in seconds or as an HTTP date, in ms, kept within 250 ms and an hour; one second when unreadable. */
 export function retryAfterMs(header: string | null, now = Date.now()): number {
-  if (header === null || header.trim() === '') return DEFAULT_RETRY_MS
-  if (/^\d+$/.test(header.trim())) return Number(header.trim()) * 1000
-  const at = Date.parse(header)
-  return Number.isNaN(at) ? DEFAULT_RETRY_MS : Math.max(0, at - now)
+  const value = header?.trim() ?? ''
+  let ms = DEFAULT_RETRY_MS
+  if (/^\d+$/.test(value)) ms = Number(value) * 1000
+  else if (/[a-z]/i.test(value) && !Number.isNaN(Date.parse(value))) ms = Date.parse(value) - now
+  return Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, ms))
 }
 
 function delay(ms: number, signal?: AbortSignal): Promise<void> {

@@ -69,10 +69,11 @@ export default async function conversionRoutes(fastify: FastifyInstance) {
     listConversions(app.prisma, sheetScope(principalOf(request), request.query.sheet_id), request.query),
   )
 
-  app.get('/changes', { schema: changesSchema }, async (request) => {
-    // A client that goes away ends its long poll.
+  app.get('/changes', { schema: changesSchema }, async (request, reply) => {
+    // A client that goes away ends its long poll (also one gone before the handler ran).
     const gone = new AbortController()
-    request.raw.once('close', () => gone.abort())
+    reply.raw.once('close', () => gone.abort())
+    if (request.raw.destroyed || reply.raw.destroyed) gone.abort()
     return changesPage(app.prisma, app.changeSignal, sheetScope(principalOf(request), request.query.sheet_id), request.query, gone.signal)
   })
 

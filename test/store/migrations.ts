@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import pg from 'pg'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
+import { changesPage, ChangeSignal } from '../../src/changes.ts'
 import { loadConfig } from '../../src/config.ts'
 import { createSheet } from '../../src/sheets.ts'
 import { openDatabase, type Database } from '../../src/database.ts'
@@ -161,4 +162,26 @@ t.test('the lifecycle migration makes existing rows approved base conversions, a
     ])
     await t.rejects(session.exec(`INSERT INTO conversions (sheet_id, transaction_id, currency) VALUES ('old', 't1', 'USD')`), { code: '23505' }, 'the key is still unique')
   })
+})
+
+t.test('the change-feed migration puts stored and moved conversions in the feed, inserts first, then later moves after them', async (t) => {
+  const { db: older } = await emptyDatabase()
+  const all = readMigrations()
+  const feed = all.findIndex((m) => m.name.endsWith('_change_feed'))
+  t.ok(feed > 0, 'the change-feed migration is there')
+  await older.withSession(async (session) => {
+    await migrate(session, all.slice(0, feed))
+    // Stored and moved under the older schema: 'm' pending then approved (a history of two entries).
+    await session.exec(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('old', 'old', 'USD');
+      INSERT INTO conversions (sheet_id, transaction_id, currency, status) VALUES ('old', 's', 'USD', 'approved'), ('old', 'm', 'USD', 'pending');
+      UPDATE conversions SET status = 'approved', updated_at = now() WHERE transaction_id = 'm'`)
+    await migrate(session, all)
+    // A move after the migration.
+    await session.exec(`UPDATE conversions SET status = 'rejected', updated_at = now() WHERE transaction_id = 'm'`)
+  })
+  const page = await changesPage(older.prisma, new ChangeSignal(), null, {})
+  t.same(
+    page.data.map((change) => `${change.kind} ${change.conversion.transaction_id} ${change.conversion.status}`),
+    ['stored s approved', 'stored m pending', 'updated m approved', 'updated m rejected'],
+  )
 })

@@ -10,21 +10,19 @@ ADD COLUMN     "stored_key" xid8 NOT NULL DEFAULT pg_current_xact_id();
 ALTER TABLE "conversion_history" ADD COLUMN     "change_key" xid8,
 ADD COLUMN     "sheet_id" TEXT;
 
-UPDATE "conversion_history" h SET "sheet_id" = c."sheet_id" FROM "conversions" c WHERE c."id" = h."conversion_id";
-
--- A history's first entry is the conversion's first state; the others are moves.
-UPDATE "conversion_history" h SET "change_key" = pg_current_xact_id()
-WHERE h."id" <> (SELECT min(f."id") FROM "conversion_history" f WHERE f."conversion_id" = h."conversion_id");
-
-UPDATE "conversions" SET "change_key" = pg_current_xact_id() WHERE "updated_at" IS NOT NULL;
+-- One pass: the sheet, and on every entry but a history's first (the conversion's first state; the
+-- others are moves) this migration's transaction id.
+UPDATE "conversion_history" h SET "sheet_id" = c."sheet_id",
+  "change_key" = CASE WHEN h."id" <> (SELECT min(f."id") FROM "conversion_history" f WHERE f."conversion_id" = h."conversion_id") THEN pg_current_xact_id() END
+FROM "conversions" c WHERE c."id" = h."conversion_id";
 
 ALTER TABLE "conversion_history" ALTER COLUMN "sheet_id" SET NOT NULL;
 
 -- CreateIndex
-CREATE INDEX "conversions_sheet_id_stored_key_id_idx" ON "conversions"("sheet_id", "stored_key", "id");
+CREATE INDEX "conversions_stored_key_id_idx" ON "conversions"("stored_key", "id");
 
 -- CreateIndex
-CREATE INDEX "conversion_history_sheet_id_change_key_id_idx" ON "conversion_history"("sheet_id", "change_key", "id");
+CREATE INDEX "conversion_history_change_key_id_idx" ON "conversion_history"("change_key", "id");
 
 -- Not in schema.prisma (Prisma has no triggers): whichever statement moves a conversion (the receiver's
 -- batch, an import), the move gets its feed key before the row is written, and the history trigger
