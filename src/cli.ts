@@ -1,11 +1,13 @@
 // postback-admin: provisions sheets and API keys, and applies migrations. Every command prints one JSON value as
 // the last line of stdout and exits 0; an error goes to stderr with a non-zero exit (2 for usage).
 // Only `migrate` changes the schema: any other command on a store that is behind stops, changing nothing.
+import { open } from 'node:fs/promises'
 import { parseArgs } from 'node:util'
 import { createApiKey, listApiKeys, revokeApiKey } from './api-keys.ts'
 import { ConfigError, loadConfig, type Config } from './config.ts'
 import { DataDirLockedError } from './data-dir-lock.ts'
 import { openDatabase, type Database } from './database.ts'
+import { ImportFileError, importCsv, type ImportCounts } from './import.ts'
 import { migrate, MigrationError, pendingMigrations } from './migrations.ts'
 import { AppError } from './errors.ts'
 import { clearAllowedAddresses, clearSheetToken, DEFAULT_GRACE_SECONDS, rotateSheetToken, setAllowedAddresses } from './sheet-security.ts'
@@ -22,13 +24,14 @@ const USAGE = `usage: postback-admin <command>
   key create (--sheet ID[,ID...] | --global) [--name NAME] [--role read|admin]
   key list
   key revoke KEY_ID
+  import --sheet ID FILE.csv          conversions from a CSV export (header names the columns; - reads stdin)
   migrate
 Settings come from the environment (DATABASE_URL, or DATA_DIR for the embedded store).`
 
 class UsageError extends Error {}
 
 /** Reads its arguments (a usage error needs no store), then returns the work to do on the store. */
-type Command = (args: string[]) => (db: Database) => Promise<unknown>
+type Command = (args: string[], io: CliContext) => (db: Database) => Promise<unknown>
 
 const commands: Record<string, Command> = {
   'sheet create': (args) => {
@@ -94,6 +97,28 @@ const commands: Record<string, Command> = {
     if (!id || extra.length) throw new UsageError('key revoke takes one key id')
     return (db) => revokeApiKey(db.prisma, id)
   },
+  import: (args, io) => {
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { sheet: { type: 'string' } } })
+    const [file, ...extra] = positionals
+    if (!values.sheet || !file || extra.length) throw new UsageError('import needs --sheet ID and one FILE.csv (- for stdin)')
+    const sheetId = values.sheet
+    return async (db) => {
+      const input = file === '-' ? (io.stdin ?? process.stdin) : await openFile(file)
+      const progress = io.stderr.isTTY ? progressLine(io.stderr) : undefined
+      try {
+        return await importCsv(db, {
+          sheetId,
+          input,
+          onRejected: (line, error) => io.stderr.write(`${progress?.clear() ?? ''}line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`),
+          onProgress: progress?.update,
+        })
+      } finally {
+        progress?.done()
+        // A file read only in part (a header it refused) is closed here, not by the garbage collector.
+        if (file !== '-') input.destroy()
+      }
+    }
+  },
   migrate: (args) => {
     parseArgs({ args })
     return async (db) => ({ store: db.kind, ...(await db.withSession((session) => migrate(session))) })
@@ -103,7 +128,10 @@ const commands: Record<string, Command> = {
 /** Where the command writes (the process's streams, or a test's buffers), and how it opens the store. */
 export interface CliContext {
   stdout: { write(text: string): unknown }
-  stderr: { write(text: string): unknown }
+  /** A terminal (isTTY) also gets the import's progress line. */
+  stderr: { write(text: string): unknown; isTTY?: boolean }
+  /** Default: process.stdin (`import ... -`). */
+  stdin?: NodeJS.ReadableStream & import('node:stream').Readable
   /** Default: openDatabase. A test may hand every command one store it keeps open. */
   openDatabase?: (config: Config) => Promise<Database>
 }
@@ -120,7 +148,7 @@ export async function run(argv: string[], env?: Record<string, string | undefine
   const args = name === first ? [second, ...rest].filter(Boolean) : rest
   let db: Database | undefined
   try {
-    const work = command(args)
+    const work = command(args, io)
     const config = loadConfig(env)
     db = await (io.openDatabase ?? openDatabase)(config)
     if (name !== 'migrate') await requireCurrentSchema(db)
@@ -128,7 +156,7 @@ export async function run(argv: string[], env?: Record<string, string | undefine
     io.stdout.write(`${JSON.stringify(result)}\n`)
     return 0
   } catch (error) {
-    const known = [UsageError, ConfigError, DataDirLockedError, MigrationError, AppError].some((type) => error instanceof type)
+    const known = [UsageError, ConfigError, DataDirLockedError, MigrationError, AppError, ImportFileError].some((type) => error instanceof type)
     const isParseError = (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
     io.stderr.write(`postback-admin: ${known || isParseError ? (error as Error).message : String((error as Error).stack ?? error)}\n`)
     return error instanceof UsageError || isParseError ? 2 : 1
@@ -142,4 +170,33 @@ async function requireCurrentSchema(db: Database): Promise<void> {
   if (pending.length === 0) return
   const count = `${pending.length} migration${pending.length === 1 ? '' : 's'}`
   throw new MigrationError(`the store's schema is behind: ${count} pending (${pending.join(', ')}); run \`postback-admin migrate\``)
+}
+
+/** The import's progress on a terminal: one line, rewritten after each chunk. */
+function progressLine(stderr: { write(text: string): unknown }) {
+  const started = performance.now()
+  let shown = false
+  return {
+    update(counts: ImportCounts) {
+      const rate = Math.round(counts.lines / ((performance.now() - started) / 1000))
+      stderr.write(`\r${counts.lines} lines: ${counts.imported} imported, ${counts.updated} updated, ${counts.duplicate} duplicate, ${counts.rejected} rejected (${rate} lines/s)`)
+      shown = true
+    },
+    clear(): string {
+      if (!shown) return ''
+      shown = false
+      return '\r\u001b[K'
+    },
+    done() {
+      if (shown) stderr.write('\n')
+    },
+  }
+}
+
+async function openFile(file: string) {
+  try {
+    return (await open(file)).createReadStream()
+  } catch (error) {
+    throw new ImportFileError(`cannot read ${file}: ${(error as Error).message}`)
+  }
 }

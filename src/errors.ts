@@ -7,6 +7,8 @@ export type ErrorCode =
   | 'unreplaced_macro'
   | 'unknown_currency'
   | 'repeated_parameter'
+  | 'invalid_line'
+  | 'invalid_file'
   | 'unknown_sheet'
   | 'sheet_exists'
   | 'unknown_key'

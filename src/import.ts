@@ -1,0 +1,203 @@
+// Bulk import of conversions from a CSV file (postback-admin import), for moving history over from
+// another tracker. Every value passes the receiver's rules (src/delivery.ts); a bad line is reported
+// with its line number and skipped. Lines are written in chunks, each in a transaction of its own (a
+// long transaction would hold the change feed back, src/changes.ts), by two set-based statements:
+// an insert of the new keys, then the lifecycle moves of the keys already stored. Running a file twice
+// changes nothing the second time. The file is streamed: memory does not grow with its size.
+import type { Readable } from 'node:stream'
+import { parse } from 'csv-parse'
+import { keyOf } from './conversion-batch.ts'
+import { parseTime } from './conversions.ts'
+import type { Database, SqlSession } from './database.ts'
+import { parseDelivery } from './delivery.ts'
+import { AppError, InputError, NotFoundError } from './errors.ts'
+import { allowedMoveSql } from './lifecycle.ts'
+import type { Delivery } from './schemas/receiver.ts'
+
+/** The columns an import reads, by header name; others are ignored (and listed in the result). */
+export const IMPORT_COLUMNS = ['transaction_id', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status', 'event', 'received_at'] as const
+type Column = (typeof IMPORT_COLUMNS)[number]
+
+export interface ImportCounts {
+  /** Data lines read (the header not counted). */
+  lines: number
+  imported: number
+  updated: number
+  duplicate: number
+  rejected: number
+}
+
+export interface ImportResult extends ImportCounts {
+  sheet_id: string
+  ignored_columns: string[]
+}
+
+export interface ImportOptions {
+  sheetId: string
+  input: Readable
+  /** A line skipped: its number in the file (1 is the header) and why. */
+  onRejected: (line: number, error: InputError) => void
+  /** After each chunk is committed. */
+  onProgress?: (counts: ImportCounts) => void
+  /** Lines per transaction. */
+  chunkSize?: number
+}
+
+export class ImportFileError extends AppError {
+  override name = 'ImportFileError'
+  constructor(message: string) {
+    super(400, 'invalid_file', message)
+  }
+}
+
+interface Row {
+  delivery: Delivery
+  receivedAt: Date | null
+}
+
+// ISO 8601: a date (midnight UTC), or a date and time with `T` or a space, with an offset or without
+// one (UTC), as tracker exports write them.
+const TIME = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/
+
+function parseReceivedAt(value: string): Date {
+  if (!TIME.test(value)) throw new InputError('invalid_parameter', 'received_at', `received_at ${JSON.stringify(value)} is not an ISO 8601 time`)
+  const iso = value.length > 10 && !/(Z|[+-]\d{2}:?\d{2})$/.test(value) ? `${value.replace(' ', 'T')}Z` : value.replace(' ', 'T')
+  return parseTime('received_at', iso)
+}
+
+export async function importCsv(db: Database, { sheetId, input, onRejected, onProgress, chunkSize = 5000 }: ImportOptions): Promise<ImportResult> {
+  return db.withSession(async (session) => {
+    const [sheet] = await session.query<{ active: boolean }>('SELECT active FROM sheets WHERE sheet_id = $1', [sheetId])
+    if (!sheet) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} does not exist`, 'sheet')
+    if (!sheet.active) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} is disabled`, 'sheet')
+
+    const counts: ImportCounts = { lines: 0, imported: 0, updated: 0, duplicate: 0, rejected: 0 }
+    const parser = parse({ bom: true, relax_column_count: true, skip_empty_lines: true, info: true })
+    // A read error of the file ends the parse with it (pipe alone would leave the parser waiting).
+    input.on('error', (error) => parser.destroy(error))
+    input.pipe(parser)
+    let header: Array<Column | null> | undefined
+    let ignored: string[] = []
+    // Keys in a chunk are distinct (a statement can write a row once): a key seen again starts the next chunk.
+    let chunk = new Map<string, Row>()
+    const flush = async () => {
+      if (chunk.size === 0) return
+      const rows = [...chunk.values()]
+      chunk = new Map()
+      const written = await writeChunk(session, sheetId, rows)
+      counts.imported += written.imported
+      counts.updated += written.updated
+      counts.duplicate += rows.length - written.imported - written.updated
+      onProgress?.(counts)
+    }
+    try {
+      for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
+        if (!header) {
+          const names = record.map((name) => name.trim().toLowerCase())
+          header = names.map((name) => ((IMPORT_COLUMNS as readonly string[]).includes(name) ? (name as Column) : null))
+          ignored = names.filter((name, index) => header![index] === null && name !== '')
+          if (!names.includes('transaction_id')) throw new ImportFileError(`the header has no transaction_id column (it has: ${names.join(', ')})`)
+          const repeated = names.find((name, index) => header![index] !== null && names.indexOf(name) !== index)
+          if (repeated) throw new ImportFileError(`the header names ${repeated} twice`)
+          continue
+        }
+        counts.lines++
+        try {
+          if (record.length !== header.length) {
+            throw new InputError('invalid_line', 'line', `the line has ${record.length} fields, the header ${header.length}`)
+          }
+          const row = toRow(sheetId, header, record)
+          const key = keyOf(row.delivery)
+          if (chunk.has(key) || chunk.size >= chunkSize) await flush()
+          chunk.set(key, row)
+        } catch (error) {
+          if (!(error instanceof InputError)) throw error
+          counts.rejected++
+          onRejected(info.lines, error)
+        }
+      }
+    } catch (error) {
+      // A file csv-parse cannot read further (an unclosed quote): what came before it stays imported.
+      const code = (error as { code?: string }).code
+      if (typeof code === 'string' && code.startsWith('CSV_')) throw new ImportFileError(`the file is not valid CSV: ${(error as Error).message}`)
+      throw error
+    }
+    if (!header) throw new ImportFileError('the file is empty: it needs a header line naming its columns')
+    await flush()
+    return { sheet_id: sheetId, ...counts, ignored_columns: ignored }
+  })
+}
+
+function toRow(sheetId: string, header: Array<Column | null>, record: string[]): Row {
+  const query: Record<string, string> = { sheet_id: sheetId }
+  let receivedAt: Date | null = null
+  header.forEach((column, index) => {
+    const value = record[index]!.trim()
+    if (column === null || value === '') return
+    if (column === 'received_at') receivedAt = parseReceivedAt(value)
+    else query[column] = value
+  })
+  // An empty transaction_id is refused as the receiver refuses a missing one.
+  return { delivery: parseDelivery(query), receivedAt }
+}
+
+// New keys first: a key that a delivery stores meanwhile is then seen by the move below. The move is
+// the receiver's (src/conversion-batch.ts): allowed moves only; payout and currency replaced when the
+// line has them; the history trigger records it. A line's received_at is the time of its move.
+const INSERT_SQL = `
+  INSERT INTO conversions AS c (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status, received_at)
+  SELECT $1, i.transaction_id, i.event, i.payout::numeric, COALESCE(i.currency, s.default_currency), i.campaign_id, i.adset_id, i.ad_id, i.status, i.network_status,
+    COALESCE(i.received_at, now())
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::timestamptz[])
+         AS i(transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status, received_at)
+  CROSS JOIN (SELECT default_currency FROM sheets WHERE sheet_id = $1) s
+  ORDER BY i.transaction_id, i.event
+  ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
+  RETURNING c.transaction_id, c.event`
+
+const MOVE_SQL = `
+  UPDATE conversions AS c SET
+    status = i.status,
+    network_status = i.network_status,
+    payout = COALESCE(i.payout::numeric, c.payout),
+    currency = COALESCE(i.currency, c.currency),
+    updated_at = COALESCE(i.received_at, now())
+  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
+         AS i(transaction_id, event, payout, currency, status, network_status, received_at)
+  WHERE c.sheet_id = $1 AND c.transaction_id = i.transaction_id AND c.event = i.event AND ${allowedMoveSql('c.status', 'i.status')}
+  RETURNING c.id`
+
+async function writeChunk(session: SqlSession, sheetId: string, rows: Row[]): Promise<{ imported: number; updated: number }> {
+  const column = (pick: (row: Row) => unknown) => rows.map(pick)
+  const d = (name: keyof Delivery) => column((row) => row.delivery[name] ?? null)
+  const event = column((row) => row.delivery.event ?? '')
+  const receivedAt = column((row) => row.receivedAt?.toISOString() ?? null)
+  await session.exec('BEGIN')
+  try {
+    const inserted = await session.query<{ transaction_id: string; event: string }>(INSERT_SQL, [
+      sheetId, d('transaction_id'), event, d('payout'), d('currency'), d('campaign_id'), d('adset_id'), d('ad_id'), d('status'), d('network_status'), receivedAt,
+    ])
+    const fresh = new Set(inserted.map((row) => keyOf({ sheet_id: sheetId, transaction_id: row.transaction_id, event: row.event })))
+    const rest = rows.filter((row) => !fresh.has(keyOf(row.delivery)))
+    let updated = 0
+    if (rest.length > 0) {
+      const r = (pick: (row: Row) => unknown) => rest.map(pick)
+      const moved = await session.query(MOVE_SQL, [
+        sheetId,
+        r((row) => row.delivery.transaction_id),
+        r((row) => row.delivery.event ?? ''),
+        r((row) => row.delivery.payout ?? null),
+        r((row) => row.delivery.currency ?? null),
+        r((row) => row.delivery.status),
+        r((row) => row.delivery.network_status ?? null),
+        r((row) => row.receivedAt?.toISOString() ?? null),
+      ])
+      updated = moved.length
+    }
+    await session.exec('COMMIT')
+    return { imported: inserted.length, updated }
+  } catch (error) {
+    await session.exec('ROLLBACK').catch(() => {})
+    throw error
+  }
+}
