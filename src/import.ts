@@ -78,17 +78,23 @@ export async function importCsv(db: Database, { sheetId, input, onRejected, onPr
     input.pipe(parser)
     let header: Array<Column | null> | undefined
     let ignored: string[] = []
-    // Keys in a chunk are distinct (a statement can write a row once): a key seen again starts the next chunk.
-    let chunk = new Map<string, Row>()
+    let chunk: Row[] = []
+    // One chunk is written while the next is read and checked (the two share this machine's cores
+    // rather than taking turns); chunks are written one at a time, in file order.
+    let writing: Promise<void> = Promise.resolve()
     const flush = async () => {
-      if (chunk.size === 0) return
-      const rows = [...chunk.values()]
-      chunk = new Map()
-      const written = await writeChunk(session, sheetId, rows)
-      counts.imported += written.imported
-      counts.updated += written.updated
-      counts.duplicate += rows.length - written.imported - written.updated
-      onProgress?.(counts)
+      if (chunk.length === 0) return
+      const rows = chunk
+      chunk = []
+      await writing
+      writing = writeChunk(session, sheetId, rows).then((written) => {
+        counts.imported += written.imported
+        counts.updated += written.updated
+        counts.duplicate += rows.length - written.imported - written.updated
+        onProgress?.(counts)
+      })
+      // Its failure is thrown where it is awaited: at the next flush or at the end.
+      writing.catch(() => {})
     }
     try {
       for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
@@ -106,10 +112,8 @@ export async function importCsv(db: Database, { sheetId, input, onRejected, onPr
           if (record.length !== header.length) {
             throw new InputError('invalid_line', 'line', `the line has ${record.length} fields, the header ${header.length}`)
           }
-          const row = toRow(sheetId, header, record)
-          const key = keyOf(row.delivery)
-          if (chunk.has(key) || chunk.size >= chunkSize) await flush()
-          chunk.set(key, row)
+          chunk.push(toRow(sheetId, header, record))
+          if (chunk.length >= chunkSize) await flush()
         } catch (error) {
           if (!(error instanceof InputError)) throw error
           counts.rejected++
@@ -117,6 +121,8 @@ export async function importCsv(db: Database, { sheetId, input, onRejected, onPr
         }
       }
     } catch (error) {
+      // The session stays in use until the chunk being written has settled.
+      await writing.catch(() => {})
       // A file csv-parse cannot read further (an unclosed quote): what came before it stays imported.
       const code = (error as { code?: string }).code
       if (typeof code === 'string' && code.startsWith('CSV_')) throw new ImportFileError(`the file is not valid CSV: ${(error as Error).message}`)
@@ -124,6 +130,7 @@ export async function importCsv(db: Database, { sheetId, input, onRejected, onPr
     }
     if (!header) throw new ImportFileError('the file is empty: it needs a header line naming its columns')
     await flush()
+    await writing
     return { sheet_id: sheetId, ...counts, ignored_columns: ignored }
   })
 }
@@ -167,37 +174,72 @@ const MOVE_SQL = `
   WHERE c.sheet_id = $1 AND c.transaction_id = i.transaction_id AND c.event = i.event AND ${allowedMoveSql('c.status', 'i.status')}
   RETURNING c.id`
 
+/**
+ * Writes a chunk in one transaction. A statement can write a row once, so the lines go in layers:
+ * the first line of each key (inserted, or a move of a stored conversion), then the second line of
+ * each key that has one (a move), and so on; each key's lines apply in file order.
+ */
 async function writeChunk(session: SqlSession, sheetId: string, rows: Row[]): Promise<{ imported: number; updated: number }> {
-  const column = (pick: (row: Row) => unknown) => rows.map(pick)
-  const d = (name: keyof Delivery) => column((row) => row.delivery[name] ?? null)
-  const event = column((row) => row.delivery.event ?? '')
-  const receivedAt = column((row) => row.receivedAt?.toISOString() ?? null)
+  const layers: Row[][] = []
+  const seen = new Map<string, number>()
+  for (const row of rows) {
+    const key = keyOf(row.delivery)
+    const occurrence = seen.get(key) ?? 0
+    seen.set(key, occurrence + 1)
+    ;(layers[occurrence] ??= []).push(row)
+  }
+  let imported = 0
+  let updated = 0
   await session.exec('BEGIN')
   try {
-    const inserted = await session.query<{ transaction_id: string; event: string }>(INSERT_SQL, [
-      sheetId, d('transaction_id'), event, d('payout'), d('currency'), d('campaign_id'), d('adset_id'), d('ad_id'), d('status'), d('network_status'), receivedAt,
-    ])
-    const fresh = new Set(inserted.map((row) => keyOf({ sheet_id: sheetId, transaction_id: row.transaction_id, event: row.event })))
-    const rest = rows.filter((row) => !fresh.has(keyOf(row.delivery)))
-    let updated = 0
-    if (rest.length > 0) {
-      const r = (pick: (row: Row) => unknown) => rest.map(pick)
-      const moved = await session.query(MOVE_SQL, [
-        sheetId,
-        r((row) => row.delivery.transaction_id),
-        r((row) => row.delivery.event ?? ''),
-        r((row) => row.delivery.payout ?? null),
-        r((row) => row.delivery.currency ?? null),
-        r((row) => row.delivery.status),
-        r((row) => row.delivery.network_status ?? null),
-        r((row) => row.receivedAt?.toISOString() ?? null),
-      ])
-      updated = moved.length
+    for (const [index, layer] of layers.entries()) {
+      // Every key of a later layer is stored by now: only moves.
+      let rest = layer
+      if (index === 0) {
+        const inserted = await insertRows(session, sheetId, layer)
+        imported += inserted.size
+        rest = layer.filter((row) => !inserted.has(keyOf(row.delivery)))
+      }
+      if (rest.length > 0) updated += await moveRows(session, sheetId, rest)
     }
     await session.exec('COMMIT')
-    return { imported: inserted.length, updated }
+    return { imported, updated }
   } catch (error) {
     await session.exec('ROLLBACK').catch(() => {})
     throw error
   }
+}
+
+/** Inserts the rows whose keys are new; returns their keys. */
+async function insertRows(session: SqlSession, sheetId: string, rows: Row[]): Promise<Set<string>> {
+  const d = (name: keyof Delivery) => rows.map((row) => row.delivery[name] ?? null)
+  const inserted = await session.query<{ transaction_id: string; event: string }>(INSERT_SQL, [
+    sheetId,
+    d('transaction_id'),
+    rows.map((row) => row.delivery.event ?? ''),
+    d('payout'),
+    d('currency'),
+    d('campaign_id'),
+    d('adset_id'),
+    d('ad_id'),
+    d('status'),
+    d('network_status'),
+    rows.map((row) => row.receivedAt?.toISOString() ?? null),
+  ])
+  return new Set(inserted.map((row) => keyOf({ sheet_id: sheetId, transaction_id: row.transaction_id, event: row.event })))
+}
+
+/** Applies the allowed moves of rows of distinct, stored keys; returns how many moved. */
+async function moveRows(session: SqlSession, sheetId: string, rows: Row[]): Promise<number> {
+  const moved = await session.query(MOVE_SQL, [
+    sheetId,
+    rows.map((row) => row.delivery.transaction_id),
+    rows.map((row) => row.delivery.event ?? ''),
+    rows.map((row) => row.delivery.payout ?? null),
+    rows.map((row) => row.delivery.currency ?? null),
+    rows.map((row) => row.delivery.status),
+    rows.map((row) => row.delivery.network_status ?? null),
+    rows.map((row) => row.receivedAt?.toISOString() ?? null),
+  ])
+  return moved.length
 }
