@@ -171,3 +171,29 @@ t.test('files and arguments it cannot take', async (t) => {
   t.equal((await admin('import', csv('x.csv', 'transaction_id\nx\n'))).code, 2, 'no --sheet: usage')
   t.same(await stored(sheet), [], 'nothing imported from any of them')
 })
+
+t.test('across chunks (written while the next is read), lines of one key still apply in file order', async (t) => {
+  const { importCsv } = await import('../../src/import.ts')
+  const { Readable } = await import('node:stream')
+  const sheet = await newSheet()
+  // 40 keys; each gets lead, then sale, then chargeback, 40 lines apart: with chunks of 7 lines a
+  // key's three lines land in different chunks.
+  const lines = ['transaction_id,status']
+  for (const status of ['lead', 'sale', 'chargeback']) {
+    for (let i = 0; i < 40; i++) lines.push(`k${i},${status}`)
+  }
+  const rejected: number[] = []
+  const progress: number[] = []
+  const result = await importCsv(store, {
+    sheetId: sheet,
+    input: Readable.from([lines.join('\n')]),
+    onRejected: (line) => rejected.push(line),
+    onProgress: (counts) => progress.push(counts.imported + counts.updated + counts.duplicate),
+    chunkSize: 7,
+  })
+  t.match(result, { lines: 120, imported: 40, updated: 80, duplicate: 0, rejected: 0 })
+  t.same(rejected, [])
+  t.equal(progress.length, Math.ceil(120 / 7), 'a progress report per chunk')
+  t.same(progress, [...progress].sort((a, b) => a - b), 'in order')
+  t.same(new Set((await stored(sheet)).map((row) => row.status)), new Set(['rejected']), 'every key ended rejected: its moves applied in order')
+})
