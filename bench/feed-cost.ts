@@ -4,17 +4,15 @@
 // before the feed), in alternating rounds. Prints rows/s and the ratio.
 //   npx tsx bench/feed-cost.ts [--rounds 6] [--rows 20000]
 import { parseArgs } from 'node:util'
-import pg from 'pg'
 import { loadConfig } from '../src/config.ts'
 import { writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase } from '../src/database.ts'
 import { migrate } from '../src/migrations.ts'
+import { scratchDatabase } from './support.ts'
 
 const { values } = parseArgs({ options: { rounds: { type: 'string', default: '6' }, rows: { type: 'string', default: '20000' }, 'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' } } })
 const rounds = Number(values.rounds)
 const rowsPerRound = Number(values.rows)
-const admin = new pg.Client({ connectionString: values['pg-url'] })
-await admin.connect()
 const stamp = Date.now()
 const variants = [
   { label: 'with the feed key', name: `feedcost_with_${stamp}`, strip: false },
@@ -22,17 +20,15 @@ const variants = [
 ]
 const dbs = []
 for (const variant of variants) {
-  await admin.query(`CREATE DATABASE ${variant.name}`)
-  const url = new URL(values['pg-url']!)
-  url.pathname = `/${variant.name}`
-  const db = await openDatabase(loadConfig({ DATABASE_URL: url.toString(), LOG_LEVEL: 'silent' }))
+  const scratch = await scratchDatabase(values['pg-url']!, variant.name)
+  const db = await openDatabase(loadConfig({ DATABASE_URL: scratch.url, LOG_LEVEL: 'silent' }))
   await db.withSession((session) => migrate(session))
   await db.prisma.$executeRawUnsafe(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
   if (variant.strip) {
-    await db.prisma.$executeRawUnsafe('DROP INDEX conversions_sheet_id_stored_key_id_idx')
+    await db.prisma.$executeRawUnsafe('DROP INDEX conversions_stored_key_id_idx')
     await db.prisma.$executeRawUnsafe('ALTER TABLE conversions ALTER COLUMN stored_key DROP NOT NULL, ALTER COLUMN stored_key DROP DEFAULT')
   }
-  dbs.push({ ...variant, db })
+  dbs.push({ ...variant, db, drop: scratch.drop })
 }
 const totals = new Map<string, { rows: number; ms: number }>()
 const roundRatios: number[] = []
@@ -61,9 +57,8 @@ for (const { label, rate } of rates) console.log(`${label.padEnd(20)} ${rate.toF
 console.log(`ratio with / without: ${(rates[0]!.rate / rates[1]!.rate).toFixed(3)} overall; per round ${roundRatios.map((r) => r.toFixed(2)).join(' ')}, median ${median(roundRatios).toFixed(3)}`)
 for (const variant of dbs) {
   await variant.db.close()
-  await admin.query(`DROP DATABASE ${variant.name} WITH (FORCE)`)
+  await variant.drop()
 }
-await admin.end()
 
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)

@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { once } from 'node:events'
 import { parseArgs } from 'node:util'
-import pg from 'pg'
 import { run } from '../src/cli.ts'
+import { scratchDatabase } from './support.ts'
 
 const { values } = parseArgs({ options: { lines: { type: 'string', default: '500000' }, 'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' } } })
 const lines = Number(values.lines)
@@ -29,13 +29,8 @@ for (let i = 0; i < lines; i++) {
 out.end()
 await once(out, 'finish')
 
-const admin = new pg.Client({ connectionString: values['pg-url'] })
-await admin.connect()
-const name = `import_rate_${Date.now()}`
-await admin.query(`CREATE DATABASE ${name}`)
-const url = new URL(values['pg-url']!)
-url.pathname = `/${name}`
-const env = { DATABASE_URL: url.toString(), LOG_LEVEL: 'silent' }
+const scratch = await scratchDatabase(values['pg-url']!, `import_rate_${Date.now()}`)
+const env = { DATABASE_URL: scratch.url, LOG_LEVEL: 'silent' }
 const quiet = { stdout: { write: (text: string) => (last = text) }, stderr: { write: () => true } }
 let last = ''
 await run(['migrate'], env, quiet)
@@ -47,6 +42,5 @@ for (const label of ['first run', 'second run (repeats)']) {
   console.log(`${label}: exit ${code}, ${lines} lines in ${seconds.toFixed(1)} s = ${Math.round(lines / seconds)} lines/s; ${last.trim()}`)
 }
 console.log(`peak RSS ${Math.round(process.resourceUsage().maxRSS / 1024)} MB`)
-await admin.query(`DROP DATABASE ${name} WITH (FORCE)`)
-await admin.end()
+await scratch.drop()
 rmSync(dir, { recursive: true, force: true })

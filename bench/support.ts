@@ -1,4 +1,4 @@
-// Helpers shared by bench/run.ts and bench/wrk.ts.
+// Helpers shared by the benchmark scripts.
 import pg from 'pg'
 
 /**
@@ -33,4 +33,12 @@ export async function adminQuery(url: string, sql: string): Promise<void> {
 /** NAME=VALUE pairs as an environment map. */
 export function envPairs(pairs: string[]): Record<string, string> {
   return Object.fromEntries(pairs.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]))
+}
+
+/** A new database on the server of `adminUrl` (a database URL to connect to for CREATE), and its URL. */
+export async function scratchDatabase(adminUrl: string, name: string): Promise<{ url: string; drop: () => Promise<void> }> {
+  await adminQuery(adminUrl, `CREATE DATABASE ${name}`)
+  const url = new URL(adminUrl)
+  url.pathname = `/${name}`
+  return { url: url.toString(), drop: () => adminQuery(adminUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) }
 }

@@ -148,10 +148,16 @@ function toRow(sheetId: string, header: Array<Column | null>, record: string[]):
   return { delivery: parseDelivery(query), receivedAt }
 }
 
-// New keys first: a key that a delivery stores meanwhile is then seen by the move below. The move is
-// the receiver's (src/conversion-batch.ts): allowed moves only; payout and currency replaced when the
-// line has them; the history trigger records it. A line's received_at is the time of its move.
-const INSERT_SQL = `
+// One upsert per layer (and per kind of line, below), as the receiver's batch statement does it
+// (src/conversion-batch.ts): a new key is inserted; a stored one moves when the lifecycle allows the
+// move (checked on the newest committed row, under its lock), payout replaced when the line has one;
+// the history trigger records the move, and a line's received_at is the time of its move. The unique
+// index decides which rows exist, so no plan depends on the table's statistics: a join of the lines
+// with the table (UPDATE ... FROM unnest) was planned from the empty table's statistics during a
+// first import, as a nested loop rescanning the lines for every stored row (2,000 moves took 12 s).
+// `excluded.currency` holds the sheet's default when the line has none, so lines with and without
+// a currency go in separate statements: only the first kind replaces a stored currency.
+const upsertSql = (replaceCurrency: boolean) => `
   INSERT INTO conversions AS c (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status, received_at)
   SELECT $1, i.transaction_id, i.event, i.payout::numeric, COALESCE(i.currency, s.default_currency), i.campaign_id, i.adset_id, i.ad_id, i.status, i.network_status,
     COALESCE(i.received_at, now())
@@ -159,20 +165,16 @@ const INSERT_SQL = `
          AS i(transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status, received_at)
   CROSS JOIN (SELECT default_currency FROM sheets WHERE sheet_id = $1) s
   ORDER BY i.transaction_id, i.event
-  ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
-  RETURNING c.transaction_id, c.event`
+  ON CONFLICT (sheet_id, transaction_id, event) DO UPDATE SET
+    status = excluded.status,
+    network_status = excluded.network_status,
+    payout = COALESCE(excluded.payout, c.payout),
+    currency = ${replaceCurrency ? 'excluded.currency' : 'c.currency'},
+    updated_at = excluded.received_at
+  WHERE ${allowedMoveSql('c.status', 'excluded.status')}
+  RETURNING c.updated_at IS NULL AS inserted`
 
-const MOVE_SQL = `
-  UPDATE conversions AS c SET
-    status = i.status,
-    network_status = i.network_status,
-    payout = COALESCE(i.payout::numeric, c.payout),
-    currency = COALESCE(i.currency, c.currency),
-    updated_at = COALESCE(i.received_at, now())
-  FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
-         AS i(transaction_id, event, payout, currency, status, network_status, received_at)
-  WHERE c.sheet_id = $1 AND c.transaction_id = i.transaction_id AND c.event = i.event AND ${allowedMoveSql('c.status', 'i.status')}
-  RETURNING c.id`
+const UPSERT_SQL = { withCurrency: upsertSql(true), withoutCurrency: upsertSql(false) }
 
 /**
  * Writes a chunk in one transaction. A statement can write a row once, so the lines go in layers:
@@ -192,15 +194,17 @@ async function writeChunk(session: SqlSession, sheetId: string, rows: Row[]): Pr
   let updated = 0
   await session.exec('BEGIN')
   try {
-    for (const [index, layer] of layers.entries()) {
-      // Every key of a later layer is stored by now: only moves.
-      let rest = layer
-      if (index === 0) {
-        const inserted = await insertRows(session, sheetId, layer)
-        imported += inserted.size
-        rest = layer.filter((row) => !inserted.has(keyOf(row.delivery)))
+    for (const layer of layers) {
+      for (const [sql, rows] of [
+        [UPSERT_SQL.withCurrency, layer.filter((row) => row.delivery.currency !== undefined)],
+        [UPSERT_SQL.withoutCurrency, layer.filter((row) => row.delivery.currency === undefined)],
+      ] as const) {
+        if (rows.length === 0) continue
+        for (const { inserted } of await upsertRows(session, sql, sheetId, rows)) {
+          if (inserted) imported++
+          else updated++
+        }
       }
-      if (rest.length > 0) updated += await moveRows(session, sheetId, rest)
     }
     await session.exec('COMMIT')
     return { imported, updated }
@@ -210,10 +214,10 @@ async function writeChunk(session: SqlSession, sheetId: string, rows: Row[]): Pr
   }
 }
 
-/** Inserts the rows whose keys are new; returns their keys. */
-async function insertRows(session: SqlSession, sheetId: string, rows: Row[]): Promise<Set<string>> {
+/** Upserts rows of distinct keys; returns a row for each one inserted or moved. */
+function upsertRows(session: SqlSession, sql: string, sheetId: string, rows: Row[]): Promise<Array<{ inserted: boolean }>> {
   const d = (name: keyof Delivery) => rows.map((row) => row.delivery[name] ?? null)
-  const inserted = await session.query<{ transaction_id: string; event: string }>(INSERT_SQL, [
+  return session.query<{ inserted: boolean }>(sql, [
     sheetId,
     d('transaction_id'),
     rows.map((row) => row.delivery.event ?? ''),
@@ -226,20 +230,4 @@ async function insertRows(session: SqlSession, sheetId: string, rows: Row[]): Pr
     d('network_status'),
     rows.map((row) => row.receivedAt?.toISOString() ?? null),
   ])
-  return new Set(inserted.map((row) => keyOf({ sheet_id: sheetId, transaction_id: row.transaction_id, event: row.event })))
-}
-
-/** Applies the allowed moves of rows of distinct, stored keys; returns how many moved. */
-async function moveRows(session: SqlSession, sheetId: string, rows: Row[]): Promise<number> {
-  const moved = await session.query(MOVE_SQL, [
-    sheetId,
-    rows.map((row) => row.delivery.transaction_id),
-    rows.map((row) => row.delivery.event ?? ''),
-    rows.map((row) => row.delivery.payout ?? null),
-    rows.map((row) => row.delivery.currency ?? null),
-    rows.map((row) => row.delivery.status),
-    rows.map((row) => row.delivery.network_status ?? null),
-    rows.map((row) => row.receivedAt?.toISOString() ?? null),
-  ])
-  return moved.length
 }

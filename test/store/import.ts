@@ -150,24 +150,19 @@ t.test('chunks: many lines and a small chunk give the same answer', async (t) =>
 
 t.test('files and arguments it cannot take', async (t) => {
   const sheet = await newSheet()
-  const noId = await admin('import', '--sheet', sheet, csv('no-id.csv', 'payout,currency\n1,USD\n'))
-  t.equal(noId.code, 1)
-  t.match(noId.stderr, 'the header has no transaction_id column (it has: payout, currency)')
-  const empty = await admin('import', '--sheet', sheet, csv('empty.csv', ''))
-  t.equal(empty.code, 1)
-  t.match(empty.stderr, 'the file is empty')
-  const twice = await admin('import', '--sheet', sheet, csv('twice.csv', 'transaction_id,payout,payout\nx,1,2\n'))
-  t.equal(twice.code, 1)
-  t.match(twice.stderr, 'the header names payout twice')
-  const unclosed = await admin('import', '--sheet', sheet, csv('unclosed.csv', 'transaction_id,payout\nfine,1\n"open,2\n'))
-  t.equal(unclosed.code, 1)
-  t.match(unclosed.stderr, 'the file is not valid CSV')
-  const unknown = await admin('import', '--sheet', 'no-such-sheet', csv('one.csv', 'transaction_id\nx\n'))
-  t.equal(unknown.code, 1)
-  t.match(unknown.stderr, 'sheet no-such-sheet does not exist')
-  const missing = await admin('import', '--sheet', sheet, join(dir, 'absent.csv'))
-  t.equal(missing.code, 1)
-  t.match(missing.stderr, `cannot read ${join(dir, 'absent.csv')}: ENOENT`)
+  const refused: Array<[args: string[], message: string]> = [
+    [['--sheet', sheet, csv('no-id.csv', 'payout,currency\n1,USD\n')], 'the header has no transaction_id column (it has: payout, currency)'],
+    [['--sheet', sheet, csv('empty.csv', '')], 'the file is empty'],
+    [['--sheet', sheet, csv('twice.csv', 'transaction_id,payout,payout\nx,1,2\n')], 'the header names payout twice'],
+    [['--sheet', sheet, csv('unclosed.csv', 'transaction_id,payout\nfine,1\n"open,2\n')], 'the file is not valid CSV'],
+    [['--sheet', 'no-such-sheet', csv('one.csv', 'transaction_id\nx\n')], 'sheet no-such-sheet does not exist'],
+    [['--sheet', sheet, join(dir, 'absent.csv')], `cannot read ${join(dir, 'absent.csv')}: ENOENT`],
+  ]
+  for (const [args, message] of refused) {
+    const result = await admin('import', ...args)
+    t.equal(result.code, 1, message)
+    t.match(result.stderr, message)
+  }
   t.equal((await admin('import', csv('x.csv', 'transaction_id\nx\n'))).code, 2, 'no --sheet: usage')
   t.same(await stored(sheet), [], 'nothing imported from any of them')
 })
