@@ -79,18 +79,17 @@ export default async function receiver(fastify: FastifyInstance) {
     if (request.postbackTest) app.deliveryLog.recordTest(sheetId, error.code)
   })
 
-  // Settings reads under way. On close they finish first, with the writer and the store still open
-  // (this scope's onClose runs before theirs): a delivery still reading its sheet's settings when the
-  // shutdown starts goes on, in the same turn as the read's answer, to the writer, which stores and
-  // answers what it holds before it closes. Only the reads are tracked: a hook on every request (an
-  // onRequest and an onResponse) cost the common case, whose sheet settings are cached, for nothing.
-  const loading = new Set<Promise<void>>()
+  // Settings reads under way (the cache's). On close they finish first, with the writer and the
+  // store still open (this scope's onClose runs before theirs): a delivery still reading its sheet's
+  // settings when the shutdown starts goes on, in the same turn as the read's answer, to the writer,
+  // which stores and answers what it holds before it closes. Only the reads are waited for: a hook on
+  // every request (an onRequest and an onResponse) cost the common case, whose sheet settings are
+  // cached, for nothing.
   app.addHook('onClose', async () => {
-    if (loading.size === 0) return
     let timer: NodeJS.Timeout | undefined
     // A read that never answers must not hold the shutdown forever.
     const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, CLOSE_WAIT_MS)))
-    await Promise.race([Promise.allSettled(loading), timeout])
+    await Promise.race([app.sheetSecurity.settled(), timeout])
     clearTimeout(timer)
   })
 
@@ -121,12 +120,10 @@ export default async function receiver(fastify: FastifyInstance) {
     if (typeof sheetId !== 'string' || !isSheetId(sheetId)) return done()
     const cached = security.cached(sheetId)
     if (cached !== undefined) return done(refusal(cached, request) ?? (test && !cached?.active ? new UnknownSheetError(sheetId) : undefined))
-    const read = security.load(sheetId).then(
+    security.load(sheetId).then(
       (settings) => done(refusal(settings, request) ?? (test && !settings?.active ? new UnknownSheetError(sheetId) : undefined)),
       (error: Error) => done(error),
     )
-    loading.add(read)
-    void read.finally(() => loading.delete(read))
   }
 
   app.get(

@@ -100,8 +100,8 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
 // delivery carries them. Ids are cast to text: the two stores' query paths type bigint differently.
 // It reads no stored row: a batch of new conversions, the common case, costs one insert per row,
 // as in the floor. On PostgreSQL it is a prepared statement, whose plan may be cached as a generic
-// plan made once, possibly while the tables were nearly empty: its only lookup (the sheet) is a
-// LATERAL with OFFSET 0, a per-row index probe in any plan.
+// plan made once, possibly while the tables were nearly empty: its only lookup (the sheet, a table
+// of few rows) is a LATERAL with OFFSET 0, planned as a per-row probe of the sheets' primary key.
 const BATCH_STATEMENT = {
   name: 'postback_conversion_batch_v3',
   text: `

@@ -35,9 +35,11 @@ export interface Database {
   location: string
   prisma: PrismaClient
   /**
-   * Runs a hot-path statement (the receiver's batch). On PostgreSQL it goes straight to the pg pool
-   * as a named prepared statement: parsed and planned once per connection, and none of Prisma's
-   * per-call work. On PGlite it goes through Prisma, which owns PGlite's one connection.
+   * Runs a hot-path statement (the receiver's batch). On PostgreSQL it goes straight to the pg pool,
+   * none of Prisma's per-call work; a statement with a `name` is prepared (parsed once per connection,
+   * its plan possibly cached as a generic one), one without is planned at each run (see
+   * STORED_STATEMENT in src/conversion-batch.ts for when that matters). On PGlite it goes through
+   * Prisma, which owns PGlite's one connection.
    * Rows come back as pg gives them: bigint and numeric columns as strings.
    */
   query<Row>(statement: Statement): Promise<Row[]>

@@ -47,9 +47,9 @@ export function isUnreplacedMacro(value: string): boolean {
 
 /** A word for "no value" as the whole value: stored, every later one would be its duplicate. */
 export function isNoValue(value: string): boolean {
-  // Most values are longer than any of the words: no trimmed, lower-cased copy for them.
-  if (value.length > NO_VALUE_MAX_LENGTH && value.trim().length > NO_VALUE_MAX_LENGTH) return false
-  return NO_VALUE.has(value.trim().toLowerCase())
+  const trimmed = value.trim()
+  // Most values are longer than any of the words: no lower-cased copy for them.
+  return trimmed.length <= NO_VALUE_MAX_LENGTH && NO_VALUE.has(trimmed.toLowerCase())
 }
 
 const MAPPING = new Set<string>(Object.values(MAPPING_PARAMETERS))

@@ -187,6 +187,14 @@ export class SheetSecurityCache {
     return loading
   }
 
+  /**
+   * Settles when the reads under way now have: each request waiting for one continued before it
+   * (its callback was attached first). For a close that lets those deliveries reach the writer.
+   */
+  settled(): Promise<unknown> {
+    return Promise.allSettled(this.#loading.values())
+  }
+
   /** Forgets a sheet, so this instance reads it again at its next delivery (after a change made here). */
   forget(sheetId: string): void {
     this.#entries.delete(sheetId)
