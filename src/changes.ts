@@ -120,15 +120,16 @@ export async function readChanges(prisma: PrismaClient, scope: SheetScope, after
     ) s ON true
     ORDER BY p.key, p.kind, p.change_id`)
   const changes: Change[] = []
+  let last = after
   for (const { horizon, key, kind, change_id, ...row } of rows) {
     if (key === null) continue
-    changes.push({ position: encodePosition({ key: BigInt(key), kind: kind!, id: BigInt(change_id!) }), kind: kind === 0 ? 'stored' : 'updated', conversion: toConversion(row) })
+    last = { key: BigInt(key), kind: kind!, id: BigInt(change_id!) }
+    changes.push({ position: encodePosition(last), kind: kind === 0 ? 'stored' : 'updated', conversion: toConversion(row) })
   }
   const horizon: Position = { key: BigInt(rows[0]!.horizon), kind: 0, id: 0n }
-  const last = changes.at(-1)
   // A short page read everything in scope below the horizon: the next starts there (every change
   // still to come has a key at or above it). A full page goes on from its last change.
-  const next = changes.length === limit ? decodePosition(last!.position) : later(horizon, after) ? horizon : after
+  const next = changes.length === limit ? last : later(horizon, after) ? horizon : after
   return { changes, next }
 }
 

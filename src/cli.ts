@@ -2,6 +2,7 @@
 // the last line of stdout and exits 0; an error goes to stderr with a non-zero exit (2 for usage).
 // Only `migrate` changes the schema: any other command on a store that is behind stops, changing nothing.
 import { open } from 'node:fs/promises'
+import type { Readable } from 'node:stream'
 import { parseArgs } from 'node:util'
 import { createApiKey, listApiKeys, revokeApiKey } from './api-keys.ts'
 import { ConfigError, loadConfig, type Config } from './config.ts'
@@ -131,7 +132,7 @@ export interface CliContext {
   /** A terminal (isTTY) also gets the import's progress line. */
   stderr: { write(text: string): unknown; isTTY?: boolean }
   /** Default: process.stdin (`import ... -`). */
-  stdin?: NodeJS.ReadableStream & import('node:stream').Readable
+  stdin?: Readable
   /** Default: openDatabase. A test may hand every command one store it keeps open. */
   openDatabase?: (config: Config) => Promise<Database>
 }
@@ -156,7 +157,7 @@ export async function run(argv: string[], env?: Record<string, string | undefine
     io.stdout.write(`${JSON.stringify(result)}\n`)
     return 0
   } catch (error) {
-    const known = [UsageError, ConfigError, DataDirLockedError, MigrationError, AppError, ImportFileError].some((type) => error instanceof type)
+    const known = [UsageError, ConfigError, DataDirLockedError, MigrationError, AppError].some((type) => error instanceof type)
     const isParseError = (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')
     io.stderr.write(`postback-admin: ${known || isParseError ? (error as Error).message : String((error as Error).stack ?? error)}\n`)
     return error instanceof UsageError || isParseError ? 2 : 1

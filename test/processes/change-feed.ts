@@ -20,6 +20,8 @@ t.test(`the feed misses nothing and repeats nothing while ${onPostgres ? 'two in
   const sheet = uniqueId('feed')
   let apiKey: string
   let servers: Array<{ url: string }>
+  // What is stored, read beside the servers: the test's own connection, or the in-process app's store.
+  let read: <Row>(sql: string, params: unknown[]) => Promise<Row[]>
   if (onPostgres) {
     const env = { DATABASE_URL: process.env.DATABASE_URL, RECEIVER_RATE_LIMIT: '10000000', RECEIVER_FLOOD_LIMIT: '10000000', MANAGEMENT_RATE_LIMIT: '10000000' }
     t.equal((await admin(env, 'sheet', 'create', '--id', sheet)).code, 0)
@@ -27,12 +29,17 @@ t.test(`the feed misses nothing and repeats nothing while ${onPostgres ? 'two in
     const started = await Promise.all([startServer(env), startServer(env)])
     for (const server of started) t.teardown(() => server.child.kill('SIGKILL'))
     servers = started
+    const db = new pg.Client({ connectionString: process.env.DATABASE_URL })
+    await db.connect()
+    t.teardown(() => db.end())
+    read = async (sql, params) => (await db.query(sql, params)).rows
   } else {
     // The embedded store is one process's: the app in this one.
     const app = await testApp(t, { RECEIVER_RATE_LIMIT: '10000000', RECEIVER_FLOOD_LIMIT: '10000000', MANAGEMENT_RATE_LIMIT: '10000000' })
     await createSheet(app.prisma, { sheetId: sheet, currency: 'USD' })
     apiKey = (await createApiKey(app.prisma, { sheetIds: [sheet] })).key
     servers = [{ url: await listen(app) }]
+    read = (sql, params) => app.db.withSession((session) => session.query(sql, params))
   }
 
   const seen: Change[] = []
@@ -69,23 +76,14 @@ t.test(`the feed misses nothing and repeats nothing while ${onPostgres ? 'two in
   await Promise.all(loops)
   t.same([...new Set(statuses)], [200], `every delivery answered 200 (${statuses.length} deliveries)`)
 
-  let expected: { conversions: Map<string, string>; moves: Map<string, string[]> }
-  if (onPostgres) {
-    const db = new pg.Client({ connectionString: process.env.DATABASE_URL })
-    await db.connect()
-    const conversions = await db.query<{ id: string; status: string }>('SELECT id::text, status FROM conversions WHERE sheet_id = $1', [sheet])
-    const moves = await db.query<{ id: string; status: string }>(
-      // Every history entry but a conversion's first (its first state), not by the feed's own key.
-      `SELECT h.conversion_id::text AS id, h.status FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id
-       WHERE c.sheet_id = $1 AND h.id > (SELECT min(f.id) FROM conversion_history f WHERE f.conversion_id = h.conversion_id) ORDER BY h.id`,
-      [sheet],
-    )
-    await db.end()
-    expected = { conversions: new Map(conversions.rows.map((row) => [row.id, row.status])), moves: group(moves.rows) }
-  } else {
-    // PGlite's folder is the server's: read what is stored through the API instead.
-    expected = await storedThroughApi(servers[0]!.url, apiKey, sheet)
-  }
+  const conversions = await read<{ id: string; status: string }>('SELECT id::text, status FROM conversions WHERE sheet_id = $1', [sheet])
+  const moves = await read<{ id: string; status: string }>(
+    // Every history entry but a conversion's first (its first state), not by the feed's own key.
+    `SELECT h.conversion_id::text AS id, h.status FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id
+     WHERE c.sheet_id = $1 AND h.id > (SELECT min(f.id) FROM conversion_history f WHERE f.conversion_id = h.conversion_id) ORDER BY h.id`,
+    [sheet],
+  )
+  const expected = { conversions: new Map(conversions.map((row) => [row.id, row.status])), moves: group(moves) }
   const moveCount = [...expected.moves.values()].reduce((sum, list) => sum + list.length, 0)
   t.equal(expected.conversions.size, stored.length, 'a row for every acknowledged conversion')
   t.ok(moveCount > 0, `moves were applied (${moveCount})`)
@@ -118,23 +116,4 @@ function group(rows: Array<{ id: string; status: string }>): Map<string, string[
   const byId = new Map<string, string[]>()
   for (const { id, status } of rows) byId.set(id, [...(byId.get(id) ?? []), status])
   return byId
-}
-
-async function storedThroughApi(url: string, apiKey: string, sheet: string) {
-  const client = createClient({ baseUrl: url, apiKey })
-  const conversions = new Map<string, string>()
-  const moves = new Map<string, string[]>()
-  let cursor: string | undefined
-  do {
-    const { data } = await client.GET('/api/v1/postback/conversions', { params: { query: { sheet_id: sheet, limit: 500, cursor } } })
-    for (const conversion of data!.data) conversions.set(conversion.id, conversion.status)
-    cursor = data!.next_cursor ?? undefined
-  } while (cursor)
-  for (const id of conversions.keys()) {
-    const { data } = await client.GET('/api/v1/postback/conversions/{id}/history', { params: { path: { id } } })
-    // The first entry is the stored state; the rest are the moves.
-    const entries = data!.data.slice(1).map((entry) => entry.status)
-    if (entries.length > 0) moves.set(id, entries)
-  }
-  return { conversions, moves }
 }
