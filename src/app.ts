@@ -20,6 +20,7 @@ import managementPlugin from '../plugins/management/index.ts'
 import rateLimitPlugin from '../plugins/rate-limit.ts'
 import receiverPlugin from '../plugins/receiver.ts'
 import requestIdPlugin from '../plugins/request-id.ts'
+import rollupsPlugin from '../plugins/rollups.ts'
 import sheetSecurityPlugin from '../plugins/sheet-security.ts'
 import swaggerPlugin from '../plugins/swagger.ts'
 import type { Config } from './config.ts'
@@ -81,6 +82,7 @@ export async function buildApp(config: Config, options: BuildOptions = {}): Prom
   await app.register(metricsPlugin)
   await app.register(dbPlugin)
   await app.register(ingestPlugin)
+  await app.register(rollupsPlugin)
   await app.register(sheetSecurityPlugin)
   await app.register(healthPlugin)
   await app.register(rateLimitPlugin)

@@ -3,7 +3,7 @@
 // Raw SQL: payouts are read as text so that decimals stay exact (`12.50` stays `12.50`).
 import { InputError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
-import { STATUSES } from './lifecycle.ts'
+import { statusColumns, summarizeFromRollups } from './rollups.ts'
 import type { Conversion, ConversionQuery, HistoryEntry, SummaryQuery, SummaryRow } from './schemas/management.ts'
 
 /** The sheets a caller may see: a list, or null for every sheet (a global key). */
@@ -154,15 +154,6 @@ const GROUP_COLUMNS = {
   event: [`NULLIF(event, '') AS event`],
 } as const
 
-/** The status split of a summary row: `conversions` and `revenue` are the approved numbers. */
-const STATUS_COLUMNS = STATUSES.flatMap((status) => {
-  const prefix = status === 'approved' ? '' : `${status}_`
-  return [
-    `(count(*) FILTER (WHERE status = '${status}'))::int AS ${prefix}conversions`,
-    `COALESCE(sum(payout) FILTER (WHERE status = '${status}'), 0)::text AS ${prefix}revenue`,
-  ]
-}).join(', ')
-
 // The database's zone names, read once per client: it computes the day buckets, so its list is the
 // authority, and reading pg_timezone_names costs 17 to 32 ms, too much for every summary request.
 // Keyed by client, so each app (and each test's database) has its own, and it goes with the client.
@@ -192,9 +183,25 @@ async function isTimeZone(prisma: PrismaClient, name: string): Promise<boolean> 
   return (await zoneNames(prisma)).has(name)
 }
 
+/**
+ * Conversions and revenue per group (and day), split by status. Read from the pre-aggregates
+ * (src/rollups.ts), exact; a filter they do not hold (`transaction_id`) scans the rows.
+ */
 export async function summarize(prisma: PrismaClient, scope: SheetScope, query: SummaryQuery): Promise<SummaryRow[]> {
   const tz = query.tz ?? 'UTC'
   if (!(await isTimeZone(prisma, tz))) throw new InputError('invalid_parameter', 'tz', `tz ${JSON.stringify(tz)} is not an IANA time zone`)
+  if (query.transaction_id === undefined) {
+    const range = {
+      ...(query.from !== undefined && { from: parseTime('from', query.from) }),
+      ...(query.to !== undefined && { to: parseTime('to', query.to) }),
+    }
+    return summarizeFromRollups(prisma, scope, query, range, tz)
+  }
+  return summarizeRows(prisma, scope, query, tz)
+}
+
+/** The summary computed from the matching rows. */
+export async function summarizeRows(prisma: PrismaClient, scope: SheetScope, query: SummaryQuery, tz: string): Promise<SummaryRow[]> {
   const columns: Prisma.Sql[] = [
     ...(query.interval === 'day' ? [Prisma.sql`to_char(received_at AT TIME ZONE ${tz}, 'YYYY-MM-DD') AS day`] : []),
     ...GROUP_COLUMNS[query.group_by].map((column) => Prisma.raw(column)),
@@ -203,7 +210,7 @@ export async function summarize(prisma: PrismaClient, scope: SheetScope, query: 
   // Grouped and ordered by position: the day expression is written once.
   const keys = Prisma.raw(columns.map((_, index) => index + 1).join(', '))
   const rows = await prisma.$queryRaw<Array<Record<string, string | number | null>>>(Prisma.sql`
-    SELECT ${Prisma.join(columns)}, ${Prisma.raw(STATUS_COLUMNS)}
+    SELECT ${Prisma.join(columns)}, ${Prisma.raw(statusColumns('status', '1', 'payout'))}
     FROM conversions ${whereClause(conditions(scope, query))}
     GROUP BY ${keys}
     ORDER BY ${keys}`)

@@ -419,7 +419,7 @@ export interface components {
             currency: string;
             /** @description Number of approved conversions: what the postback conversion column shows */
             conversions: number;
-            /** @description Sum of approved payouts, exact decimal; conversions without payout add nothing */
+            /** @description Sum of approved payouts, exact decimal with at least two fraction digits (`12.50`, `0.00`, `0.125`); conversions without payout add nothing */
             revenue: string;
             /** @description Number of pending conversions */
             pending_conversions: number;

@@ -90,7 +90,7 @@ export const SummaryRow = Type.Object(
     day: Type.Optional(Type.String({ format: 'date', description: 'With interval=day: the day in `tz`' })),
     currency: Type.String(),
     conversions: Type.Integer({ description: 'Number of approved conversions: what the postback conversion column shows' }),
-    revenue: Type.String({ description: 'Sum of approved payouts, exact decimal; conversions without payout add nothing' }),
+    revenue: Type.String({ description: 'Sum of approved payouts, exact decimal with at least two fraction digits (`12.50`, `0.00`, `0.125`); conversions without payout add nothing' }),
     pending_conversions: Type.Integer({ description: 'Number of pending conversions' }),
     pending_revenue: Type.String({ description: 'Sum of pending payouts: revenue on hold' }),
     rejected_conversions: Type.Integer({ description: 'Number of rejected conversions' }),

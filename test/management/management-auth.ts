@@ -75,7 +75,7 @@ t.test("a key for sheet A never sees sheet B's rows, counts or diagnostics", asy
   const byTransaction = await clientA.GET('/api/v1/postback/conversions', { params: { query: { transaction_id: 'b1' } } })
   t.same(byTransaction.data?.data, [], 'a filter on a value of sheet B finds nothing')
   const summary = await clientA.GET('/api/v1/postback/summary', { params: { query: { group_by: 'campaign', campaign_id: 'c' } } })
-  t.same(summary.data?.data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '1.00', pending_conversions: 0, pending_revenue: '0', rejected_conversions: 0, rejected_revenue: '0' }], 'summary counts sheet A only')
+  t.same(summary.data?.data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '1.00', pending_conversions: 0, pending_revenue: '0.00', rejected_conversions: 0, rejected_revenue: '0.00' }], 'summary counts sheet A only')
   const rejections = await clientA.GET('/api/v1/postback/rejections')
   t.ok(rejections.data?.data.length)
   t.ok(rejections.data?.data.every((row) => row.sheet_id === sheetA))

@@ -179,7 +179,7 @@ t.test('summary figures equal sums computed from the rows sent, per currency', a
   t.same(Object.keys(adRow).sort(), ['ad_id', 'adset_id', 'campaign_id', 'conversions', 'currency', 'pending_conversions', 'pending_revenue', 'rejected_conversions', 'rejected_revenue', 'revenue'], 'an ad row names its ad set and campaign')
   const noPayout = await newSheet(app)
   await deliverAll(app, [{ sheet_id: noPayout, transaction_id: 'n', campaign_id: 'c' }])
-  t.same((await summary({ sheet_id: noPayout, group_by: 'campaign' })).data?.data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '0', pending_conversions: 0, pending_revenue: '0', rejected_conversions: 0, rejected_revenue: '0' }])
+  t.same((await summary({ sheet_id: noPayout, group_by: 'campaign' })).data?.data, [{ campaign_id: 'c', currency: 'USD', conversions: 1, revenue: '0.00', pending_conversions: 0, pending_revenue: '0.00', rejected_conversions: 0, rejected_revenue: '0.00' }])
 })
 
 t.test('day buckets follow the requested time zone across a day boundary', async (t) => {
@@ -194,7 +194,7 @@ t.test('day buckets follow the requested time zone across a day boundary', async
   await app.prisma.conversion.createMany({ data: rows.map((row) => ({ ...row, sheetId: sheet, currency: 'USD', campaignId: 'c' })) })
   const days = async (tz?: string) =>
     ((await summary({ sheet_id: sheet, group_by: 'campaign', interval: 'day', tz })).data?.data ?? []).map((row) => [row.day, row.conversions, row.revenue])
-  t.same(await days(), [['2026-02-28', 1, '2'], ['2026-03-01', 2, '11.75']], 'UTC by default')
+  t.same(await days(), [['2026-02-28', 1, '2.00'], ['2026-03-01', 2, '11.75']], 'UTC by default')
   t.same(await days('America/New_York'), [['2026-02-28', 2, '12.50'], ['2026-03-01', 1, '1.25']])
   t.same(await days('Asia/Tokyo'), [['2026-03-01', 3, '13.75']])
   const bad = await summary({ sheet_id: sheet, group_by: 'campaign', interval: 'day', tz: 'Mars/Olympus' })

@@ -193,7 +193,7 @@ t.test('the summary counts approved conversions and revenue, with pending and re
   await send('a', 'sale', '10.10', { event: 'purchase' })
   const rows = (await api(`/summary?sheet_id=${sheet}&group_by=campaign`)).data
   t.same(rows, [
-    { campaign_id: 'c1', currency: 'EUR', conversions: 1, revenue: '7', pending_conversions: 0, pending_revenue: '0', rejected_conversions: 0, rejected_revenue: '0' },
+    { campaign_id: 'c1', currency: 'EUR', conversions: 1, revenue: '7.00', pending_conversions: 0, pending_revenue: '0.00', rejected_conversions: 0, rejected_revenue: '0.00' },
     { campaign_id: 'c1', currency: 'USD', conversions: 4, revenue: '21.42', pending_conversions: 1, pending_revenue: '5.05', rejected_conversions: 2, rejected_revenue: '103.33' },
   ])
   const byEvent = (await api(`/summary?sheet_id=${sheet}&group_by=event&currency=USD`)).data
