@@ -31,11 +31,15 @@ export const FOLD_CHUNK = 100_000
 // Held for the fold's transaction: one instance folds at a time.
 const FOLD_LOCK = 7_105_321_001n
 
+// The figures of a rollup row: count and payout sum of each status.
+const FIGURES = STATUSES
+const FIGURE_COLUMNS = FIGURES.map((status) => `${status}, ${status}_revenue`).join(', ')
+
 // One fold step. The range is [watermark, u): u is the horizon, or lower when more than $1 changes
 // wait (the first key past the $1-th, so that a step always makes progress). A conversion stored in
 // the range counts with its first state (the first history entry when it has moved since, else the
 // row); a move in the range counts its new state and takes back the state before it.
-const FOLD_SQL = `
+const FOLD_SQL = /* sql */ `
 WITH st AS MATERIALIZED (
   SELECT watermark AS w, pg_snapshot_xmin(pg_current_snapshot()) AS h FROM rollup_state
 ), bound AS MATERIALIZED (
@@ -69,21 +73,23 @@ WITH st AS MATERIALIZED (
   WHERE m.change_key >= (SELECT w FROM bound) AND m.change_key < (SELECT u FROM bound)
 ), delta AS (
   SELECT sheet_id, date_bin('15 minutes', received_at, '2001-01-01 00:00:00+00') AS quarter,
-    COALESCE(campaign_id, '') AS campaign_id, COALESCE(adset_id, '') AS adset_id, COALESCE(ad_id, '') AS ad_id,
-    event, currency, status, sum(n) AS conversions, COALESCE(sum(n * payout), 0) AS revenue
+    COALESCE(campaign_id, '') AS campaign_id, COALESCE(adset_id, '') AS adset_id, COALESCE(ad_id, '') AS ad_id, event, currency,
+    ${FIGURES.map((status) => `COALESCE(sum(n) FILTER (WHERE status = '${status}'), 0) AS ${status}, COALESCE(sum(n * payout) FILTER (WHERE status = '${status}'), 0) AS ${status}_revenue`).join(', ')}
   FROM changes
-  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+  GROUP BY 1, 2, 3, 4, 5, 6, 7
 ), folded AS (
-  INSERT INTO conversion_rollups AS r (sheet_id, level, bucket, campaign_id, adset_id, ad_id, event, currency, status, conversions, revenue)
-  SELECT d.sheet_id, l.level, date_bin(make_interval(mins => l.level), d.quarter, '2001-01-01 00:00:00+00'),
-    d.campaign_id, d.adset_id, d.ad_id, d.event, d.currency, d.status, sum(d.conversions), sum(d.revenue)
-  FROM delta d CROSS JOIN (VALUES (15::smallint), (60::smallint), (360::smallint), (1440::smallint)) AS l(level)
+  INSERT INTO conversion_rollups AS r (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency, ${FIGURE_COLUMNS})
+  SELECT d.sheet_id, l.level, l.phase,
+    date_bin(make_interval(mins => l.level), d.quarter - make_interval(mins => l.phase), '2001-01-01 00:00:00+00') + make_interval(mins => l.phase),
+    d.campaign_id, d.adset_id, d.ad_id, d.event, d.currency, ${FIGURE_COLUMNS.split(', ').map((column) => `sum(d.${column})`).join(', ')}
+  FROM delta d
+  CROSS JOIN (SELECT * FROM (VALUES (15::smallint, 0::smallint), (60::smallint, 0::smallint), (360::smallint, 0::smallint)) AS v(level, phase)
+              UNION ALL SELECT 1440::smallint, phase FROM rollup_phases WHERE ready) AS l
   GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-  HAVING sum(d.conversions) <> 0 OR sum(d.revenue) <> 0
+  HAVING ${FIGURE_COLUMNS.split(', ').map((column) => `sum(d.${column}) <> 0`).join(' OR ')}
   ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-  ON CONFLICT (sheet_id, level, bucket, campaign_id, adset_id, ad_id, event, currency, status) DO UPDATE SET
-    conversions = r.conversions + excluded.conversions,
-    revenue = r.revenue + excluded.revenue
+  ON CONFLICT (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency) DO UPDATE SET
+    ${FIGURE_COLUMNS.split(', ').map((column) => `${column} = r.${column} + excluded.${column}`).join(', ')}
   RETURNING 1
 ), advanced AS (
   UPDATE rollup_state SET watermark = bound.u FROM bound WHERE bound.u > bound.w RETURNING 1
@@ -99,14 +105,29 @@ export interface FoldResult {
   busy: boolean
 }
 
-// Whether any change below the horizon waits: a cheap read, so that an idle instance's folds cost
-// next to nothing (a fold is a transaction of a large statement).
+// Whether any change below the horizon waits, or a day phase to fill: a cheap read, so that an
+// idle instance's folds cost next to nothing (a fold is a transaction of a large statement).
 const WAITING_SQL = `
 SELECT EXISTS (SELECT FROM conversions c WHERE c.stored_key >= s.watermark AND c.stored_key < s.h)
-    OR EXISTS (SELECT FROM conversion_history m WHERE m.change_key >= s.watermark AND m.change_key < s.h) AS waiting
+    OR EXISTS (SELECT FROM conversion_history m WHERE m.change_key >= s.watermark AND m.change_key < s.h)
+    OR EXISTS (SELECT FROM rollup_phases WHERE NOT ready) AS waiting
 FROM (SELECT watermark, pg_snapshot_xmin(pg_current_snapshot()) AS h FROM rollup_state) s`
 
-/** Folds up to about `chunk` waiting changes into the rollups, in one transaction. */
+// A new day phase: its days summed from the 15-minute buckets, which hold exactly what is folded
+// (the fold lock is held, so no fold runs meanwhile); from then on every fold adds to it.
+const FILL_PHASE_SQL = `
+WITH filled AS (
+  INSERT INTO conversion_rollups (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency, ${FIGURE_COLUMNS})
+  SELECT sheet_id, 1440, $1::smallint,
+    date_bin('1 day', bucket - make_interval(mins => $1::int), '2001-01-01 00:00:00+00') + make_interval(mins => $1::int),
+    campaign_id, adset_id, ad_id, event, currency, ${FIGURE_COLUMNS.split(', ').map((column) => `sum(${column})`).join(', ')}
+  FROM conversion_rollups WHERE level = 15 AND phase = 0
+  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+  RETURNING 1
+)
+UPDATE rollup_phases SET ready = true WHERE phase = $1::smallint AND (SELECT count(*) FROM filled) >= 0`
+
+/** Folds up to about `chunk` waiting changes into the rollups (or fills a new day phase), in one transaction. */
 export async function foldRollups(prisma: PrismaClient, chunk = FOLD_CHUNK): Promise<FoldResult> {
   const [state] = await prisma.$queryRawUnsafe<Array<{ waiting: boolean }>>(WAITING_SQL)
   if (!state?.waiting) return { changes: 0, more: false, busy: false }
@@ -114,6 +135,11 @@ export async function foldRollups(prisma: PrismaClient, chunk = FOLD_CHUNK): Pro
     async (tx) => {
       const [lock] = await tx.$queryRaw<Array<{ locked: boolean }>>`SELECT pg_try_advisory_xact_lock(${FOLD_LOCK}) AS locked`
       if (!lock?.locked) return { changes: 0, more: false, busy: true }
+      const [phase] = await tx.$queryRaw<Array<{ phase: number }>>`SELECT phase FROM rollup_phases WHERE NOT ready ORDER BY phase LIMIT 1`
+      if (phase) {
+        await tx.$executeRawUnsafe(FILL_PHASE_SQL, phase.phase)
+        return { changes: 0, more: true, busy: false }
+      }
       const [row] = await tx.$queryRawUnsafe<Array<{ changes: number; more: boolean }>>(FOLD_SQL, chunk)
       return { changes: row?.changes ?? 0, more: row?.more ?? false, busy: false }
     },
@@ -148,6 +174,10 @@ export function statusColumns(status: string, count: string, revenue: string): s
   }).join(', ')
 }
 
+/** A row's (or a history entry's) figures as rollup columns: its count and payout under its status, zeros under the others. */
+const rowFigures = (status: string, n: string, payout: string) =>
+  FIGURES.map((s) => `CASE WHEN ${status} = '${s}' THEN ${n} ELSE 0 END, CASE WHEN ${status} = '${s}' THEN ${n} * ${payout} END`).join(', ')
+
 const GROUP_COLUMNS = {
   campaign: ['campaign_id'],
   adset: ['campaign_id', 'adset_id'],
@@ -155,23 +185,13 @@ const GROUP_COLUMNS = {
   event: ['event'],
 } as const
 
-type DimensionFilter = 'campaign_id' | 'adset_id' | 'ad_id' | 'event' | 'currency' | 'status'
-
-/** Filters that the rollups hold, as conditions on a row (or rollup) alias; `state` gives status and currency. */
+/** The filters the rollups hold (all but status and transaction id), on an alias; `state` gives the currency. */
 function dimensionConditions(query: SummaryQuery, alias: string, state = alias): Prisma.Sql[] {
   const where: Prisma.Sql[] = []
-  const values: Partial<Record<DimensionFilter, string>> = {
-    campaign_id: query.campaign_id,
-    adset_id: query.adset_id,
-    ad_id: query.ad_id,
-    event: query.event,
-    currency: query.currency?.toUpperCase(),
-    status: query.status,
-  }
+  const values = { campaign_id: query.campaign_id, adset_id: query.adset_id, ad_id: query.ad_id, event: query.event, currency: query.currency?.toUpperCase() }
   for (const [name, value] of Object.entries(values)) {
     if (value === undefined) continue
-    const owner = name === 'status' || name === 'currency' ? state : alias
-    where.push(Prisma.sql`${Prisma.raw(`${owner}.${name}`)} = ${value}`)
+    where.push(Prisma.sql`${Prisma.raw(`${name === 'currency' ? state : alias}.${name}`)} = ${value}`)
   }
   return where
 }
@@ -184,6 +204,27 @@ function scopeConditions(scope: SheetScope, query: SummaryQuery, alias: string):
 }
 
 const and = (where: Prisma.Sql[]) => (where.length ? Prisma.join(where, ' AND ') : Prisma.sql`true`)
+
+// The zones whose day phases this process has registered, per client.
+const registeredZones = new WeakMap<PrismaClient, Set<string>>()
+
+/**
+ * Asks for the zone's day phases (where its days started over the last 400 days, both sides of a
+ * clock change) to be kept, once per zone and process; the next fold fills a new one. Until then
+ * the zone's days are read from the UTC buckets, exact as well.
+ */
+async function registerPhases(prisma: PrismaClient, tz: string): Promise<void> {
+  const zones = registeredZones.get(prisma) ?? new Set<string>()
+  registeredZones.set(prisma, zones)
+  if (zones.has(tz)) return
+  await prisma.$executeRaw`
+    INSERT INTO rollup_phases (phase)
+    SELECT DISTINCT (extract(epoch FROM s)::bigint % 86400 + 86400) % 86400 / 60
+    FROM (SELECT rollup_day_start(d::date, ${tz}) AS s FROM generate_series(current_date - 400, current_date, interval '1 day') AS d) days
+    WHERE s IS NOT NULL AND extract(epoch FROM s)::bigint % 900 = 0
+    ON CONFLICT DO NOTHING`
+  zones.add(tz)
+}
 
 /**
  * The summary from the rollups plus the rows changed since they were folded (see the top of this
@@ -199,74 +240,104 @@ export async function summarizeFromRollups(
   const from = range.from ?? '-infinity'
   const to = range.to ?? 'infinity'
   const byDay = query.interval === 'day'
+  if (byDay) await registerPhases(prisma, tz)
   const label = (column: string) => (byDay ? Prisma.sql`to_char(${Prisma.raw(column)} AT TIME ZONE ${tz}, 'YYYY-MM-DD')` : Prisma.sql`''`)
   const rowDims = (alias: string) =>
     Prisma.raw(`COALESCE(${alias}.campaign_id, '') AS campaign_id, COALESCE(${alias}.adset_id, '') AS adset_id, COALESCE(${alias}.ad_id, '') AS ad_id, ${alias}.event`)
   const inRange = (alias: string) => Prisma.sql`${Prisma.raw(alias)}.received_at >= ${from}::timestamptz AND ${Prisma.raw(alias)}.received_at < ${to}::timestamptz`
-  const rowScope = (alias: string, state = alias) => and([...scopeConditions(scope, query, alias), ...dimensionConditions(query, alias, state)])
-  // The days of the span (or the span itself), and the buckets and row ranges that tile each.
+  const statusFilter = (state: string) => (query.status === undefined ? [] : [Prisma.sql`${Prisma.raw(state)}.status = ${query.status}`])
+  const rowScope = (alias: string, state = alias) =>
+    and([...scopeConditions(scope, query, alias), ...dimensionConditions(query, alias, state), ...statusFilter(state)])
+  const rollupScope = and([...scopeConditions(scope, query, 'r'), ...dimensionConditions(query, 'r')])
+  // The local days of the span (or the span itself). A whole day of 24 hours whose phase is kept is
+  // one bucket; any other (clipped by the range, 23 or 25 hours long) is tiled by rollup_pieces.
   const segments = byDay
     ? Prisma.sql`
-      SELECT label, greatest(s, lo) AS s, least(COALESCE(lead(s) OVER (ORDER BY s), hi), hi) AS e
+      SELECT label, s, e,
+        CASE WHEN e - s = interval '24 hours' THEN (SELECT phase FROM rollup_phases WHERE ready AND phase * 60 = (extract(epoch FROM s)::bigint % 86400 + 86400) % 86400) END AS phase
       FROM (
-        SELECT to_char(d, 'YYYY-MM-DD') AS label, rollup_day_start(d::date, ${tz}) AS s, span.lo, span.hi
-        FROM span, generate_series((span.lo AT TIME ZONE ${tz})::date, ((span.hi - interval '1 microsecond') AT TIME ZONE ${tz})::date, interval '1 day') AS d
-        WHERE span.first IS NOT NULL AND span.lo < span.hi
-      ) days
-      WHERE s IS NOT NULL`
-    : Prisma.sql`SELECT '' AS label, lo AS s, hi AS e FROM span WHERE first IS NOT NULL AND lo < hi`
+        SELECT label, greatest(s, lo) AS s, least(COALESCE(lead(s) OVER (ORDER BY s), hi), hi) AS e
+        FROM (
+          SELECT to_char(d, 'YYYY-MM-DD') AS label, rollup_day_start(d::date, ${tz}) AS s, span.lo, span.hi
+          FROM span, generate_series((span.lo AT TIME ZONE ${tz})::date, ((span.hi - interval '1 microsecond') AT TIME ZONE ${tz})::date, interval '1 day') AS d
+          WHERE span.first IS NOT NULL AND span.lo < span.hi
+        ) days
+        WHERE s IS NOT NULL
+      ) clipped`
+    : Prisma.sql`SELECT '' AS label, lo AS s, hi AS e, NULL::smallint AS phase FROM span WHERE first IS NOT NULL AND lo < hi`
   const groupKeys = ['label', ...GROUP_COLUMNS[query.group_by], 'currency']
   const output = [
     ...(byDay ? ['label AS day'] : []),
     ...GROUP_COLUMNS[query.group_by].map((column) => `NULLIF(${column}, '') AS ${column}`),
     'currency',
   ]
-  const rows = await prisma.$queryRaw<SummaryRow[]>(Prisma.sql`
-    WITH st AS MATERIALIZED (SELECT watermark AS w FROM rollup_state),
-    span AS MATERIALIZED (
+  // With a status filter only that status counts (as in a scan of its rows).
+  const counted = STATUSES.filter((status) => query.status === undefined || query.status === status)
+  const figures = STATUSES.map((status) => {
+    const prefix = status === 'approved' ? '' : `${status}_`
+    const [count, revenue] = counted.includes(status) ? [`sum(${status})`, `COALESCE(sum(${status}_revenue), 0)`] : ['0', '0']
+    return `${count}::int AS ${prefix}conversions, ${revenueText(revenue)} AS ${prefix}revenue`
+  }).join(', ')
+  // The watermark goes in as a value, not a subquery, so that PostgreSQL plans the rows changed
+  // since it from the statistics (an index range over the few newest, not a third of the table). Both
+  // statements read one snapshot (REPEATABLE READ), so a fold committed meanwhile is not half seen.
+  return prisma.$transaction(
+    async (tx) => {
+      const [state] = await tx.$queryRaw<Array<{ w: string }>>`SELECT watermark::text AS w FROM rollup_state`
+      const w = state!.w
+      return tx.$queryRaw<SummaryRow[]>(Prisma.sql`
+    WITH span AS MATERIALIZED (
       SELECT greatest(min(r.bucket), ${from}::timestamptz) AS lo, least(max(r.bucket) + interval '1 day', ${to}::timestamptz) AS hi, min(r.bucket) AS first
-      FROM conversion_rollups r WHERE r.level = 1440 AND ${and(scopeConditions(scope, query, 'r'))}
+      FROM conversion_rollups r WHERE r.level = 1440 AND r.phase = 0 AND ${and(scopeConditions(scope, query, 'r'))}
     ),
+    segments AS MATERIALIZED (${segments}),
     pieces AS MATERIALIZED (
-      SELECT g.label, p.level, p.lo, p.hi FROM (${segments}) g CROSS JOIN LATERAL rollup_pieces(g.s, g.e) p
+      SELECT g.label, 1440::smallint AS level, g.phase, g.s AS lo, g.e AS hi FROM segments g WHERE g.phase IS NOT NULL
+      UNION ALL
+      SELECT g.label, p.level, 0::smallint, p.lo, p.hi FROM segments g CROSS JOIN LATERAL rollup_pieces(g.s, g.e) p WHERE g.phase IS NULL
     ),
     moved AS MATERIALIZED (
-      SELECT DISTINCT m.conversion_id AS id FROM conversion_history m WHERE m.change_key >= (SELECT w FROM st)
+      SELECT DISTINCT m.conversion_id AS id FROM conversion_history m WHERE m.change_key >= ${w}::xid8
     ),
     parts AS (
-      SELECT p.label, r.campaign_id, r.adset_id, r.ad_id, r.event, r.currency::text AS currency, r.status, r.conversions AS n, r.revenue AS rev
+      SELECT p.label, r.campaign_id, r.adset_id, r.ad_id, r.event, r.currency::text AS currency, ${Prisma.raw(FIGURE_COLUMNS.split(', ').map((column) => `r.${column}`).join(', '))}
       FROM pieces p
-      JOIN conversion_rollups r ON r.level = p.level AND r.bucket >= p.lo AND r.bucket < p.hi
-      WHERE p.level > 0 AND ${rowScope('r')}
+      CROSS JOIN LATERAL (
+        SELECT * FROM conversion_rollups r
+        WHERE r.level = p.level AND r.phase = p.phase AND r.bucket >= p.lo AND r.bucket < p.hi AND ${rollupScope} OFFSET 0
+      ) r
+      WHERE p.level > 0
       UNION ALL
-      SELECT ${label('c.received_at')}, ${rowDims('c')}, c.currency::text, c.status, 1, c.payout
+      SELECT ${label('c.received_at')}, ${rowDims('c')}, c.currency::text, ${Prisma.raw(rowFigures('c.status', '1', 'c.payout'))}
       FROM pieces p
-      JOIN conversions c ON c.received_at >= p.lo AND c.received_at < p.hi
-      WHERE p.level = 0 AND ${rowScope('c')}
+      CROSS JOIN LATERAL (SELECT * FROM conversions c WHERE c.received_at >= p.lo AND c.received_at < p.hi AND ${rowScope('c')} OFFSET 0) c
+      WHERE p.level = 0
       UNION ALL
-      SELECT ${label('c.received_at')}, ${rowDims('c')}, c.currency::text, c.status, 1, c.payout
+      SELECT ${label('c.received_at')}, ${rowDims('c')}, c.currency::text, ${Prisma.raw(rowFigures('c.status', '1', 'c.payout'))}
       FROM conversions c
-      WHERE c.stored_key >= (SELECT w FROM st) AND ${rowScope('c')} AND ${inRange('c')}
+      WHERE c.stored_key >= ${w}::xid8 AND ${rowScope('c')} AND ${inRange('c')}
         AND NOT EXISTS (SELECT FROM pieces p WHERE p.level = 0 AND c.received_at >= p.lo AND c.received_at < p.hi)
       UNION ALL
-      SELECT ${label('c.received_at')}, ${rowDims('c')}, s.currency::text, s.status, s.n, s.n * s.payout
+      SELECT ${label('c.received_at')}, ${rowDims('c')}, s.currency::text, ${Prisma.raw(rowFigures('s.status', 's.n', 's.payout'))}
       FROM moved
-      JOIN conversions c ON c.id = moved.id
+      CROSS JOIN LATERAL (SELECT * FROM conversions c WHERE c.id = moved.id OFFSET 0) c
       CROSS JOIN LATERAL (
         SELECT c.status, c.payout, c.currency, 1 AS n
         UNION ALL
         (SELECT f.status, f.payout, f.currency, -1 FROM conversion_history f
-         WHERE f.conversion_id = c.id AND (f.change_key < (SELECT w FROM st) OR f.change_key IS NULL) ORDER BY f.id DESC LIMIT 1)
+         WHERE f.conversion_id = c.id AND (f.change_key < ${w}::xid8 OR f.change_key IS NULL) ORDER BY f.id DESC LIMIT 1)
       ) s
-      WHERE c.stored_key < (SELECT w FROM st) AND ${rowScope('c', 's')} AND ${inRange('c')}
+      WHERE c.stored_key < ${w}::xid8 AND ${rowScope('c', 's')} AND ${inRange('c')}
         AND NOT EXISTS (SELECT FROM pieces p WHERE p.level = 0 AND c.received_at >= p.lo AND c.received_at < p.hi)
     )
-    SELECT ${Prisma.raw(output.join(', '))}, ${Prisma.raw(statusColumns('status', 'n', 'rev'))}
+    SELECT ${Prisma.raw(output.join(', '))}, ${Prisma.raw(figures)}
     FROM parts
     GROUP BY ${Prisma.raw(groupKeys.join(', '))}
-    HAVING sum(n) > 0
+    HAVING ${Prisma.raw(counted.map((status) => `sum(${status})`).join(' + '))} > 0
     ORDER BY ${Prisma.raw(output.map((_, index) => index + 1).join(', '))}`)
-  return rows
+    },
+    { isolationLevel: 'RepeatableRead' },
+  )
 }
 
 /**

@@ -126,8 +126,11 @@ t.test(`folds racing ${onPostgres ? 'two instances' : 'an instance'} taking deli
   }
   for (const level of [15, 60, 360, 1440]) {
     const rows = await read<{ campaign_id: string; currency: string; status: string; n: number; revenue: string }>(
-      `SELECT campaign_id, currency::text AS currency, status, sum(conversions)::int AS n, sum(revenue)::text AS revenue
-       FROM conversion_rollups WHERE sheet_id = $1 AND level = $2 GROUP BY 1, 2, 3 HAVING sum(conversions) <> 0 OR sum(revenue) <> 0 ORDER BY 1, 2, 3`,
+      `SELECT campaign_id, currency, s.status, sum(s.n)::int AS n, sum(s.revenue)::text AS revenue
+       FROM conversion_rollups r
+       CROSS JOIN LATERAL (VALUES ('approved', r.approved, r.approved_revenue), ('pending', r.pending, r.pending_revenue), ('rejected', r.rejected, r.rejected_revenue)) AS s(status, n, revenue)
+       WHERE r.sheet_id = $1 AND r.level = $2 AND r.phase = 0
+       GROUP BY 1, 2, 3 HAVING sum(s.n) <> 0 OR sum(s.revenue) <> 0 ORDER BY 1, 2, 3`,
       [sheet, level],
     )
     t.same(rows.map((row) => `${row.campaign_id} ${row.currency} ${row.status} ${row.n} ${Number(row.revenue).toFixed(2)}`), expected, `the ${level}-minute rollups hold every conversion once`)

@@ -1,24 +1,38 @@
--- Pre-aggregates of the summary (src/rollups.ts): per sheet, campaign, ad set, ad, event, currency,
--- status and time bucket, the count and the sum of payouts, at four widths of UTC-aligned bucket
--- (15 minutes, 1 hour, 6 hours, 1 day; `level` is the width in minutes). They hold every change
--- whose change-feed key is below `rollup_state.watermark`, folded in the background; a summary adds
--- the changes at or above it from the rows, so it is exact at every moment. Missing ids are '' here.
+-- Pre-aggregates of the summary (src/rollups.ts): per sheet, campaign, ad set, ad, event, currency
+-- and time bucket, the count and the sum of payouts of each status, at four widths of UTC-aligned
+-- bucket (15 minutes, 1 hour, 6 hours, 1 day; `level` is the width in minutes), and days that start
+-- at `phase` minutes past UTC midnight (a zone's local day: 330 for Asia/Kolkata) for the phases in
+-- `rollup_phases`. They hold every change whose change-feed key is below `rollup_state.watermark`,
+-- folded in the background; a summary adds the changes at or above it from the rows, so it is exact
+-- at every moment. Missing ids are '' here.
 
 -- CreateTable
 CREATE TABLE "conversion_rollups" (
     "sheet_id" TEXT NOT NULL,
     "level" SMALLINT NOT NULL,
+    "phase" SMALLINT NOT NULL DEFAULT 0,
     "bucket" TIMESTAMPTZ(3) NOT NULL,
     "campaign_id" TEXT NOT NULL,
     "adset_id" TEXT NOT NULL,
     "ad_id" TEXT NOT NULL,
     "event" TEXT NOT NULL,
     "currency" CHAR(3) NOT NULL,
-    "status" TEXT NOT NULL,
-    "conversions" BIGINT NOT NULL,
-    "revenue" DECIMAL NOT NULL,
+    "approved" BIGINT NOT NULL,
+    "approved_revenue" DECIMAL NOT NULL,
+    "pending" BIGINT NOT NULL,
+    "pending_revenue" DECIMAL NOT NULL,
+    "rejected" BIGINT NOT NULL,
+    "rejected_revenue" DECIMAL NOT NULL,
 
-    CONSTRAINT "conversion_rollups_pkey" PRIMARY KEY ("sheet_id","level","bucket","campaign_id","adset_id","ad_id","event","currency","status")
+    CONSTRAINT "conversion_rollups_pkey" PRIMARY KEY ("sheet_id","level","phase","bucket","campaign_id","adset_id","ad_id","event","currency")
+);
+
+-- CreateTable
+CREATE TABLE "rollup_phases" (
+    "phase" SMALLINT NOT NULL,
+    "ready" BOOLEAN NOT NULL DEFAULT false,
+
+    CONSTRAINT "rollup_phases_pkey" PRIMARY KEY ("phase")
 );
 
 -- CreateTable
@@ -29,8 +43,9 @@ CREATE TABLE "rollup_state" (
     CONSTRAINT "rollup_state_pkey" PRIMARY KEY ("id")
 );
 
--- Nothing folded yet: the first fold starts from the first change.
+-- Nothing folded yet: the first fold starts from the first change. UTC days are phase 0.
 INSERT INTO "rollup_state" ("id", "watermark") VALUES (true, '0');
+INSERT INTO "rollup_phases" ("phase", "ready") VALUES (0, true);
 
 -- Not in schema.prisma (Prisma has no functions). The first instant of a local day in a zone: local
 -- midnight, or, where a clock went back over midnight (the hour after it happened twice), its first
