@@ -74,9 +74,10 @@ const whereClause = (where: Prisma.Sql[]) => (where.length ? Prisma.sql`WHERE ${
 
 // Output columns are renamed (id_text): ORDER BY resolves a bare name to an output column first, and
 // ordering by the text of an id ("9" > "10") would break the keyset order.
-const SELECT_CONVERSION = Prisma.sql`SELECT id::text AS id_text, sheet_id, transaction_id, payout::text AS payout_text,
+const CONVERSION_COLUMNS = Prisma.sql`id::text AS id_text, sheet_id, transaction_id, payout::text AS payout_text,
   currency::text AS currency_text, campaign_id, adset_id, ad_id, NULLIF(event, '') AS event, status, network_status,
-  received_at, updated_at FROM conversions`
+  received_at, updated_at`
+const SELECT_CONVERSION = Prisma.sql`SELECT ${CONVERSION_COLUMNS} FROM conversions`
 
 // A cursor names the last row of a page by its position (received_at, id) and the order it was read in.
 interface Position {
@@ -132,11 +133,32 @@ export async function listConversions(
     )
   }
   const direction = Prisma.raw(order === 'desc' ? 'DESC' : 'ASC')
+  if (query.sheet_id !== undefined) {
+    const rows = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
+      ${SELECT_CONVERSION} ${whereClause(where)}
+      ORDER BY received_at ${direction}, id ${direction}
+      LIMIT ${limit + 1}`)
+    return keysetPage(rows, limit, order, toConversion)
+  }
+  // Several sheets (a multi-sheet or global key without sheet_id): each sheet's first rows from its
+  // index (sheet_id, received_at, id), then merged, so that a page costs the same whatever the table
+  // holds; one ORDER BY over every sheet's rows would read and sort them all.
+  const sheets = scope === null ? Prisma.sql`SELECT sheet_id FROM sheets` : Prisma.sql`SELECT unnest(${[...scope]}::text[]) AS sheet_id`
   const rows = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
-    ${SELECT_CONVERSION} ${whereClause(where)}
-    ORDER BY received_at ${direction}, id ${direction}
+    SELECT c.* FROM (${sheets}) s
+    CROSS JOIN LATERAL (
+      SELECT ${CONVERSION_COLUMNS}, id AS sort_id FROM conversions ${whereClause([Prisma.sql`sheet_id = s.sheet_id`, ...where])}
+      ORDER BY received_at ${direction}, id ${direction}
+      LIMIT ${limit + 1}
+    ) c
+    ORDER BY c.received_at ${direction}, c.sort_id ${direction}
     LIMIT ${limit + 1}`)
-  return keysetPage(rows, limit, order, toConversion)
+  return keysetPage(
+    rows.map(({ sort_id: _, ...row }: ConversionRow & { sort_id?: unknown }) => row),
+    limit,
+    order,
+    toConversion,
+  )
 }
 
 export async function getConversion(prisma: PrismaClient, scope: SheetScope, id: string): Promise<Conversion | null> {

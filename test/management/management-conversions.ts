@@ -75,6 +75,37 @@ t.test('paging with small pages, both orders, while new deliveries arrive: no ro
   t.ok(extra > 0, `${extra} deliveries arrived while paging`)
 })
 
+t.test('a key of several sheets pages through all of them without sheet_id: each row once, in order, filters applied', async (t) => {
+  const sheets = [await newSheet(app), await newSheet(app), await newSheet(app)]
+  const key = await newKeyHeader(app, { sheetIds: sheets })
+  const scoped = createClient({ baseUrl, apiKey: key.authorization.slice('Bearer '.length) })
+  const ids: string[] = []
+  for (let round = 0; round < 8; round++) {
+    // Each round's deliveries to the three sheets share a batch, so rows of different sheets share a time.
+    ids.push(...(await deliverAll(app, sheets.map((sheet_id, i) => ({ sheet_id, transaction_id: `m${round}`, currency: (round + i) % 2 ? 'EUR' : 'USD' })))))
+  }
+  for (const order of ['desc', 'asc'] as const) {
+    for (const currency of [undefined, 'EUR'] as const) {
+      const seen: Item[] = []
+      let cursor: string | undefined
+      for (let page = 0; page < 100; page++) {
+        const { data } = await scoped.GET('/api/v1/postback/conversions', { params: { query: { limit: 5, order, cursor, ...(currency && { currency }) } } })
+        seen.push(...(data?.data ?? []))
+        cursor = data?.next_cursor ?? undefined
+        if (!cursor) break
+      }
+      const label = `${order}${currency ? `, ${currency} only` : ''}`
+      t.equal(new Set(seen.map((item) => item.id)).size, seen.length, `${label}: no row twice`)
+      t.equal(seen.length, currency ? 12 : 24, `${label}: every row of the three sheets`)
+      t.ok(seen.every((item) => sheets.includes(item.sheet_id) && (!currency || item.currency === currency)), `${label}: only the key's sheets and the filter`)
+      const times = seen.map((item) => `${item.received_at}|${item.id.padStart(20, '0')}`)
+      const sorted = [...times].sort()
+      t.same(times, order === 'asc' ? sorted : sorted.reverse(), `${label}: in order`)
+    }
+  }
+  t.equal(ids.length, 24)
+})
+
 t.test('rows of one batch share received_at; paging by (received_at, id) still yields each once, in order', async (t) => {
   const sheet = await newSheet(app)
   const burst = await Promise.all(
