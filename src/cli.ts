@@ -9,6 +9,7 @@ import { ConfigError, loadConfig, type Config } from './config.ts'
 import { DataDirLockedError } from './data-dir-lock.ts'
 import { openDatabase, type Database } from './database.ts'
 import { ImportFileError, importCsv, type ImportCounts } from './import.ts'
+import { foldAll } from './rollups.ts'
 import { migrate, MigrationError, pendingMigrations } from './migrations.ts'
 import { AppError } from './errors.ts'
 import { clearAllowedAddresses, clearSheetToken, DEFAULT_GRACE_SECONDS, rotateSheetToken, setAllowedAddresses } from './sheet-security.ts'
@@ -25,7 +26,9 @@ const USAGE = `usage: postback-admin <command>
   key create (--sheet ID[,ID...] | --global) [--name NAME] [--role read|admin]
   key list
   key revoke KEY_ID
-  import --sheet ID FILE.csv          conversions from a CSV export (header names the columns; - reads stdin)
+  import --sheet ID [--no-fold] FILE.csv
+                                      conversions from a CSV export (header names the columns; - reads stdin), then
+                                      folded into the summary rollups, unless --no-fold (a running service folds them)
   migrate
 Settings come from the environment (DATABASE_URL, or DATA_DIR for the embedded store).`
 
@@ -99,7 +102,7 @@ const commands: Record<string, Command> = {
     return (db) => revokeApiKey(db.prisma, id)
   },
   import: (args, io) => {
-    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { sheet: { type: 'string' } } })
+    const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { sheet: { type: 'string' }, 'no-fold': { type: 'boolean', default: false } } })
     const [file, ...extra] = positionals
     if (!values.sheet || !file || extra.length) throw new UsageError('import needs --sheet ID and one FILE.csv (- for stdin)')
     const sheetId = values.sheet
@@ -107,12 +110,19 @@ const commands: Record<string, Command> = {
       const input = file === '-' ? (io.stdin ?? process.stdin) : await openFile(file)
       const progress = io.stderr.isTTY ? progressLine(io.stderr) : undefined
       try {
-        return await importCsv(db, {
+        const result = await importCsv(db, {
           sheetId,
           input,
           onRejected: (line, error) => io.stderr.write(`${progress?.clear() ?? ''}line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`),
           onProgress: progress?.update,
         })
+        // The summary's rollups take the import in before the command ends (with a running service,
+        // whichever folds first), so that summaries read them from the first request on.
+        if (result.imported + result.updated > 0 && !values['no-fold']) {
+          if (progress) io.stderr.write(`${progress.clear()}folding the import into the summary rollups...\n`)
+          await foldAll(db.prisma)
+        }
+        return result
       } finally {
         progress?.done()
         // A file read only in part (a header it refused) is closed here, not by the garbage collector.

@@ -265,7 +265,8 @@ export async function summarizeFromRollups(
         WHERE s IS NOT NULL
       ) clipped`
     : Prisma.sql`SELECT '' AS label, lo AS s, hi AS e, NULL::smallint AS phase FROM span WHERE first IS NOT NULL AND lo < hi`
-  const groupKeys = ['label', ...GROUP_COLUMNS[query.group_by], 'currency']
+  // Grouped by the output's own expressions, so that one sort serves the grouping and the order.
+  const groupKeys = ['label', ...GROUP_COLUMNS[query.group_by].map((column) => `NULLIF(${column}, '')`), 'currency']
   const output = [
     ...(byDay ? ['label AS day'] : []),
     ...GROUP_COLUMNS[query.group_by].map((column) => `NULLIF(${column}, '') AS ${column}`),
@@ -300,7 +301,8 @@ export async function summarizeFromRollups(
       SELECT DISTINCT m.conversion_id AS id FROM conversion_history m WHERE m.change_key >= ${w}::xid8
     ),
     parts AS (
-      SELECT p.label, r.campaign_id, r.adset_id, r.ad_id, r.event, r.currency::text AS currency, ${Prisma.raw(FIGURE_COLUMNS.split(', ').map((column) => `r.${column}`).join(', '))}
+      SELECT p.label, r.campaign_id, r.adset_id, r.ad_id, r.event, r.currency::text AS currency,
+        ${Prisma.raw(FIGURES.map((status) => `r.${status}::int, r.${status}_revenue`).join(', '))}
       FROM pieces p
       CROSS JOIN LATERAL (
         SELECT * FROM conversion_rollups r
@@ -334,7 +336,7 @@ export async function summarizeFromRollups(
     FROM parts
     GROUP BY ${Prisma.raw(groupKeys.join(', '))}
     HAVING ${Prisma.raw(counted.map((status) => `sum(${status})`).join(' + '))} > 0
-    ORDER BY ${Prisma.raw(output.map((_, index) => index + 1).join(', '))}`)
+    ORDER BY ${Prisma.raw(groupKeys.join(', '))}`)
     },
     { isolationLevel: 'RepeatableRead' },
   )

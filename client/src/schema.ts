@@ -346,29 +346,37 @@ export interface components {
             id: string;
             sheet_id: string;
             transaction_id: string;
+            /** @description Exact decimal, as sent */
             payout: string | null;
             /** @description ISO 4217 code */
             currency: string;
             campaign_id: string | null;
             adset_id: string | null;
             ad_id: string | null;
+            /** @description The conversion type; null for the base conversion (a delivery without `event`) */
             event: string | null;
             /**
              * @description Only `approved` conversions count as conversions and revenue; `pending` is revenue on hold
              * @enum {string}
              */
             status: "approved" | "pending" | "rejected";
+            /** @description The status word as the network sent it; null when it sent none */
             network_status: string | null;
             /**
              * Format: date-time
              * @description When the conversion was stored
              */
             received_at: string;
+            /**
+             * Format: date-time
+             * @description When a delivery last moved its status; null if never
+             */
             updated_at: string | null;
         };
         /** @description A page of conversions */
         ConversionPage: {
             data: components["schemas"]["Conversion"][];
+            /** @description Pass as `cursor` for the next page; null on the last page */
             next_cursor: string | null;
         };
         /** @description A change of a conversion, with the conversion as that change left it */
@@ -392,7 +400,9 @@ export interface components {
         HistoryEntry: {
             /** @enum {string} */
             status: "approved" | "pending" | "rejected";
+            /** @description The status word as the network sent it */
             network_status: string | null;
+            /** @description Exact decimal, as it stood after this delivery */
             payout: string | null;
             currency: string;
             /**
@@ -407,9 +417,13 @@ export interface components {
         };
         /** @description Conversions and revenue of one group in one currency, by status */
         SummaryRow: {
+            /** @description With group_by campaign, adset or ad */
             campaign_id?: string | null;
+            /** @description With group_by adset or ad */
             adset_id?: string | null;
+            /** @description With group_by ad */
             ad_id?: string | null;
+            /** @description With group_by event: the event, null for base conversions */
             event?: string | null;
             /**
              * Format: date
@@ -443,6 +457,7 @@ export interface components {
             parameter: string | null;
             /** @description The query string as sent (at most 2048 characters), with the values of `token` and other secret-looking parameters replaced by [REDACTED] */
             raw_query: string;
+            /** @description The client address (behind TRUST_PROXY: the forwarded one) */
             remote_address: string | null;
             /** @description A test postback (`test=1`) */
             test: boolean;
@@ -455,13 +470,22 @@ export interface components {
         /** @description A page of rejected deliveries, newest first */
         RejectionPage: {
             data: components["schemas"]["Rejection"][];
+            /** @description Pass as `cursor` for the next page; null on the last page */
             next_cursor: string | null;
         };
         /** @description Is the network delivering? The receiver side of one sheet */
         SheetStatus: {
             sheet_id: string;
             active: boolean;
+            /**
+             * Format: date-time
+             * @description When the newest conversion was stored
+             */
             last_received_at: string | null;
+            /**
+             * Format: date-time
+             * @description When the newest rejected delivery came
+             */
             last_rejected_at: string | null;
             /** @description Deliveries in the last 24 hours, by outcome */
             last_24h: {
@@ -476,6 +500,7 @@ export interface components {
                 reason: string;
                 count: number;
             }[];
+            /** @description The newest test postback (`test=1`); null if none came */
             last_test: {
                 /**
                  * Format: date-time
@@ -510,6 +535,10 @@ export interface components {
             created_at: string;
             /** @description Whether deliveries must carry the sheet’s secret as `token` */
             has_token: boolean;
+            /**
+             * Format: date-time
+             * @description Until when the secret before the last rotation is still accepted
+             */
             previous_token_expires_at: string | null;
             /** @description Addresses and CIDRs deliveries may come from; empty: any */
             allowed_addresses: string[];
@@ -539,6 +568,10 @@ export interface components {
              * @description When the key was created
              */
             created_at: string;
+            /**
+             * Format: date-time
+             * @description When the key was revoked
+             */
             revoked_at: string | null;
         };
         /** @description A new API key, with the key itself */
@@ -560,6 +593,10 @@ export interface components {
              * @description When the key was created
              */
             created_at: string;
+            /**
+             * Format: date-time
+             * @description When the key was revoked
+             */
             revoked_at: string | null;
             /** @description The key: shown once, not stored */
             key: string;

@@ -5,7 +5,10 @@ import { ErrorRef, ref, StringEnum } from './common.ts'
 import { STATUSES } from '../lifecycle.ts'
 
 const Timestamp = (description: string) => Type.String({ format: 'date-time', description })
-const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()])
+// A value or null, as a type list (`type: ['string', 'null']`, OpenAPI 3.1) rather than `anyOf`: the
+// response serializer picks an `anyOf` branch by validating the value against each, which for a
+// summary of 16,000 rows (three such ids a row) cost more than writing the JSON.
+const Nullable = <T extends TSchema & { type: string }>(schema: T) => Type.Unsafe<Static<T> | null>({ ...schema, type: [schema.type, 'null'] })
 
 // ISO 8601: a date (midnight UTC) or a date-time with an offset.
 const TIME_FILTER = '^\\d{4}-\\d{2}-\\d{2}(T\\d{2}:\\d{2}(:\\d{2}(\\.\\d{1,9})?)?(Z|[+-]\\d{2}:?\\d{2}))?$'
