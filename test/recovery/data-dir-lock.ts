@@ -20,7 +20,9 @@ t.test('a second process opening the folder fails at once, naming it; after kill
   const second = await run(hold, { DATA_DIR: dir, DATABASE_URL: '' })
   t.equal(second.code, 1)
   t.match(second.stderr, `data folder ${resolve(dir)} is in use by process ${owner.pid}`)
-  t.ok(Date.now() - began < 10_000, `refused in ${Date.now() - began} ms`)
+  // "At once" against a wait on the lock, which would last until the test's timeout: the process's
+  // own start-up (tsx, the app's modules) took 11 s once on this 2-core machine under a full suite.
+  t.ok(Date.now() - began < 30_000, `refused in ${Date.now() - began} ms`)
 
   owner.kill('SIGKILL')
   await owner.output

@@ -53,7 +53,7 @@ t.test('applies every migration once, with Prisma-compatible bookkeeping', async
       "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
     ),
   )
-  t.same(tables.map((row) => row.table_name), ['_prisma_migrations', 'api_keys', 'conversion_history', 'conversion_rollups', 'conversions', 'delivery_counters', 'delivery_rejections', 'rollup_state', 'sheets'])
+  t.same(tables.map((row) => row.table_name), ['_prisma_migrations', 'api_keys', 'conversion_history', 'conversion_rollups', 'conversions', 'delivery_counters', 'delivery_rejections', 'rollup_phases', 'rollup_state', 'sheets'])
 
   const second = await run()
   t.same(second, { applied: [], alreadyApplied: local.map((m) => m.name) }, 'a second run applies nothing')
