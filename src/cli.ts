@@ -120,7 +120,10 @@ const commands: Record<string, Command> = {
         // whichever folds first), so that summaries read them from the first request on.
         if (result.imported + result.updated > 0 && !values['no-fold']) {
           if (progress) io.stderr.write(`${progress.clear()}folding the import into the summary rollups...\n`)
-          await foldAll(db.prisma)
+          // The import is committed: a failed fold is the service's to finish, not a failed import.
+          await foldAll(db.prisma).catch((error: unknown) =>
+            io.stderr.write(`imported; folding into the summary rollups failed (${(error as Error).message}); the service folds it when it runs\n`),
+          )
         }
         return result
       } finally {

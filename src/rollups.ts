@@ -137,12 +137,16 @@ export async function foldRollups(prisma: PrismaClient, chunk = FOLD_CHUNK): Pro
       if (!lock?.locked) return { changes: 0, more: false, busy: true }
       const [phase] = await tx.$queryRaw<Array<{ phase: number }>>`SELECT phase FROM rollup_phases WHERE NOT ready ORDER BY phase LIMIT 1`
       if (phase) {
+        await tx.$executeRawUnsafe('SET LOCAL statement_timeout = 0')
         await tx.$executeRawUnsafe(FILL_PHASE_SQL, phase.phase)
         return { changes: 0, more: true, busy: false }
       }
       // Hash aggregation, not a sort of every change by its text keys (the planner, misled by the
       // CTEs' estimates, sorted: 43 of the 86 ms a fold of 30,000 new conversions took).
       await tx.$executeRawUnsafe('SET LOCAL enable_sort = off')
+      // No request timeout: the first fold after an upgrade takes every stored row at once (they
+      // share the migration's transaction id, a key no bound can split), and must not fail forever.
+      await tx.$executeRawUnsafe('SET LOCAL statement_timeout = 0')
       const [row] = await tx.$queryRawUnsafe<Array<{ changes: number; more: boolean }>>(FOLD_SQL, chunk)
       return { changes: row?.changes ?? 0, more: row?.more ?? false, busy: false }
     },
@@ -242,6 +246,9 @@ export async function summarizeFromRollups(
 ): Promise<SummaryRow[]> {
   const from = range.from ?? '-infinity'
   const to = range.to ?? 'infinity'
+  // An empty id matches no row (missing ids are stored as NULL), while in the rollups '' stands for
+  // a missing id: answered here, not by the rollups.
+  if (query.campaign_id === '' || query.adset_id === '' || query.ad_id === '') return []
   const byDay = query.interval === 'day'
   if (byDay) await registerPhases(prisma, tz)
   const label = (column: string) => (byDay ? Prisma.sql`to_char(${Prisma.raw(column)} AT TIME ZONE ${tz}, 'YYYY-MM-DD')` : Prisma.sql`''`)
@@ -257,7 +264,8 @@ export async function summarizeFromRollups(
   const segments = byDay
     ? Prisma.sql`
       SELECT label, s, e,
-        CASE WHEN e - s = interval '24 hours' THEN (SELECT phase FROM rollup_phases WHERE ready AND phase * 60 = (extract(epoch FROM s)::bigint % 86400 + 86400) % 86400) END AS phase
+        CASE WHEN e - s = interval '24 hours' AND extract(epoch FROM s) % 60 = 0
+          THEN (SELECT phase FROM rollup_phases WHERE ready AND phase * 60 = (extract(epoch FROM s)::bigint % 86400 + 86400) % 86400) END AS phase
       FROM (
         SELECT label, greatest(s, lo) AS s, least(COALESCE(lead(s) OVER (ORDER BY s), hi), hi) AS e
         FROM (
@@ -341,7 +349,9 @@ export async function summarizeFromRollups(
     HAVING ${Prisma.raw(counted.map((status) => `sum(${status})`).join(' + '))} > 0
     ORDER BY ${Prisma.raw(groupKeys.join(', '))}`)
     },
-    { isolationLevel: 'RepeatableRead' },
+    // Prisma's own limits on an interactive transaction (2 s to start, 5 s to run) would fail a
+    // summary that the statement timeout (DB_STATEMENT_TIMEOUT_MS) lets finish.
+    { isolationLevel: 'RepeatableRead', maxWait: 10_000, timeout: 600_000 },
   )
 }
 

@@ -246,3 +246,23 @@ t.test("a zone's day phase, filled from the 15-minute buckets and then folded in
   await foldPast(sheet)
   t.same(await summarize(prisma, [sheet], query), await fromRows(), 'moves and new conversions folded into it')
 })
+
+t.test('ranges that a rollup bucket almost fits: an empty id filter, a 24-hour range a fraction of a second off a day', async (t) => {
+  const sheet = uniqueId('rollup')
+  await createSheet(prisma, { sheetId: sheet, currency: 'USD' })
+  const run = (rows: string[]) =>
+    importCsv(store, { sheetId: sheet, input: Readable.from([['transaction_id,payout,campaign_id,received_at', ...rows].join('\n')]), onRejected: () => t.fail('rejected') })
+  // 1 November 2026 has 25 hours in New York (04:00Z to 05:00Z the next day).
+  await run(['n1,3.00,,2026-11-01T04:59:59.800Z', 'n2,2.00,,2026-11-02T04:59:59.800Z', 'n3,1.00,c1,2026-11-01T12:00:00Z'])
+  const byDay: SummaryQuery = { sheet_id: sheet, group_by: 'campaign', interval: 'day', tz: 'America/New_York' }
+  await summarize(prisma, [sheet], byDay) // asks for New York's day phases
+  await foldPast(sheet)
+  for (const query of [
+    { ...byDay, from: '2026-11-01T04:59:59.600Z', to: '2026-11-02T04:59:59.600Z' },
+    { ...byDay, from: '2026-10-31T04:00:00.000Z', to: '2026-11-03T05:00:00.000Z' },
+    { sheet_id: sheet, group_by: 'campaign', campaign_id: '' } as SummaryQuery,
+    { sheet_id: sheet, group_by: 'ad', adset_id: '' } as SummaryQuery,
+  ]) {
+    t.same(await summarize(prisma, [sheet], query), await summarizeRows(prisma, [sheet], query, query.tz ?? 'UTC'), JSON.stringify(query))
+  }
+})
