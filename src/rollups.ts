@@ -16,6 +16,10 @@
 // busy sheet would queue on the same few aggregate rows (same campaign, same quarter hour), and the
 // receiver's statement would write a second table; this costs the receiver nothing.
 //
+// The fold sees a conversion's counted fields (status, payout, currency) change only through a
+// status move (the feed's `updated` change): every write path moves the status when it changes them
+// (src/lifecycle.ts). A write that changed a payout without a move would not reach the rollups.
+//
 // A time range is tiled by the widest whole buckets (SQL function rollup_pieces): a day in any zone
 // starts on a quarter hour (today's offsets are all multiples of 15 minutes), so `interval=day` is
 // exact in every zone; what is left off a 15-minute edge (a `from` at 12:07, a historical offset)
