@@ -1,3 +1,6 @@
+// The summary shapes of bench/scale.ts timed in process (statement and Prisma's decoding, no HTTP),
+// median of 5 after one, on a database that bench/scale.ts --keep left; folds what waits first.
+//   npx tsx bench/time-summary.ts postgresql://postgres@127.0.0.1:5432/bench_scale_...
 import { loadConfig } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
 import { summarize } from '../src/conversions.ts'

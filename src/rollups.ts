@@ -92,6 +92,10 @@ WITH st AS MATERIALIZED (
               UNION ALL SELECT 1440::smallint, phase FROM rollup_phases WHERE ready) AS l
   GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
   HAVING ${FIGURE_COLUMNS.split(', ').map((column) => `sum(d.${column}) <> 0`).join(' OR ')}
+  -- In key order: rows a summary reads together (a sheet's buckets of one level) then sit together
+  -- on disk. Inserted in hash order they were spread over the table, and at 10^6 rows the all-time
+  -- summary read 54,000 rows from as many pages: 48 ms became 200 ms.
+  ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
   ON CONFLICT (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency) DO UPDATE SET
     ${FIGURE_COLUMNS.split(', ').map((column) => `${column} = r.${column} + excluded.${column}`).join(', ')}
   RETURNING 1
