@@ -21,7 +21,11 @@ const { prisma } = store
 // Zones whose days start off the hour, or that change their clocks around midnight or by half an
 // hour; and any zone the database knows.
 const ZONES = ['UTC', 'Asia/Kolkata', 'Asia/Kathmandu', 'America/St_Johns', 'Australia/Lord_Howe', 'Pacific/Chatham', 'America/Santiago', 'America/Havana', 'Asia/Beirut', 'Europe/Berlin', 'America/New_York', 'Pacific/Kiritimati']
-const allZones = (await prisma.$queryRaw<Array<{ name: string }>>`SELECT name FROM pg_timezone_names WHERE name LIKE '%/%' ORDER BY name`).map((row) => row.name)
+// Not Eucla (UTC+08:45, the only zone whose days start at 15:15 UTC): the phase test below needs a
+// phase that no summary has asked for yet.
+const allZones = (
+  await prisma.$queryRaw<Array<{ name: string }>>`SELECT name FROM pg_timezone_names WHERE name LIKE '%/%' AND name NOT LIKE '%Eucla%' ORDER BY name`
+).map((row) => row.name)
 // Windows of five days around clock changes (Europe, Chile and Lord Howe, Europe back, the US back).
 const WINDOWS = ['2026-03-27T00:00:00Z', '2026-04-02T00:00:00Z', '2026-10-23T00:00:00Z', '2026-10-30T00:00:00Z'].map((at) => Date.parse(at))
 const WINDOW_MS = 5 * 86_400_000
