@@ -241,7 +241,8 @@ t.test("a zone's day phase, filled from the 15-minute buckets and then folded in
   const fromRows = () => summarizeRows(prisma, [sheet], query, 'Australia/Eucla')
   const phase = async () => (await prisma.$queryRaw<Array<{ ready: boolean }>>`SELECT ready FROM rollup_phases WHERE phase = 915`)[0]?.ready
   t.same(await summarize(prisma, [sheet], query), await fromRows(), 'before the phase is filled: days tiled from UTC buckets')
-  t.equal(await phase(), false, 'the summary asked for the phase')
+  // Asked for; on PostgreSQL another test's server may fold (and fill it) at any moment from here.
+  t.not(await phase(), undefined, 'the summary asked for the phase')
   await foldPast(sheet)
   t.equal(await phase(), true, 'the fold filled it')
   t.same(await summarize(prisma, [sheet], query), await fromRows(), 'read from the filled phase')
