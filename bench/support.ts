@@ -1,5 +1,8 @@
 // Helpers shared by the benchmark scripts.
 import pg from 'pg'
+import { writeDeliveries } from '../src/conversion-batch.ts'
+import type { Database } from '../src/database.ts'
+import type { Delivery } from '../src/schemas/receiver.ts'
 
 /**
  * Environment of every server under test. All load comes from one address to one sheet, so the
@@ -41,4 +44,47 @@ export async function scratchDatabase(adminUrl: string, name: string): Promise<{
   const url = new URL(adminUrl)
   url.pathname = `/${name}`
   return { url: url.toString(), drop: () => adminQuery(adminUrl, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) }
+}
+
+/** Writes `count` new conversions through the receiver's batch statement: 50 a statement, 4 statements in flight. */
+export async function writeNewConversions(db: Database, count: number, delivery: () => Partial<Delivery> & { sheet_id: string; transaction_id: string }): Promise<void> {
+  let next = 0
+  await Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (next < count) {
+        next += 50
+        await writeDeliveries((statement) => db.query(statement), Array.from({ length: 50 }, delivery) as Delivery[])
+      }
+    }),
+  )
+}
+
+/**
+ * Runs `round` (which writes `rowsPerRound` rows) on each of two variants in turn, `rounds` times,
+ * the first variant first in even rounds and second in odd ones, so that the machine's changing load
+ * falls on both alike; prints each variant's rows/s and the first's ratio to the second (overall, per
+ * round and the median of the rounds).
+ */
+export async function alternatingRounds<V extends { label: string }>(variants: [V, V], rounds: number, rowsPerRound: number, round: (variant: V) => Promise<void>): Promise<void> {
+  const totals = new Map<string, number>()
+  const roundRatios: number[] = []
+  for (let index = 0; index < rounds; index++) {
+    const rates = new Map<string, number>()
+    for (const variant of index % 2 === 0 ? variants : [...variants].reverse()) {
+      const started = performance.now()
+      await round(variant)
+      const ms = performance.now() - started
+      totals.set(variant.label, (totals.get(variant.label) ?? 0) + ms)
+      rates.set(variant.label, rowsPerRound / ms)
+    }
+    roundRatios.push(rates.get(variants[0].label)! / rates.get(variants[1].label)!)
+  }
+  const rate = (variant: V) => (rounds * rowsPerRound) / (totals.get(variant.label)! / 1000)
+  for (const variant of variants) console.log(`${variant.label.padEnd(20)} ${rate(variant).toFixed(0)} rows/s`)
+  const sorted = [...roundRatios].sort((a, b) => a - b)
+  const middle = Math.floor(sorted.length / 2)
+  const median = sorted.length % 2 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+  console.log(
+    `ratio ${variants[0].label} / ${variants[1].label}: ${(rate(variants[0]) / rate(variants[1])).toFixed(3)} overall; per round ${roundRatios.map((r) => r.toFixed(2)).join(' ')}, median ${median.toFixed(3)}`,
+  )
 }

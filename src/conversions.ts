@@ -3,7 +3,7 @@
 // Raw SQL: payouts are read as text so that decimals stay exact (`12.50` stays `12.50`).
 import { InputError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
-import { statusColumns, summarizeFromRollups } from './rollups.ts'
+import { GROUP_COLUMNS, statusColumns, summarizeFromRollups } from './rollups.ts'
 import type { Conversion, ConversionQuery, HistoryEntry, SummaryQuery, SummaryRow } from './schemas/management.ts'
 
 /** The sheets a caller may see: a list, or null for every sheet (a global key). */
@@ -169,13 +169,6 @@ export async function getConversion(prisma: PrismaClient, scope: SheetScope, id:
   return row ? toConversion(row) : null
 }
 
-const GROUP_COLUMNS = {
-  campaign: ['campaign_id'],
-  adset: ['campaign_id', 'adset_id'],
-  ad: ['campaign_id', 'adset_id', 'ad_id'],
-  event: [`NULLIF(event, '') AS event`],
-} as const
-
 // The database's zone names, read once per client: it computes the day buckets, so its list is the
 // authority, and reading pg_timezone_names costs 17 to 32 ms, too much for every summary request.
 // Keyed by client, so each app (and each test's database) has its own, and it goes with the client.
@@ -226,7 +219,8 @@ export async function summarize(prisma: PrismaClient, scope: SheetScope, query: 
 export async function summarizeRows(prisma: PrismaClient, scope: SheetScope, query: SummaryQuery, tz: string): Promise<SummaryRow[]> {
   const columns: Prisma.Sql[] = [
     ...(query.interval === 'day' ? [Prisma.sql`to_char(received_at AT TIME ZONE ${tz}, 'YYYY-MM-DD') AS day`] : []),
-    ...GROUP_COLUMNS[query.group_by].map((column) => Prisma.raw(column)),
+    // The base conversion is stored with event '' and shown as null.
+    ...GROUP_COLUMNS[query.group_by].map((column) => Prisma.raw(column === 'event' ? `NULLIF(event, '') AS event` : column)),
     Prisma.sql`currency::text AS currency`,
   ]
   // Grouped and ordered by position: the day expression is written once.

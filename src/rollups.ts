@@ -36,8 +36,8 @@ export const FOLD_CHUNK = 100_000
 const FOLD_LOCK = 7_105_321_001n
 
 // The figures of a rollup row: count and payout sum of each status.
-const FIGURES = STATUSES
-const FIGURE_COLUMNS = FIGURES.map((status) => `${status}, ${status}_revenue`).join(', ')
+const FIGURES = STATUSES.flatMap((status) => [status, `${status}_revenue`])
+const FIGURE_COLUMNS = FIGURES.join(', ')
 
 // One fold step. The range is [watermark, u): u is the horizon, or lower when more than $1 changes
 // wait (the first key past the $1-th, so that a step always makes progress). A conversion stored in
@@ -78,7 +78,7 @@ WITH st AS MATERIALIZED (
 ), delta AS (
   SELECT sheet_id, date_bin('15 minutes', received_at, '2001-01-01 00:00:00+00') AS quarter,
     COALESCE(campaign_id, '') AS campaign_id, COALESCE(adset_id, '') AS adset_id, COALESCE(ad_id, '') AS ad_id, event, currency,
-    ${FIGURES.map((status) => `COALESCE(sum(n) FILTER (WHERE status = '${status}'), 0) AS ${status}, COALESCE(sum(n * payout) FILTER (WHERE status = '${status}'), 0) AS ${status}_revenue`).join(', ')},
+    ${STATUSES.map((status) => `COALESCE(sum(n) FILTER (WHERE status = '${status}'), 0) AS ${status}, COALESCE(sum(n * payout) FILTER (WHERE status = '${status}'), 0) AS ${status}_revenue`).join(', ')},
     count(*) AS changes
   FROM changes
   GROUP BY 1, 2, 3, 4, 5, 6, 7
@@ -86,18 +86,18 @@ WITH st AS MATERIALIZED (
   INSERT INTO conversion_rollups AS r (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency, ${FIGURE_COLUMNS})
   SELECT d.sheet_id, l.level, l.phase,
     date_bin(make_interval(mins => l.level), d.quarter - make_interval(mins => l.phase), '2001-01-01 00:00:00+00') + make_interval(mins => l.phase),
-    d.campaign_id, d.adset_id, d.ad_id, d.event, d.currency, ${FIGURE_COLUMNS.split(', ').map((column) => `sum(d.${column})`).join(', ')}
+    d.campaign_id, d.adset_id, d.ad_id, d.event, d.currency, ${FIGURES.map((column) => `sum(d.${column})`).join(', ')}
   FROM delta d
   CROSS JOIN (SELECT * FROM (VALUES (15::smallint, 0::smallint), (60::smallint, 0::smallint), (360::smallint, 0::smallint)) AS v(level, phase)
               UNION ALL SELECT 1440::smallint, phase FROM rollup_phases WHERE ready) AS l
   GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-  HAVING ${FIGURE_COLUMNS.split(', ').map((column) => `sum(d.${column}) <> 0`).join(' OR ')}
+  HAVING ${FIGURES.map((column) => `sum(d.${column}) <> 0`).join(' OR ')}
   -- In key order: rows a summary reads together (a sheet's buckets of one level) then sit together
   -- on disk. Inserted in hash order they were spread over the table, and at 10^6 rows the all-time
   -- summary read 54,000 rows from as many pages: 48 ms became 200 ms.
   ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9
   ON CONFLICT (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency) DO UPDATE SET
-    ${FIGURE_COLUMNS.split(', ').map((column) => `${column} = r.${column} + excluded.${column}`).join(', ')}
+    ${FIGURES.map((column) => `${column} = r.${column} + excluded.${column}`).join(', ')}
   RETURNING 1
 ), advanced AS (
   UPDATE rollup_state SET watermark = bound.u FROM bound WHERE bound.u > bound.w RETURNING 1
@@ -122,18 +122,18 @@ SELECT EXISTS (SELECT FROM conversions c WHERE c.stored_key >= s.watermark AND c
 FROM (SELECT watermark, pg_snapshot_xmin(pg_current_snapshot()) AS h FROM rollup_state) s`
 
 // A new day phase: its days summed from the 15-minute buckets, which hold exactly what is folded
-// (the fold lock is held, so no fold runs meanwhile); from then on every fold adds to it.
+// (the fold lock is held, so no fold runs meanwhile); from then on every fold adds to it. The
+// insert runs to completion in the same statement, read or not (a data-modifying WITH).
 const FILL_PHASE_SQL = `
 WITH filled AS (
   INSERT INTO conversion_rollups (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency, ${FIGURE_COLUMNS})
   SELECT sheet_id, 1440, $1::smallint,
     date_bin('1 day', bucket - make_interval(mins => $1::int), '2001-01-01 00:00:00+00') + make_interval(mins => $1::int),
-    campaign_id, adset_id, ad_id, event, currency, ${FIGURE_COLUMNS.split(', ').map((column) => `sum(${column})`).join(', ')}
+    campaign_id, adset_id, ad_id, event, currency, ${FIGURES.map((column) => `sum(${column})`).join(', ')}
   FROM conversion_rollups WHERE level = 15 AND phase = 0
   GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
-  RETURNING 1
 )
-UPDATE rollup_phases SET ready = true WHERE phase = $1::smallint AND (SELECT count(*) FROM filled) >= 0`
+UPDATE rollup_phases SET ready = true WHERE phase = $1::smallint`
 
 /** Folds up to about `chunk` waiting changes into the rollups (or fills a new day phase), in one transaction. */
 export async function foldRollups(prisma: PrismaClient, chunk = FOLD_CHUNK): Promise<FoldResult> {
@@ -191,9 +191,10 @@ export function statusColumns(status: string, count: string, revenue: string): s
 
 /** A row's (or a history entry's) figures as rollup columns: its count and payout under its status, zeros under the others. */
 const rowFigures = (status: string, n: string, payout: string) =>
-  FIGURES.map((s) => `CASE WHEN ${status} = '${s}' THEN ${n} ELSE 0 END, CASE WHEN ${status} = '${s}' THEN ${n} * ${payout} END`).join(', ')
+  STATUSES.map((s) => `CASE WHEN ${status} = '${s}' THEN ${n} ELSE 0 END, CASE WHEN ${status} = '${s}' THEN ${n} * ${payout} END`).join(', ')
 
-const GROUP_COLUMNS = {
+/** The id columns of each `group_by`. */
+export const GROUP_COLUMNS = {
   campaign: ['campaign_id'],
   adset: ['campaign_id', 'adset_id'],
   ad: ['campaign_id', 'adset_id', 'ad_id'],
@@ -321,7 +322,7 @@ export async function summarizeFromRollups(
     ),
     parts AS (
       SELECT p.label, r.campaign_id, r.adset_id, r.ad_id, r.event, r.currency::text AS currency,
-        ${Prisma.raw(FIGURES.map((status) => `r.${status}::int, r.${status}_revenue`).join(', '))}
+        ${Prisma.raw(STATUSES.map((status) => `r.${status}::int, r.${status}_revenue`).join(', '))}
       FROM pieces p
       CROSS JOIN LATERAL (
         SELECT * FROM conversion_rollups r

@@ -1,6 +1,8 @@
 // Helpers for tests that run the service's own programs as separate processes.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import { admin } from './helpers.ts'
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
@@ -95,4 +97,23 @@ export function loadGenerator(url: string, sheetId: string, concurrency: number,
       await Promise.all(loops)
     },
   }
+}
+
+/**
+ * On the PostgreSQL of DATABASE_URL: a sheet with a read key (made by postback-admin), two server
+ * processes with `env` (killed at teardown), and a connection of the test's own to read what is stored.
+ */
+export async function twoInstances(
+  t: { teardown(fn: () => unknown): void },
+  env: Record<string, string | undefined>,
+  sheet: string,
+): Promise<{ apiKey: string; servers: Array<{ url: string }>; read: <Row>(sql: string, params: unknown[]) => Promise<Row[]> }> {
+  if ((await admin(env, 'sheet', 'create', '--id', sheet)).code !== 0) throw new Error(`could not create sheet ${sheet}`)
+  const apiKey = ((await admin(env, 'key', 'create', '--sheet', sheet)).result as { key: string }).key
+  const servers = await Promise.all([startServer(env), startServer(env)])
+  for (const server of servers) t.teardown(() => server.child.kill('SIGKILL'))
+  const db = new pg.Client({ connectionString: env.DATABASE_URL })
+  await db.connect()
+  t.teardown(() => db.end())
+  return { apiKey, servers, read: async (sql, params) => (await db.query(sql, params)).rows }
 }

@@ -2,13 +2,12 @@
 // deliveries arrive: on PostgreSQL two server processes take them (several statements in flight on
 // each, and moves of one conversion sent to both at once); on PGlite the app in the test process. The follower must
 // end with every stored conversion and every applied move, each once, a conversion's `stored` first.
-import pg from 'pg'
 import t from 'tap'
 import { createClient, followChanges, type Change } from '../../client/src/index.ts'
 import { createApiKey } from '../../src/api-keys.ts'
 import { createSheet } from '../../src/sheets.ts'
-import { admin, listen, onPostgres, testApp, uniqueId } from '../helpers.ts'
-import { startServer } from '../processes.ts'
+import { listen, onPostgres, testApp, uniqueId } from '../helpers.ts'
+import { twoInstances } from '../processes.ts'
 
 // Deliveries per loop, not a duration, so that a loaded machine still makes moves race: 12 loops at
 // once (on PostgreSQL each instance several statements in flight); the embedded store writes one
@@ -24,15 +23,7 @@ t.test(`the feed misses nothing and repeats nothing while ${onPostgres ? 'two in
   let read: <Row>(sql: string, params: unknown[]) => Promise<Row[]>
   if (onPostgres) {
     const env = { DATABASE_URL: process.env.DATABASE_URL, RECEIVER_RATE_LIMIT: '10000000', RECEIVER_FLOOD_LIMIT: '10000000', MANAGEMENT_RATE_LIMIT: '10000000' }
-    t.equal((await admin(env, 'sheet', 'create', '--id', sheet)).code, 0)
-    apiKey = ((await admin(env, 'key', 'create', '--sheet', sheet)).result as { key: string }).key
-    const started = await Promise.all([startServer(env), startServer(env)])
-    for (const server of started) t.teardown(() => server.child.kill('SIGKILL'))
-    servers = started
-    const db = new pg.Client({ connectionString: process.env.DATABASE_URL })
-    await db.connect()
-    t.teardown(() => db.end())
-    read = async (sql, params) => (await db.query(sql, params)).rows
+    ;({ apiKey, servers, read } = await twoInstances(t, env, sheet))
   } else {
     // The embedded store is one process's: the app in this one.
     const app = await testApp(t, { RECEIVER_RATE_LIMIT: '10000000', RECEIVER_FLOOD_LIMIT: '10000000', MANAGEMENT_RATE_LIMIT: '10000000' })

@@ -7,8 +7,8 @@ import pg from 'pg'
 import t from 'tap'
 import { createSheet } from '../../src/sheets.ts'
 import { foldAll } from '../../src/rollups.ts'
-import { admin, listen, onPostgres, testApp, uniqueId } from '../helpers.ts'
-import { startServer } from '../processes.ts'
+import { listen, onPostgres, testApp, uniqueId } from '../helpers.ts'
+import { twoInstances } from '../processes.ts'
 import { loadConfig } from '../../src/config.ts'
 import { openDatabase, type PrismaClient } from '../../src/database.ts'
 import { createApiKey } from '../../src/api-keys.ts'
@@ -26,21 +26,13 @@ t.test(`folds racing ${onPostgres ? 'two instances' : 'an instance'} taking deli
   let prisma: PrismaClient
   if (onPostgres) {
     const env = { DATABASE_URL: process.env.DATABASE_URL, ...FAST }
-    t.equal((await admin(env, 'sheet', 'create', '--id', sheet)).code, 0)
-    apiKey = ((await admin(env, 'key', 'create', '--sheet', sheet)).result as { key: string }).key
+    ;({ apiKey, servers, read } = await twoInstances(t, env, sheet))
     // A conversion written by a transaction that stays open while the others commit and fold.
     held = new pg.Client({ connectionString: process.env.DATABASE_URL })
     await held.connect()
     t.teardown(() => held?.end())
     await held.query('BEGIN')
     await held.query(`INSERT INTO conversions (sheet_id, transaction_id, payout, currency, campaign_id) VALUES ($1, 'held', 4.5, 'USD', 'c0')`, [sheet])
-    const started = await Promise.all([startServer(env), startServer(env)])
-    for (const server of started) t.teardown(() => server.child.kill('SIGKILL'))
-    servers = started
-    const db = new pg.Client({ connectionString: process.env.DATABASE_URL })
-    await db.connect()
-    t.teardown(() => db.end())
-    read = async (sql, params) => (await db.query(sql, params)).rows
     const store = await openDatabase(loadConfig({ DATABASE_URL: process.env.DATABASE_URL }))
     t.teardown(() => store.close())
     prisma = store.prisma
