@@ -107,13 +107,25 @@ export async function twoInstances(
   t: { teardown(fn: () => unknown): void },
   env: Record<string, string | undefined>,
   sheet: string,
-): Promise<{ apiKey: string; servers: Array<{ url: string }>; read: <Row>(sql: string, params: unknown[]) => Promise<Row[]> }> {
+): Promise<{
+  apiKey: string
+  servers: Array<{ url: string }>
+  read: <Row>(sql: string, params: unknown[]) => Promise<Row[]>
+  /** The servers' log lines at warn or above so far, for a failing assertion's diagnostics. */
+  warnings: () => string[]
+}> {
   if ((await admin(env, 'sheet', 'create', '--id', sheet)).code !== 0) throw new Error(`could not create sheet ${sheet}`)
   const apiKey = ((await admin(env, 'key', 'create', '--sheet', sheet)).result as { key: string }).key
   const servers = await Promise.all([startServer(env), startServer(env)])
   for (const server of servers) t.teardown(() => server.child.kill('SIGKILL'))
+  const warnings: string[] = []
+  for (const server of servers) {
+    server.child.stdout!.on('data', (chunk: Buffer) => {
+      for (const line of chunk.toString().split('\n')) if (/"level":(40|50|60)/.test(line)) warnings.push(line)
+    })
+  }
   const db = new pg.Client({ connectionString: env.DATABASE_URL })
   await db.connect()
   t.teardown(() => db.end())
-  return { apiKey, servers, read: async (sql, params) => (await db.query(sql, params)).rows }
+  return { apiKey, servers, read: async (sql, params) => (await db.query(sql, params)).rows, warnings: () => [...warnings] }
 }

@@ -23,10 +23,11 @@ t.test(`folds racing ${onPostgres ? 'two instances' : 'an instance'} taking deli
   let read: <Row>(sql: string, params: unknown[]) => Promise<Row[]>
   let apiKey: string
   let held: pg.Client | undefined
+  let warnings = (): string[] => []
   let prisma: PrismaClient
   if (onPostgres) {
     const env = { DATABASE_URL: process.env.DATABASE_URL, ...FAST }
-    ;({ apiKey, servers, read } = await twoInstances(t, env, sheet))
+    ;({ apiKey, servers, read, warnings } = await twoInstances(t, env, sheet))
     // A conversion written by a transaction that stays open while the others commit and fold.
     held = new pg.Client({ connectionString: process.env.DATABASE_URL })
     await held.connect()
@@ -45,11 +46,18 @@ t.test(`folds racing ${onPostgres ? 'two instances' : 'an instance'} taking deli
     prisma = app.prisma
   }
 
-  const deliver = (url: string, query: Record<string, string>) =>
-    fetch(`${url}/meta/postback/conversion?${new URLSearchParams({ sheet_id: sheet, ...query })}`).then(async (response) => {
+  // A 503 (storage busy: on a loaded CI machine a connection or a statement can time out) is retried
+  // as a network retries it; what the servers logged about it is shown below.
+  let unavailable = 0
+  const deliver = async (url: string, query: Record<string, string>): Promise<number> => {
+    for (let attempt = 0; ; attempt++) {
+      const response = await fetch(`${url}/meta/postback/conversion?${new URLSearchParams({ sheet_id: sheet, ...query })}`)
       await response.arrayBuffer()
-      return response.status
-    })
+      if (response.status !== 503 || attempt === 5) return response.status
+      unavailable++
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+  }
   const stored: string[] = []
   let sequence = 0
   const statuses: number[] = []
@@ -73,7 +81,8 @@ t.test(`folds racing ${onPostgres ? 'two instances' : 'an instance'} taking deli
       }
     }),
   )
-  t.same([...new Set(statuses)], [200], `every delivery answered 200 (${statuses.length})`)
+  if (unavailable > 0) t.comment(`${unavailable} deliveries answered 503 and retried; the servers logged:\n${warnings().join('\n')}`)
+  t.same([...new Set(statuses)], [200], `every delivery answered 200 (${statuses.length})`, { warnings: warnings() })
   await release
 
   const fromRows = async () =>
