@@ -5,12 +5,12 @@
 // an insert of the new keys, then the lifecycle moves of the keys already stored. Running a file twice
 // changes nothing the second time. The file is streamed: memory does not grow with its size.
 import type { Readable } from 'node:stream'
-import { parse } from 'csv-parse'
 import { keyOf } from './conversion-batch.ts'
 import { parseTime } from './conversions.ts'
 import type { Database, SqlSession } from './database.ts'
 import { parseDelivery } from './delivery.ts'
-import { AppError, InputError, NotFoundError } from './errors.ts'
+import { InputError, NotFoundError } from './errors.ts'
+import { readFileLines } from './file-lines.ts'
 import { allowedMoveSql } from './lifecycle.ts'
 import type { Delivery } from './schemas/receiver.ts'
 
@@ -43,13 +43,6 @@ export interface ImportOptions {
   chunkSize?: number
 }
 
-export class ImportFileError extends AppError {
-  override name = 'ImportFileError'
-  constructor(message: string) {
-    super(400, 'invalid_file', message)
-  }
-}
-
 interface Row {
   delivery: Delivery
   receivedAt: Date | null
@@ -59,10 +52,11 @@ interface Row {
 // one (UTC), as tracker exports write them.
 const TIME = /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/
 
-function parseReceivedAt(value: string): Date {
-  if (!TIME.test(value)) throw new InputError('invalid_parameter', 'received_at', `received_at ${JSON.stringify(value)} is not an ISO 8601 time`)
+/** A time column of a file (`received_at`, `date`): a date alone is midnight UTC. */
+export function parseFileTime(column: string, value: string): Date {
+  if (!TIME.test(value)) throw new InputError('invalid_parameter', column, `${column} ${JSON.stringify(value)} is not an ISO 8601 time`)
   const iso = value.length > 10 && !/(Z|[+-]\d{2}:?\d{2})$/.test(value) ? `${value.replace(' ', 'T')}Z` : value.replace(' ', 'T')
-  return parseTime('received_at', iso)
+  return parseTime(column, iso)
 }
 
 export async function importCsv(db: Database, { sheetId, input, onRejected, onProgress, chunkSize = 5000 }: ImportOptions): Promise<ImportResult> {
@@ -72,12 +66,7 @@ export async function importCsv(db: Database, { sheetId, input, onRejected, onPr
     if (!sheet.active) throw new NotFoundError('unknown_sheet', `sheet ${sheetId} is disabled`, 'sheet')
 
     const counts: ImportCounts = { lines: 0, imported: 0, updated: 0, duplicate: 0, rejected: 0 }
-    const parser = parse({ bom: true, relax_column_count: true, skip_empty_lines: true, info: true })
-    // A read error of the file ends the parse with it (pipe alone would leave the parser waiting).
-    input.on('error', (error) => parser.destroy(error))
-    input.pipe(parser)
-    let header: Array<Column | null> | undefined
-    let ignored: string[] = []
+    const { lines, ignored } = readFileLines(input, { columns: IMPORT_COLUMNS, required: 'transaction_id' })
     let chunk: Row[] = []
     // One chunk is written while the next is read and checked (the two share this machine's cores
     // rather than taking turns); chunks are written one at a time, in file order.
@@ -97,55 +86,34 @@ export async function importCsv(db: Database, { sheetId, input, onRejected, onPr
       writing.catch(() => {})
     }
     try {
-      for await (const { record, info } of parser as AsyncIterable<{ record: string[]; info: { lines: number } }>) {
-        if (!header) {
-          const names = record.map((name) => name.trim().toLowerCase())
-          header = names.map((name) => ((IMPORT_COLUMNS as readonly string[]).includes(name) ? (name as Column) : null))
-          ignored = names.filter((name, index) => header![index] === null && name !== '')
-          if (!names.includes('transaction_id')) throw new ImportFileError(`the header has no transaction_id column (it has: ${names.join(', ')})`)
-          const repeated = names.find((name, index) => header![index] !== null && names.indexOf(name) !== index)
-          if (repeated) throw new ImportFileError(`the header names ${repeated} twice`)
-          continue
-        }
+      for await (const { line, values, error } of lines) {
         counts.lines++
         try {
-          if (record.length !== header.length) {
-            throw new InputError('invalid_line', 'line', `the line has ${record.length} fields, the header ${header.length}`)
-          }
-          chunk.push(toRow(sheetId, header, record))
+          if (error) throw error
+          chunk.push(toRow(sheetId, values))
           if (chunk.length >= chunkSize) await flush()
         } catch (error) {
           if (!(error instanceof InputError)) throw error
           counts.rejected++
-          onRejected(info.lines, error)
+          onRejected(line, error)
         }
       }
     } catch (error) {
-      // The session stays in use until the chunk being written has settled.
+      // The session stays in use until the chunk being written has settled; what came before a
+      // file error stays imported.
       await writing.catch(() => {})
-      // A file csv-parse cannot read further (an unclosed quote): what came before it stays imported.
-      const code = (error as { code?: string }).code
-      if (typeof code === 'string' && code.startsWith('CSV_')) throw new ImportFileError(`the file is not valid CSV: ${(error as Error).message}`)
       throw error
     }
-    if (!header) throw new ImportFileError('the file is empty: it needs a header line naming its columns')
     await flush()
     await writing
-    return { sheet_id: sheetId, ...counts, ignored_columns: ignored }
+    return { sheet_id: sheetId, ...counts, ignored_columns: [...ignored] }
   })
 }
 
-function toRow(sheetId: string, header: Array<Column | null>, record: string[]): Row {
-  const query: Record<string, string> = { sheet_id: sheetId }
-  let receivedAt: Date | null = null
-  header.forEach((column, index) => {
-    const value = record[index]!.trim()
-    if (column === null || value === '') return
-    if (column === 'received_at') receivedAt = parseReceivedAt(value)
-    else query[column] = value
-  })
+function toRow(sheetId: string, values: Partial<Record<Column, string>>): Row {
+  const { received_at: time, ...fields } = values
   // An empty transaction_id is refused as the receiver refuses a missing one.
-  return { delivery: parseDelivery(query), receivedAt }
+  return { delivery: parseDelivery({ sheet_id: sheetId, ...fields }), receivedAt: time === undefined ? null : parseFileTime('received_at', time) }
 }
 
 // One upsert per layer (and per kind of line, below), as the receiver's batch statement does it
