@@ -9,7 +9,9 @@ import { ConfigError, loadConfig, type Config } from './config.ts'
 import { DataDirLockedError } from './data-dir-lock.ts'
 import { openDatabase, type Database } from './database.ts'
 import { ImportFileError } from './file-lines.ts'
-import { importCsv, type ImportCounts } from './import.ts'
+import { importCsv, parseFileTime, type ImportCounts } from './import.ts'
+import { reconcile } from './reconcile.ts'
+import { reconcileSummary, writeDifferences } from './reconcile-output.ts'
 import { foldAll } from './rollups.ts'
 import { migrate, MigrationError, pendingMigrations } from './migrations.ts'
 import { AppError } from './errors.ts'
@@ -30,6 +32,10 @@ const USAGE = `usage: postback-admin <command>
   import --sheet ID [--no-fold] FILE.csv
                                       conversions from a CSV export (header names the columns; - reads stdin), then
                                       folded into the summary rollups, unless --no-fold (a running service folds them)
+  reconcile --sheet ID [--from T] [--to T] [--out FILE.csv] [--approved-status W,..] [--pending-status W,..]
+            [--rejected-status W,..] EXPORT.csv|EXPORT.jsonl
+                                      which conversions differ from a network's export, and why: a summary, the JSON
+                                      report as the last line, and with --out every difference as CSV
   migrate
 Settings come from the environment (DATABASE_URL, or DATA_DIR for the embedded store).`
 
@@ -130,6 +136,51 @@ const commands: Record<string, Command> = {
       } finally {
         progress?.done()
         // A file read only in part (a header it refused) is closed here, not by the garbage collector.
+        if (file !== '-') input.destroy()
+      }
+    }
+  },
+  reconcile: (args, io) => {
+    const { values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      options: {
+        sheet: { type: 'string' },
+        from: { type: 'string' },
+        to: { type: 'string' },
+        out: { type: 'string' },
+        format: { type: 'string' },
+        'approved-status': { type: 'string' },
+        'pending-status': { type: 'string' },
+        'rejected-status': { type: 'string' },
+      },
+    })
+    const [file, ...extra] = positionals
+    if (!values.sheet || !file || extra.length) throw new UsageError('reconcile needs --sheet ID and one export file (- for stdin)')
+    const format = values.format ?? (/\.(jsonl|ndjson)$/i.test(file) ? 'jsonl' : 'csv')
+    if (format !== 'csv' && format !== 'jsonl') throw new UsageError('--format is csv or jsonl')
+    const from = values.from === undefined ? undefined : parseFileTime('from', values.from)
+    const to = values.to === undefined ? undefined : parseFileTime('to', values.to)
+    const mapping = Object.fromEntries(
+      (['approved', 'pending', 'rejected'] as const).flatMap((status) => {
+        const words = values[`${status}-status`]
+        return words === undefined ? [] : [[`${status}_status`, words]]
+      }),
+    )
+    const sheetId = values.sheet
+    return async (db) => {
+      const input = file === '-' ? (io.stdin ?? process.stdin) : await openFile(file)
+      try {
+        return await reconcile(
+          db,
+          { sheetId, input, format, from, to, mapping, onRejected: (line, error) => io.stderr.write(`line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`) },
+          async (report, differences) => {
+            if (values.out) await writeDifferences(values.out, differences)
+            io.stdout.write(reconcileSummary(report, values.out))
+            return report
+          },
+        )
+      } finally {
         if (file !== '-') input.destroy()
       }
     }

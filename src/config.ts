@@ -60,6 +60,7 @@ export const ConfigSchema = Type.Object({
       description: 'Comma-separated addresses or CIDRs of trusted proxies (load balancers) whose X-Forwarded-For is believed',
     }),
   ),
+  RECONCILE_BODY_MAX_BYTES: Count(256 * 1024 * 1024, 1024, 16 * 1024 * 1024 * 1024, 'Largest network export a reconcile request takes (bytes)'),
   REJECTION_LOG_MAX_PER_SHEET: Count(1000, 1, 1_000_000, 'Rejected deliveries kept per sheet'),
   SHEET_SECURITY_TTL_MS: Count(5000, 0, 600_000, "How long an instance keeps a sheet's secret and allow-list before reading them again (ms)"),
 })

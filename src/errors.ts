@@ -19,6 +19,8 @@ export type ErrorCode =
   | 'not_configured'
   | 'not_found'
   | 'bad_request'
+  | 'body_too_large'
+  | 'unsupported_media_type'
   | 'rate_limited'
   | 'storage_unavailable'
   | 'overloaded'

@@ -3,10 +3,11 @@
 // `npm run openapi`), so a call the API does not have fails to type-check; and followChanges, which
 // follows the change feed.
 //
-//   import { createClient, followChanges } from '@postback-store/client'
+//   import { createClient, followChanges, reconcile } from '@postback-store/client'
 //   const postbacks = createClient({ baseUrl: 'https://postback.internal', apiKey: process.env.POSTBACK_API_KEY })
 //   const { data, error } = await postbacks.GET('/api/v1/postback/conversions', { params: { query: { sheet_id: 'acme', limit: 100 } } })
 //   for await (const change of followChanges(postbacks, { after: savedPosition })) { save(change.conversion, change.position) }
+//   const { data: report } = await reconcile(postbacks, 'acme', networkExportCsv)  // which conversions differ, and why
 import createFetchClient, { type Client } from 'openapi-fetch'
 import type { components, operations, paths } from './schema.js'
 
@@ -136,5 +137,28 @@ function delay(ms: number, signal?: AbortSignal): Promise<void> {
     }
     const timer = setTimeout(done, ms)
     signal?.addEventListener('abort', done, { once: true })
+  })
+}
+
+export type ReconcileResult = components['schemas']['ReconcileResult']
+export type ReconcileDifference = components['schemas']['ReconcileDifference']
+
+export interface ReconcileOptions {
+  /** `csv` (a header row naming the columns, the default) or `jsonl` (one JSON object per line). */
+  format?: 'csv' | 'jsonl'
+  /** Window, status-word mapping and the most differences listed, as the API takes them. */
+  query?: operations['reconcile']['parameters']['query']
+}
+
+/**
+ * Reconciles a sheet with a network's export (the file's text): the totals of both sides, the
+ * differing conversions and, for each one missing here, the rejected deliveries that carried it.
+ */
+export async function reconcile(client: PostbackClient, sheetId: string, exportText: string, options: ReconcileOptions = {}) {
+  return client.POST('/api/v1/postback/sheets/{sheet_id}/reconcile', {
+    params: { path: { sheet_id: sheetId }, query: options.query },
+    body: exportText,
+    bodySerializer: (body: string) => body,
+    headers: { 'content-type': options.format === 'jsonl' ? 'application/x-ndjson' : 'text/csv' },
   })
 }

@@ -181,6 +181,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/postback/sheets/{sheet_id}/reconcile": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reconcile a sheet with a network's export
+         * @description Which conversions differ between the sheet and a network's export, and why. The body is the export: CSV with a header (`text/csv`) or JSON lines (`application/x-ndjson`), columns by name: `transaction_id` required; `event`, `payout`, `currency`, `status` (network words map as on the receiver), `received_at` or `date` optional. The answer has the totals of both sides per status and currency, the differences by kind, and each differing conversion once; for one missing here, the rejected deliveries whose query carried its transaction_id, or none when no delivery was received. The answer is streamed; a body larger than RECONCILE_BODY_MAX_BYTES is refused with 413.
+         */
+        post: operations["reconcile"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/postback/admin/sheets": {
         parameters: {
             query?: never;
@@ -600,6 +620,176 @@ export interface components {
             revoked_at: string | null;
             /** @description The key: shown once, not stored */
             key: string;
+        };
+        /** @description A conversion that differs between the sheet and the export */
+        ReconcileDifference: {
+            /** @enum {string} */
+            kind: "missing_here" | "missing_there" | "status_differs" | "currency_differs" | "payout_differs";
+            transaction_id: string;
+            /** @description null for the base conversion */
+            event: string | null;
+            /** @description Every field that differs (a conversion is listed once, under the first) */
+            fields: ("status" | "currency" | "payout")[];
+            /** @description The stored conversion; null when missing here */
+            here: {
+                conversion_id: string;
+                /** @enum {string} */
+                status: "approved" | "pending" | "rejected";
+                payout: string | null;
+                currency: string;
+                /** Format: date-time */
+                received_at: string;
+            } | null;
+            /** @description The export's line; null when missing there */
+            there: {
+                /** @description The export's line (for CSV, 1 is the header) */
+                line: number;
+                /** @enum {string|null} */
+                status: "approved" | "pending" | "rejected" | null;
+                /** @description The status word as the export wrote it */
+                network_status: string | null;
+                payout: string | null;
+                currency: string;
+            } | null;
+            /** @description For missing_here: the rejected deliveries whose query carried this transaction_id (empty: none was received); null for the other kinds */
+            evidence: {
+                rejection_id: string;
+                /** @description The error code the receiver answered */
+                reason: string;
+                /** @description The parameter it named */
+                parameter: string | null;
+                /** Format: date-time */
+                received_at: string;
+            }[] | null;
+            explanation: string;
+        };
+        /** @description A sheet reconciled with a network export */
+        ReconcileReport: {
+            sheet_id: string;
+            window: {
+                /** Format: date-time */
+                from: string | null;
+                /** Format: date-time */
+                to: string | null;
+                /**
+                 * @description Where the window came from
+                 * @enum {string}
+                 */
+                source: "parameters" | "received_at" | "date" | "all_time";
+            };
+            lines: {
+                /** @description Data lines read */
+                read: number;
+                /** @description Lines skipped for a bad value */
+                rejected: number;
+                /** @description Lines whose key a later line repeats (the last one counts) */
+                repeated: number;
+            };
+            /** @description The first 100 lines skipped, with why */
+            rejected_lines: {
+                line: number;
+                error: string;
+                parameter: string | null;
+                message: string;
+            }[];
+            /** @description Both sides per status and currency */
+            totals: {
+                /** @enum {string} */
+                status: "approved" | "pending" | "rejected";
+                currency: string;
+                /** @description Stored conversions in scope */
+                here_conversions: number;
+                /** @description Their payouts (exact decimal) */
+                here_revenue: string;
+                /** @description Conversions in the network's export */
+                there_conversions: number;
+                /** @description Their payouts (exact decimal) */
+                there_revenue: string;
+            }[];
+            /** @description Conversions that differ, by kind */
+            counts: {
+                missing_here: number;
+                missing_there: number;
+                status_differs: number;
+                currency_differs: number;
+                payout_differs: number;
+            };
+            missing_here_evidence: {
+                /** @description Conversions missing here of which no rejected delivery was received */
+                no_delivery_received: number;
+                /** @description Conversions missing here by the reason their deliveries were rejected */
+                rejected: {
+                    reason: string;
+                    parameter: string | null;
+                    conversions: number;
+                }[];
+            };
+        };
+        /** @description A sheet reconciled with a network export, with the differing conversions */
+        ReconcileResult: {
+            sheet_id: string;
+            window: {
+                /** Format: date-time */
+                from: string | null;
+                /** Format: date-time */
+                to: string | null;
+                /**
+                 * @description Where the window came from
+                 * @enum {string}
+                 */
+                source: "parameters" | "received_at" | "date" | "all_time";
+            };
+            lines: {
+                /** @description Data lines read */
+                read: number;
+                /** @description Lines skipped for a bad value */
+                rejected: number;
+                /** @description Lines whose key a later line repeats (the last one counts) */
+                repeated: number;
+            };
+            /** @description The first 100 lines skipped, with why */
+            rejected_lines: {
+                line: number;
+                error: string;
+                parameter: string | null;
+                message: string;
+            }[];
+            /** @description Both sides per status and currency */
+            totals: {
+                /** @enum {string} */
+                status: "approved" | "pending" | "rejected";
+                currency: string;
+                /** @description Stored conversions in scope */
+                here_conversions: number;
+                /** @description Their payouts (exact decimal) */
+                here_revenue: string;
+                /** @description Conversions in the network's export */
+                there_conversions: number;
+                /** @description Their payouts (exact decimal) */
+                there_revenue: string;
+            }[];
+            /** @description Conversions that differ, by kind */
+            counts: {
+                missing_here: number;
+                missing_there: number;
+                status_differs: number;
+                currency_differs: number;
+                payout_differs: number;
+            };
+            missing_here_evidence: {
+                /** @description Conversions missing here of which no rejected delivery was received */
+                no_delivery_received: number;
+                /** @description Conversions missing here by the reason their deliveries were rejected */
+                rejected: {
+                    reason: string;
+                    parameter: string | null;
+                    conversions: number;
+                }[];
+            };
+            /** @description The differing conversions: missing here, missing there, then those that differ, at most `limit` */
+            differences: components["schemas"]["ReconcileDifference"][];
+            /** @description Whether more differences were found than listed */
+            truncated: boolean;
         };
     };
     responses: never;
@@ -1378,6 +1568,120 @@ export interface operations {
             };
             /** @description The error body of every non-2xx answer */
             500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reconcile: {
+        parameters: {
+            query?: {
+                /** @description Window start (ISO 8601): stored conversions received at or after it. Default: the export's `received_at` or `date` range, else all time */
+                from?: string;
+                /** @description Window end (ISO 8601), exclusive */
+                to?: string;
+                /** @description The network's words for approved (comma-separated), as on the receiver URL */
+                approved_status?: string;
+                /** @description The network's words for pending */
+                pending_status?: string;
+                /** @description The network's words for rejected */
+                rejected_status?: string;
+                /** @description Most differences listed (all are counted in `differences`) */
+                limit?: number;
+            };
+            header?: never;
+            path: {
+                /** @description The sheet */
+                sheet_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "text/csv": string;
+                "application/x-ndjson": string;
+                "application/jsonl": string;
+            };
+        };
+        responses: {
+            /** @description A sheet reconciled with a network export, with the differing conversions */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ReconcileResult"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The error body of every non-2xx answer */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };

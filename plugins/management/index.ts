@@ -7,6 +7,7 @@ import { clientKey } from '../rate-limit.ts'
 import adminRoutes from './admin.ts'
 import conversionRoutes from './conversions.ts'
 import diagnosticRoutes from './diagnostics.ts'
+import reconcileRoutes from './reconcile.ts'
 
 /** PostgreSQL text cannot hold a NUL character: refuse one in any parameter, naming it, before any query. */
 function refuseNul(request: FastifyRequest): void {
@@ -29,5 +30,6 @@ export default async function management(app: FastifyInstance) {
   app.addHook('preValidation', async (request) => refuseNul(request))
   await app.register(conversionRoutes)
   await app.register(diagnosticRoutes)
+  await app.register(reconcileRoutes)
   await app.register(adminRoutes, { prefix: '/admin' })
 }

@@ -13,6 +13,11 @@ export function StringEnum<const T extends readonly string[]>(values: T, options
   return Type.Unsafe<T[number]>({ type: 'string', enum: [...values], ...options })
 }
 
+// A value or null, as a type list (`type: ['string', 'null']`, OpenAPI 3.1) rather than `anyOf`: the
+// response serializer picks an `anyOf` branch by validating the value against each, which for a
+// summary of 16,000 rows (three such ids a row) cost more than writing the JSON.
+export const Nullable = <T extends TSchema & { type: string }>(schema: T) => Type.Unsafe<Static<T> | null>({ ...schema, type: [schema.type, 'null'] })
+
 export const ErrorBody = Type.Object(
   {
     error: Type.String({ description: 'Machine-readable error code, e.g. `missing_parameter`' }),

@@ -2,5 +2,6 @@
 // document names them as components.
 import { ErrorBody } from './common.ts'
 import { managementSchemas } from './management.ts'
+import { reconcileSchemas } from './reconcile.ts'
 
-export const sharedSchemas = [ErrorBody, ...managementSchemas]
+export const sharedSchemas = [ErrorBody, ...managementSchemas, ...reconcileSchemas]

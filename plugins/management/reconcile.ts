@@ -1,0 +1,103 @@
+// POST /sheets/{sheet_id}/reconcile: a network's export (CSV or JSON lines, streamed in) against the
+// sheet's stored conversions; the answer is the report and the differing conversions, streamed out.
+import { Readable } from 'node:stream'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
+import { sheetScope } from '../../src/api-keys.ts'
+import { AppError } from '../../src/errors.ts'
+import type { FileFormat } from '../../src/file-lines.ts'
+import { reconcile } from '../../src/reconcile.ts'
+import { ErrorRef, ref } from '../../src/schemas/common.ts'
+import { managementRoute, SheetParams } from '../../src/schemas/management.ts'
+import { ReconcileQuery, ReconcileResult, type Difference, type ReconcileReport } from '../../src/schemas/reconcile.ts'
+import { parseTime } from '../../src/conversions.ts'
+import { principalOf } from '../auth.ts'
+
+const FORMATS: Record<string, FileFormat> = { 'text/csv': 'csv', 'application/x-ndjson': 'jsonl', 'application/jsonl': 'jsonl' }
+const DEFAULT_LIMIT = 10_000
+
+const reconcileSchema = managementRoute({
+  tag: 'diagnostics',
+  summary: "Reconcile a sheet with a network's export",
+  description:
+    "Which conversions differ between the sheet and a network's export, and why. The body is the export: CSV with a header " +
+    '(`text/csv`) or JSON lines (`application/x-ndjson`), columns by name: `transaction_id` required; `event`, `payout`, ' +
+    '`currency`, `status` (network words map as on the receiver), `received_at` or `date` optional. The answer has the totals ' +
+    'of both sides per status and currency, the differences by kind, and each differing conversion once; for one missing ' +
+    'here, the rejected deliveries whose query carried its transaction_id, or none when no delivery was received. ' +
+    'The answer is streamed; a body larger than RECONCILE_BODY_MAX_BYTES is refused with 413.',
+  operationId: 'reconcile',
+  params: SheetParams,
+  querystring: ReconcileQuery,
+  body: {
+    content: Object.fromEntries(Object.keys(FORMATS).map((type) => [type, { schema: { type: 'string', description: 'The export' } }])),
+  },
+  response: { 200: ref(ReconcileResult), 404: ErrorRef, 413: ErrorRef, 415: ErrorRef },
+})
+
+/** The stream's chunks, failing once more than `max` bytes passed; pulled by the reader, so the failure reaches it. */
+async function* limitBytes(input: Readable, max: number): AsyncGenerator<Buffer> {
+  let seen = 0
+  for await (const chunk of input as AsyncIterable<Buffer>) {
+    seen += chunk.length
+    if (seen > max) {
+      throw new AppError(413, 'body_too_large', `the export is larger than RECONCILE_BODY_MAX_BYTES (${max} bytes); reconcile it in parts (from/to) or with postback-admin reconcile`)
+    }
+    yield chunk
+  }
+}
+
+export default async function reconcileRoutes(fastify: FastifyInstance) {
+  const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
+  // The export is read by the handler as it arrives, not buffered: the parser keeps the stream aside
+  // and leaves an empty body for the schema (which only documents the content types).
+  const uploads = new WeakMap<FastifyRequest, Readable>()
+  app.addContentTypeParser(Object.keys(FORMATS), (request, payload, done) => {
+    uploads.set(request, payload)
+    done(null, '')
+  })
+
+  app.post('/sheets/:sheet_id/reconcile', { schema: reconcileSchema }, async (request, reply) => {
+    const sheetId = request.params.sheet_id
+    sheetScope(principalOf(request), sheetId)
+    const upload = uploads.get(request)
+    if (!upload) throw new AppError(415, 'unsupported_media_type', `send the export as ${Object.keys(FORMATS).join(' or ')}`)
+    const { from, to, limit = DEFAULT_LIMIT, ...mapping } = request.query
+    // The rejection log as of now: the receiver's buffered entries are evidence too.
+    await app.deliveryLog.flush()
+    const input = Readable.from(limitBytes(upload, app.config.RECONCILE_BODY_MAX_BYTES), { objectMode: false })
+    const format = FORMATS[request.headers['content-type']!.split(';')[0]!.trim().toLowerCase()]!
+    return reconcile(
+      app.db,
+      { sheetId, input, format, from: from ? parseTime('from', from) : undefined, to: to ? parseTime('to', to) : undefined, mapping },
+      async (report, differences) => {
+        // Written as it is read: the report, then the differences one by one, then `truncated`.
+        const body = Readable.from(streamResult(report, differences, limit))
+        reply.type('application/json; charset=utf-8')
+        // A stream is sent as it is, not through the response schema (which documents it).
+        await reply.send(body as never)
+        // The staged tables are dropped when the whole answer has been read.
+        await new Promise<void>((resolve) => {
+          body.on('close', resolve)
+        })
+        return reply
+      },
+    )
+  })
+}
+
+async function * streamResult(report: ReconcileReport, differences: AsyncIterable<Difference>, limit: number): AsyncGenerator<string> {
+  const head = JSON.stringify(report)
+  yield `${head.slice(0, -1)},"differences":[`
+  let listed = 0
+  let truncated = false
+  for await (const difference of differences) {
+    if (listed === limit) {
+      truncated = true
+      break
+    }
+    yield `${listed === 0 ? '' : ','}${JSON.stringify(difference)}`
+    listed++
+  }
+  yield `],"truncated":${truncated}}`
+}

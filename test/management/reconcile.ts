@@ -1,0 +1,226 @@
+// Reconciliation against a network's export (POST /sheets/{id}/reconcile, postback-admin reconcile):
+// every kind of difference, status words mapped, the rejection evidence found by transaction id
+// (also in a repeated or malformed query), exact totals on both sides, the window and its scope.
+import { readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Readable } from 'node:stream'
+import { parse } from 'csv-parse/sync'
+import t from 'tap'
+import { createClient, reconcile } from '../../client/src/index.ts'
+import { importCsv } from '../../src/import.ts'
+import type { ReconcileResult } from '../../src/schemas/reconcile.ts'
+import { adminOn, listen, newKeyHeader, newSheet, scratchDir, testApp } from '../helpers.ts'
+
+const app = await testApp(t)
+const baseUrl = await listen(app)
+const dir = scratchDir(t, 'postback-reconcile-')
+
+async function importRows(sheet: string, csv: string): Promise<void> {
+  await importCsv(app.db, { sheetId: sheet, input: Readable.from([csv]), onRejected: (line, error) => t.fail(`import line ${line}: ${error.message}`) })
+}
+
+async function reconcileApi(sheet: string, body: string, options: { type?: string; query?: Record<string, string>; key?: { authorization: string } } = {}) {
+  const key = options.key ?? (await newKeyHeader(app, { sheetIds: [sheet] }))
+  const query = new URLSearchParams(options.query ?? {}).toString()
+  return app.inject({
+    method: 'POST',
+    url: `/api/v1/postback/sheets/${sheet}/reconcile${query ? `?${query}` : ''}`,
+    headers: { ...key, 'content-type': options.type ?? 'text/csv' },
+    payload: body,
+  })
+}
+
+// The sheet as stored: two conversions outside the export's week (old1 named by the export, old2 not).
+const STORED = `transaction_id,event,payout,currency,status,received_at
+a1,,10.00,USD,approved,2026-11-01T10:00:00Z
+a2,,5,USD,approved,2026-11-02T10:00:00Z
+a3,,3,USD,pending,2026-11-03T10:00:00Z
+a4,,4,EUR,approved,2026-11-04T10:00:00Z
+a5,,2,USD,approved,2026-11-05T10:00:00Z
+e1,deposit,20,USD,approved,2026-11-06T10:00:00Z
+old1,,1,USD,approved,2026-10-01T10:00:00Z
+old2,,1,USD,approved,2026-10-01T10:00:00Z
+`
+// The network's export: a1 and e1 agree, a2 pays more, a3 is approved there, a4 is in USD there,
+// m1..m5 never arrived here (m1..m3 were rejected by the receiver), one line has a bad payout.
+const EXPORT = `transaction_id,event,payout,currency,status,received_at,clicks
+a1,,10,USD,sale,2026-11-01 10:00:05,3
+a2,,7,USD,approved,2026-11-02 10:00:05,1
+a3,,3,USD,Sale,2026-11-03 10:00:05,1
+a4,,4,USD,approved,2026-11-04 10:00:05,1
+e1,deposit,20,USD,approved,2026-11-06 10:00:05,1
+old1,,1,USD,approved,2026-11-07 09:00:00,1
+m1,,6,USD,approved,2026-11-02 11:00:00,1
+m2,,6,USD,approved,2026-11-02 11:00:00,1
+m3,,6,USD,pending,2026-11-03 11:00:00,1
+m4,,6,USD,declined,2026-11-04 11:00:00,1
+m5,,6,USD,approved,2026-11-05 11:00:00,1
+bad,,abc,USD,approved,2026-11-05 11:00:00,1
+`
+
+async function sheetWithDeliveries(): Promise<{ sheet: string; other: string }> {
+  const sheet = await newSheet(app)
+  const other = await newSheet(app)
+  await importRows(sheet, STORED)
+  await importRows(other, 'transaction_id,payout\na5,2\nm4,6\n')
+  const send = async (query: string) => (await fetch(`${baseUrl}/meta/postback/conversion?${query}`)).status
+  t.same(
+    [
+      await send(`sheet_id=${sheet}&transaction_id=m1&payout=abc`),
+      await send(`sheet_id=${sheet}&transaction_id=m2&transaction_id=m2`),
+      // Malformed: the network's template encoded the '=' of transaction_id.
+      await send(`sheet_id=${sheet}&transaction_id%3Dm3&payout=1`),
+      // m5 is only a payout's value here: not a delivery of m5.
+      await send(`sheet_id=${sheet}&transaction_id=zz&payout=m5`),
+      // Another sheet's rejection and a test postback are not evidence.
+      await send(`sheet_id=${other}&transaction_id=m4&payout=abc`),
+      await send(`sheet_id=${sheet}&transaction_id=m4&payout=abc&test=1`),
+    ],
+    [400, 400, 400, 400, 400, 400],
+    'the receiver rejected the deliveries',
+  )
+  // The log is written in the background; the API route flushes it, the CLI (another process) reads the table.
+  await app.deliveryLog.flush()
+  return { sheet, other }
+}
+
+t.test('every kind of difference, exact totals, the evidence of each missing conversion', async (t) => {
+  const { sheet } = await sheetWithDeliveries()
+  const response = await reconcileApi(sheet, EXPORT)
+  t.equal(response.statusCode, 200, response.body)
+  const result = response.json<ReconcileResult>()
+  t.same(result.window, { from: '2026-11-01T10:00:05.000Z', to: '2026-11-07T09:00:00.001Z', source: 'received_at' }, "the window is the export's received_at range")
+  t.same(result.lines, { read: 12, rejected: 1, repeated: 0 })
+  t.same(result.rejected_lines, [{ line: 13, error: 'invalid_parameter', parameter: 'payout', message: result.rejected_lines[0]?.message }])
+  t.match(result.rejected_lines[0]?.message, /payout/)
+  t.same(result.counts, { missing_here: 5, missing_there: 1, status_differs: 1, currency_differs: 1, payout_differs: 1 })
+  // Here: the week's conversions (a2..a5, e1) and those the export names from outside it (a1, old1); not old2.
+  t.same(result.totals, [
+    { status: 'approved', currency: 'EUR', here_conversions: 1, here_revenue: '4.00', there_conversions: 0, there_revenue: '0.00' },
+    { status: 'approved', currency: 'USD', here_conversions: 5, here_revenue: '38.00', there_conversions: 9, there_revenue: '63.00' },
+    { status: 'pending', currency: 'USD', here_conversions: 1, here_revenue: '3.00', there_conversions: 1, there_revenue: '6.00' },
+    { status: 'rejected', currency: 'USD', here_conversions: 0, here_revenue: '0.00', there_conversions: 1, there_revenue: '6.00' },
+  ])
+  t.same(result.missing_here_evidence, {
+    no_delivery_received: 2,
+    rejected: [
+      { reason: 'invalid_parameter', parameter: 'payout', conversions: 1 },
+      { reason: 'missing_parameter', parameter: 'transaction_id', conversions: 1 },
+      { reason: 'repeated_parameter', parameter: 'transaction_id', conversions: 1 },
+    ],
+  })
+  const brief = result.differences.map((d) => [d.kind, d.transaction_id, d.event, d.fields.join(' '), d.here?.status ?? null, d.there?.status ?? null, d.here?.payout ?? null, d.there?.payout ?? null, d.here?.currency ?? null, d.there?.currency ?? null])
+  t.same(brief, [
+    ['missing_here', 'm1', null, '', null, 'approved', null, '6', null, 'USD'],
+    ['missing_here', 'm2', null, '', null, 'approved', null, '6', null, 'USD'],
+    ['missing_here', 'm3', null, '', null, 'pending', null, '6', null, 'USD'],
+    ['missing_here', 'm4', null, '', null, 'rejected', null, '6', null, 'USD'],
+    ['missing_here', 'm5', null, '', null, 'approved', null, '6', null, 'USD'],
+    ['missing_there', 'a5', null, '', 'approved', null, '2', null, 'USD', null],
+    ['status_differs', 'a3', null, 'status', 'pending', 'approved', '3', '3', 'USD', 'USD'],
+    ['currency_differs', 'a4', null, 'currency', 'approved', 'approved', '4', '4', 'EUR', 'USD'],
+    ['payout_differs', 'a2', null, 'payout', 'approved', 'approved', '5', '7', 'USD', 'USD'],
+  ])
+  t.equal(result.truncated, false)
+  const byId = new Map(result.differences.map((d) => [d.transaction_id, d]))
+  t.same(byId.get('m1')?.evidence?.map((e) => [e.reason, e.parameter]), [['invalid_parameter', 'payout']], 'm1: its delivery was rejected for its payout')
+  t.same(byId.get('m2')?.evidence?.map((e) => [e.reason, e.parameter]), [['repeated_parameter', 'transaction_id']], 'm2: found in a repeated transaction_id')
+  t.same(byId.get('m3')?.evidence?.map((e) => [e.reason, e.parameter]), [['missing_parameter', 'transaction_id']], 'm3: found in a malformed query')
+  t.same(byId.get('m4')?.evidence, [], "m4: no delivery (another sheet's and a test postback's do not count)")
+  t.same(byId.get('m5')?.evidence, [], 'm5: no delivery (a payout value is not a transaction id)')
+  t.match(byId.get('m4')?.explanation, /no delivery received/)
+  t.match(byId.get('m1')?.explanation, /rejected: invalid_parameter \(payout\)/)
+  t.equal(byId.get('a3')?.there?.network_status, 'Sale', 'the word as the export wrote it')
+  t.equal(byId.get('m1')?.there?.line, 8)
+  t.equal(byId.get('a5')?.evidence, null)
+})
+
+t.test('JSON lines, status words mapped by the URL parameters, a date column as the window, a limit', async (t) => {
+  const sheet = await newSheet(app)
+  await importRows(sheet, 'transaction_id,payout,status,received_at\nj1,1,pending,2026-11-10T23:59:00Z\nj2,2,approved,2026-11-11T00:00:00Z\nj3,3,approved,2026-11-12T12:00:00Z\nj4,4,approved,2026-11-09T23:59:00Z\n')
+  const lines = [
+    { transaction_id: 'j1', payout: 1, status: '1', date: '2026-11-10' },
+    { transaction_id: 'j2', payout: '2.00', status: '3', date: '2026-11-11' },
+    { transaction_id: 'j9', payout: 9, status: '2', date: '2026-11-11' },
+    { transaction_id: 'j1', payout: 1, status: '1', date: '2026-11-10', note: 'repeated: the last line of a key counts' },
+    'not json',
+  ]
+  const body = lines.map((line) => (typeof line === 'string' ? line : JSON.stringify(line))).join('\n')
+  const query = { approved_status: '1', pending_status: '2', rejected_status: '3' }
+  const result = (await reconcileApi(sheet, body, { type: 'application/x-ndjson', query })).json<ReconcileResult>()
+  t.same(result.window, { from: '2026-11-10T00:00:00.000Z', to: '2026-11-12T00:00:00.000Z', source: 'date' }, 'whole days from the first date to the last')
+  t.same(result.lines, { read: 5, rejected: 1, repeated: 1 })
+  t.equal(result.rejected_lines[0]?.error, 'invalid_line')
+  // j1: pending here, "1" (approved) there; j2: approved here, "3" (rejected) there, payout equal (2 = 2.00);
+  // j9 missing here; j3 and j4 outside the two days.
+  t.same(
+    result.differences.map((d) => [d.kind, d.transaction_id, d.fields]),
+    [
+      ['missing_here', 'j9', []],
+      ['status_differs', 'j2', ['status']],
+      ['status_differs', 'j1', ['status']],
+    ],
+    'in line order: j1 is at its last line, 4',
+  )
+  t.equal(result.differences.find((d) => d.transaction_id === 'j1')?.there?.line, 4)
+  const limited = (await reconcileApi(sheet, body, { type: 'application/x-ndjson', query: { ...query, limit: '1' } })).json<ReconcileResult>()
+  t.same([limited.differences.length, limited.truncated, limited.counts.status_differs], [1, true, 2], 'a limit lists fewer and says so; the counts are all')
+  const unmapped = (await reconcileApi(sheet, body, { type: 'application/x-ndjson' })).json<ReconcileResult>()
+  t.equal(unmapped.lines.rejected, 5, 'without the mapping, "1", "2", "3" are unknown status words')
+  t.match(unmapped.rejected_lines[0], { error: 'invalid_parameter', parameter: 'status' })
+  const window = (await reconcileApi(sheet, body, { type: 'application/x-ndjson', query: { ...query, from: '2026-11-09', to: '2026-11-13' } })).json<ReconcileResult>()
+  t.same(window.window.source, 'parameters')
+
+  // The typed client's call, over HTTP.
+  const key = await newKeyHeader(app, { sheetIds: [sheet] })
+  const client = createClient({ baseUrl, apiKey: key.authorization.slice('Bearer '.length) })
+  const viaClient = await reconcile(client, sheet, body, { format: 'jsonl', query })
+  t.equal(viaClient.response.status, 200)
+  t.same(viaClient.data?.differences.map((d) => d.transaction_id), ['j9', 'j2', 'j1'], 'the client sends the export as JSON lines and reads the streamed answer')
+  t.same(window.differences.filter((d) => d.kind === 'missing_there').map((d) => d.transaction_id).sort(), ['j3', 'j4'], 'from/to widen the stored side')
+})
+
+t.test('refusals: another sheet\'s key, a file without transaction_id, a body too large, an unsupported type', async (t) => {
+  const sheet = await newSheet(app)
+  const other = await newSheet(app)
+  const foreign = await reconcileApi(sheet, 'transaction_id\nx\n', { key: await newKeyHeader(app, { sheetIds: [other] }) })
+  t.equal(foreign.statusCode, 403)
+  const noId = await reconcileApi(sheet, 'id,payout\nx,1\n')
+  t.same([noId.statusCode, noId.json().error], [400, 'invalid_file'])
+  t.match(noId.json().message, /no transaction_id column/)
+  const json = await reconcileApi(sheet, '{}', { type: 'application/json' })
+  t.equal(json.statusCode, 415)
+
+  const small = await testApp(t, { RECONCILE_BODY_MAX_BYTES: '1024' })
+  const smallSheet = await newSheet(small)
+  const key = await newKeyHeader(small, { sheetIds: [smallSheet] })
+  const big = await small.inject({
+    method: 'POST',
+    url: `/api/v1/postback/sheets/${smallSheet}/reconcile`,
+    headers: { ...key, 'content-type': 'text/csv' },
+    payload: `transaction_id\n${Array.from({ length: 500 }, (_, i) => `id-${i}`).join('\n')}\n`,
+  })
+  t.same([big.statusCode, big.json().error], [413, 'body_too_large'])
+})
+
+t.test('postback-admin reconcile: a summary, the JSON report, every difference in --out', async (t) => {
+  const { sheet } = await sheetWithDeliveries()
+  const exportFile = join(dir, 'export.csv')
+  writeFileSync(exportFile, EXPORT)
+  const out = join(dir, 'differences.csv')
+  const run = adminOn({}, app.db)
+  const { code, stdout, stderr, result } = await run('reconcile', '--sheet', sheet, '--out', out, exportFile)
+  t.equal(code, 0, stderr)
+  t.match(stderr, /line 13: invalid_parameter \(payout\)/)
+  t.match(stdout, /differences: 5 missing here, 1 missing there, 1 status, 1 currency, 1 payout/)
+  t.match(stdout, /missing here: 2 never received/)
+  t.match(stdout, /1 rejected by the receiver: repeated_parameter \(transaction_id\)/)
+  t.same(result.counts, { missing_here: 5, missing_there: 1, status_differs: 1, currency_differs: 1, payout_differs: 1 })
+  const rows = parse(readFileSync(out), { columns: true }) as Array<Record<string, string>>
+  t.same(rows.map((row) => `${row.kind} ${row.transaction_id}`), ['missing_here m1', 'missing_here m2', 'missing_here m3', 'missing_here m4', 'missing_here m5', 'missing_there a5', 'status_differs a3', 'currency_differs a4', 'payout_differs a2'])
+  t.match(rows[0], { there_line: '8', there_payout: '6', evidence: /invalid_parameter \(payout\)/ })
+  t.match(rows[8], { here_payout: '5', there_payout: '7', fields: 'payout' })
+  const narrowed = await run('reconcile', '--sheet', sheet, '--from', '2026-11-05', '--to', '2026-11-06', exportFile)
+  t.equal(narrowed.result.window.source, 'parameters')
+  t.equal(narrowed.result.counts.missing_there, 1, 'a5 is the one stored conversion of that day the export lacks')
+})
