@@ -11,7 +11,7 @@ import { openDatabase, type Database } from './database.ts'
 import { ImportFileError } from './file-lines.ts'
 import { importCsv, parseFileTime, type ImportCounts } from './import.ts'
 import { reconcile } from './reconcile.ts'
-import { reconcileSummary, writeDifferences } from './reconcile-output.ts'
+import { openDifferencesFile, reconcileSummary, writeDifferences } from './reconcile-output.ts'
 import { foldAll } from './rollups.ts'
 import { migrate, MigrationError, pendingMigrations } from './migrations.ts'
 import { AppError } from './errors.ts'
@@ -170,18 +170,25 @@ const commands: Record<string, Command> = {
     const sheetId = values.sheet
     return async (db) => {
       const input = file === '-' ? (io.stdin ?? process.stdin) : await openFile(file)
+      const out = values.out === undefined
+        ? undefined
+        : await openDifferencesFile(values.out).catch((error: unknown) => {
+          if (file !== '-') input.destroy()
+          throw error
+        })
       try {
         return await reconcile(
           db,
           { sheetId, input, format, from, to, mapping, onRejected: (line, error) => io.stderr.write(`line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`) },
           async (report, differences) => {
-            if (values.out) await writeDifferences(values.out, differences)
+            if (out) await writeDifferences(out, differences)
             io.stdout.write(reconcileSummary(report, values.out))
             return report
           },
         )
       } finally {
         if (file !== '-') input.destroy()
+        await out?.close().catch(() => {})
       }
     }
   },

@@ -61,6 +61,8 @@ export const ConfigSchema = Type.Object({
     }),
   ),
   RECONCILE_BODY_MAX_BYTES: Count(256 * 1024 * 1024, 1024, 16 * 1024 * 1024 * 1024, 'Largest network export a reconcile request takes (bytes)'),
+  RECONCILE_CONCURRENCY: Count(2, 1, 100, 'Reconcile requests one instance runs at once (on PostgreSQL each holds a connection of its own); more are answered 503'),
+  RECONCILE_STATEMENT_TIMEOUT_MS: Count(300_000, 1000, 3_600_000, "PostgreSQL statement timeout of a reconcile request's statements (the CLI has none)"),
   REJECTION_LOG_MAX_PER_SHEET: Count(1000, 1, 1_000_000, 'Rejected deliveries kept per sheet'),
   SHEET_SECURITY_TTL_MS: Count(5000, 0, 600_000, "How long an instance keeps a sheet's secret and allow-list before reading them again (ms)"),
 })

@@ -82,10 +82,12 @@ async function * jsonLines<Column extends string>(input: Readable, { columns }: 
   let number = 0
   for await (const text of createInterface({ input, crlfDelay: Infinity })) {
     number++
-    if (text.trim() === '') continue
+    // A byte-order mark before the first line is not part of it.
+    const line = number === 1 && text.startsWith('\uFEFF') ? text.slice(1) : text
+    if (line.trim() === '') continue
     let object: unknown
     try {
-      object = JSON.parse(text)
+      object = JSON.parse(line)
     } catch (error) {
       yield { line: number, values: {}, error: new InputError('invalid_line', 'line', `the line is not JSON: ${(error as Error).message}`) }
       continue
@@ -103,14 +105,15 @@ async function * jsonLines<Column extends string>(input: Readable, { columns }: 
         continue
       }
       if (value === null) continue
-      if (typeof value !== 'string' && typeof value !== 'number') {
+      // A number past 2^53 has already lost digits (an id 9007199254740993 reads as ...992).
+      if ((typeof value !== 'string' && typeof value !== 'number') || (typeof value === 'number' && Number.isInteger(value) && !Number.isSafeInteger(value))) {
         bad = column
         break
       }
       const text = String(value).trim()
       if (text !== '') values[column as Column] = text
     }
-    if (bad) yield { line: number, values: {}, error: new InputError('invalid_parameter', bad, `${bad} must be a string or a number`) }
+    if (bad) yield { line: number, values: {}, error: new InputError('invalid_parameter', bad, `${bad} must be a string or a number (an integer past 2^53 as a string: JSON numbers that long lose digits)`) }
     else yield { line: number, values }
   }
 }

@@ -1,8 +1,9 @@
 // What `postback-admin reconcile` writes: a summary a person reads on stdout, and with --out every
 // difference as a CSV file (streamed: memory does not grow with the number of differences).
-import { createWriteStream } from 'node:fs'
+import { open, type FileHandle } from 'node:fs/promises'
 import { once } from 'node:events'
 import { finished } from 'node:stream/promises'
+import { ImportFileError } from './file-lines.ts'
 import type { Difference, ReconcileReport } from './schemas/reconcile.ts'
 
 const CSV_COLUMNS = [
@@ -54,18 +55,31 @@ function csvLine(difference: Difference): string {
   return `${values.map(field).join(',')}\n`
 }
 
-/** Writes the differences to `path` as CSV, with a header. */
-export async function writeDifferences(path: string, differences: AsyncIterable<Difference>): Promise<void> {
-  const out = createWriteStream(path)
+/** Opens the file the differences go to, before any work: a path that cannot be written is a clear error. */
+export async function openDifferencesFile(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, 'w')
+  } catch (error) {
+    throw new ImportFileError(`cannot write ${path}: ${(error as Error).message}`)
+  }
+}
+
+/** Writes the differences as CSV, with a header, to the file (which it closes). */
+export async function writeDifferences(file: FileHandle, differences: AsyncIterable<Difference>): Promise<void> {
+  const out = file.createWriteStream()
+  let failure: unknown
+  out.on('error', (error) => (failure ??= error))
   try {
     out.write(`${CSV_COLUMNS.join(',')}\n`)
     for await (const difference of differences) {
-      if (!out.write(csvLine(difference))) await once(out, 'drain')
+      if (failure) break
+      if (!out.write(csvLine(difference))) await Promise.race([once(out, 'drain'), once(out, 'close')])
     }
   } finally {
     out.end()
-    await finished(out)
+    await finished(out).catch((error: unknown) => (failure ??= error))
   }
+  if (failure) throw new ImportFileError(`cannot write the differences: ${(failure as Error).message}`)
 }
 
 /** The report in a few lines for a person: the window, the totals side by side, the differences and their causes. */
@@ -86,7 +100,8 @@ export function reconcileSummary(report: ReconcileReport, out: string | undefine
     `differences: ${counts.missing_here} missing here, ${counts.missing_there} missing there, ${counts.status_differs} status, ${counts.currency_differs} currency, ${counts.payout_differs} payout`,
   )
   if (counts.missing_here > 0) {
-    lines.push(`missing here: ${report.missing_here_evidence.no_delivery_received} never received (no delivery in the rejection log)`)
+    const since = report.missing_here_evidence.log_since
+    lines.push(`missing here: ${report.missing_here_evidence.no_delivery_received} never received (no rejected delivery of them in the rejection log${since ? `, kept since ${since}` : ''})`)
     for (const cause of report.missing_here_evidence.rejected) {
       lines.push(`  ${cause.conversions} rejected by the receiver: ${cause.reason}${cause.parameter ? ` (${cause.parameter})` : ''}`)
     }

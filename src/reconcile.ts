@@ -16,10 +16,16 @@
 // those outside it that the export names (a conversion the network dates differently is compared,
 // not reported missing on both sides).
 //
+// A line refused for a bad value is reported and left out of the comparison, but the stored
+// conversion it names is not reported missing from the export (the export has it, unreadable).
+//
+// The comparison is one statement, so one snapshot of the store: the differences, their counts and
+// the totals agree even while the receiver writes.
+//
 // For a conversion missing here, the evidence is the sheet's rejection log (bounded,
 // REJECTION_LOG_MAX_PER_SHEET): the rejected deliveries whose query carried its transaction_id, as a
-// value of `transaction_id` (also a repeated one) or, in a query the receiver could not read as
-// parameters (a segment with an unknown name or without `=`), anywhere in that segment.
+// value of `transaction_id` (also one of several), or after a `transaction_id=` anywhere in the
+// decoded query (an encoded '=', an '&amp;' or a second '?' that the receiver could not read).
 import { randomBytes } from 'node:crypto'
 import type { Readable } from 'node:stream'
 import type { Database, SqlSession } from './database.ts'
@@ -29,11 +35,9 @@ import { readFileLines, type FileFormat } from './file-lines.ts'
 import { parseFileTime } from './import.ts'
 import { STATUSES, type ConversionStatus, type StatusMapping } from './lifecycle.ts'
 import { revenueText } from './rollups.ts'
-import { DeliveryQuery } from './schemas/receiver.ts'
 import { DIFFERENCE_KINDS, type Difference, type DifferenceKind, type ReconcileReport } from './schemas/reconcile.ts'
 
 export const RECONCILE_COLUMNS = ['transaction_id', 'event', 'payout', 'currency', 'status', 'received_at', 'date'] as const
-type Column = (typeof RECONCILE_COLUMNS)[number]
 
 /** Bad lines listed in the report (all of them are counted, and each is passed to onRejected). */
 const REJECTED_LINES_SHOWN = 100
@@ -49,6 +53,8 @@ export interface ReconcileOptions {
   /** The network's own status words, as on the receiver's URL. */
   mapping?: StatusMapping
   onRejected?: (line: number, error: InputError) => void
+  /** On PostgreSQL, the session's statement timeout (default: none). */
+  statementTimeoutMs?: number
 }
 
 /**
@@ -60,17 +66,20 @@ export async function reconcile<T>(
   options: ReconcileOptions,
   consume: (report: ReconcileReport, differences: AsyncIterable<Difference>) => Promise<T>,
 ): Promise<T> {
+  if (options.from && options.to && options.from >= options.to) throw new InputError('invalid_parameter', 'to', '`to` must be after `from`')
   return db.withSession(async (session) => {
     const [sheet] = await session.query<{ active: boolean; default_currency: string }>('SELECT active, default_currency FROM sheets WHERE sheet_id = $1', [options.sheetId])
     if (!sheet) throw new NotFoundError('unknown_sheet', `sheet ${options.sheetId} does not exist`, 'sheet_id')
+    // Only on a connection of its own: PGlite's one connection is every session's.
+    if (options.statementTimeoutMs && db.kind === 'postgresql') await session.exec(`SET statement_timeout = ${Math.floor(options.statementTimeoutMs)}`)
     // Unique names: on PGlite every session shares the one connection (and its temporary tables).
     const name = `reconcile_${randomBytes(6).toString('hex')}`
-    const tables = { lines: `${name}_lines`, export: `${name}_export`, diff: `${name}_diff`, evidence: `${name}_evidence` }
+    const tables: Tables = { lines: `${name}_lines`, export: `${name}_export`, diff: `${name}_diff`, totals: `${name}_totals`, evidence: `${name}_evidence` }
     try {
       const staged = await stageExport(session, tables.lines, options)
       const window = windowOf(options, staged)
       const report = await compare(session, tables, options.sheetId, sheet.default_currency, window, staged)
-      return await consume(report, readDifferences(session, tables))
+      return await consume(report, readDifferences(session, tables, report.missing_here_evidence.log_since))
     } finally {
       await session.exec(Object.values(tables).map((table) => `DROP TABLE IF EXISTS ${table};`).join(' ')).catch(() => {})
     }
@@ -88,56 +97,90 @@ interface Staged {
 }
 
 async function stageExport(session: SqlSession, table: string, options: ReconcileOptions): Promise<Staged> {
-  await session.exec(`CREATE TEMPORARY TABLE ${table} (line int, transaction_id text, event text, status text, network_status text, payout numeric, currency text)`)
+  // `bad`: a line refused for a value; only its key is kept, so that the conversion it names is not
+  // reported missing from the export.
+  await session.exec(`CREATE TEMPORARY TABLE ${table} (line int, transaction_id text, event text, status text, network_status text, payout numeric, currency text, bad boolean)`)
   const staged: Staged = { read: 0, rejected: 0, rejectedLines: [] }
   const { lines } = readFileLines(options.input, { format: options.format, columns: RECONCILE_COLUMNS, required: 'transaction_id' })
-  let chunk: Array<{ line: number; values: Partial<Record<Column, string>>; statusGiven: boolean; delivery: ReturnType<typeof parseDelivery> }> = []
+  // The lines of a chunk, by column; one chunk is inserted while the next is read and checked.
+  const columns = () => ({
+    line: [] as number[],
+    id: [] as string[],
+    event: [] as string[],
+    status: [] as Array<string | null>,
+    word: [] as Array<string | null>,
+    payout: [] as Array<string | null>,
+    currency: [] as Array<string | null>,
+    bad: [] as boolean[],
+  })
+  let chunk = columns()
+  let writing: Promise<unknown> = Promise.resolve()
   const flush = async () => {
-    if (chunk.length === 0) return
+    if (chunk.line.length === 0) return
     const rows = chunk
-    chunk = []
-    await session.query(
-      `INSERT INTO ${table} SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[])`,
-      [
-        rows.map((row) => row.line),
-        rows.map((row) => row.delivery.transaction_id),
-        rows.map((row) => row.delivery.event ?? ''),
-        rows.map((row) => (row.statusGiven ? row.delivery.status : null)),
-        rows.map((row) => row.delivery.network_status ?? null),
-        rows.map((row) => row.delivery.payout ?? null),
-        rows.map((row) => row.delivery.currency ?? null),
-      ],
+    chunk = columns()
+    await writing
+    writing = session.query(
+      `INSERT INTO ${table} SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::boolean[])`,
+      [rows.line, rows.id, rows.event, rows.status, rows.word, rows.payout, rows.currency, rows.bad],
     )
+    // Its failure is thrown where it is awaited: at the next flush or at the end.
+    writing.catch(() => {})
   }
-  for await (const { line, values, error } of lines) {
-    staged.read++
-    try {
-      if (error) throw error
-      const { received_at: receivedAt, date, ...fields } = values
-      const delivery = parseDelivery({ sheet_id: 'export', ...fields, ...options.mapping })
-      // The window's column: received_at when the export has one, else date.
-      const time = receivedAt !== undefined ? parseFileTime('received_at', receivedAt) : date !== undefined ? parseFileTime('date', date) : undefined
-      if (time) {
-        const column = receivedAt !== undefined ? 'received_at' : 'date'
-        if (staged.timeColumn === 'date' && column === 'received_at') staged.first = staged.last = undefined
-        if (!(staged.timeColumn === 'received_at' && column === 'date')) {
-          staged.timeColumn = column
-          if (!staged.first || time < staged.first) staged.first = time
-          if (!staged.last || time > staged.last) staged.last = time
+  try {
+    for await (const { line, values, error } of lines) {
+      staged.read++
+      try {
+        if (error) throw error
+        const { received_at: receivedAt, date, ...fields } = values
+        // The window's column: received_at when the export has one, else date. A bad line's time counts too.
+        const time = receivedAt !== undefined ? parseFileTime('received_at', receivedAt) : date !== undefined ? parseFileTime('date', date) : undefined
+        if (time) {
+          const column = receivedAt !== undefined ? 'received_at' : 'date'
+          if (staged.timeColumn === 'date' && column === 'received_at') staged.first = staged.last = undefined
+          if (!(staged.timeColumn === 'received_at' && column === 'date')) {
+            staged.timeColumn = column
+            if (!staged.first || time < staged.first) staged.first = time
+            if (!staged.last || time > staged.last) staged.last = time
+          }
+        }
+        const delivery = parseDelivery({ sheet_id: 'export', ...fields, ...options.mapping })
+        chunk.line.push(line)
+        chunk.id.push(delivery.transaction_id)
+        chunk.event.push(delivery.event ?? '')
+        chunk.status.push(fields.status !== undefined ? delivery.status! : null)
+        chunk.word.push(delivery.network_status ?? null)
+        chunk.payout.push(delivery.payout ?? null)
+        chunk.currency.push(delivery.currency ?? null)
+        chunk.bad.push(false)
+      } catch (failure) {
+        if (!(failure instanceof InputError)) throw failure
+        staged.rejected++
+        if (staged.rejectedLines.length < REJECTED_LINES_SHOWN) {
+          staged.rejectedLines.push({ line, error: failure.code, parameter: failure.parameter ?? null, message: failure.message })
+        }
+        options.onRejected?.(line, failure)
+        // Its key, as written, when it has one.
+        const id = values.transaction_id
+        if (id !== undefined && failure.parameter !== 'transaction_id') {
+          chunk.line.push(line)
+          chunk.id.push(id)
+          chunk.event.push(failure.parameter === 'event' ? '' : (values.event ?? ''))
+          chunk.status.push(null)
+          chunk.word.push(null)
+          chunk.payout.push(null)
+          chunk.currency.push(null)
+          chunk.bad.push(true)
         }
       }
-      chunk.push({ line, values, statusGiven: fields.status !== undefined, delivery })
-      if (chunk.length >= CHUNK) await flush()
-    } catch (failure) {
-      if (!(failure instanceof InputError)) throw failure
-      staged.rejected++
-      if (staged.rejectedLines.length < REJECTED_LINES_SHOWN) {
-        staged.rejectedLines.push({ line, error: failure.code, parameter: failure.parameter ?? null, message: failure.message })
-      }
-      options.onRejected?.(line, failure)
+      if (chunk.line.length >= CHUNK) await flush()
     }
+    await flush()
+  } finally {
+    // The session's tables are dropped only after the insert under way has settled.
+    await writing.catch(() => {})
   }
-  await flush()
+  await writing
   return staged
 }
 
@@ -150,91 +193,108 @@ interface Window {
 const DAY_MS = 86_400_000
 
 function windowOf(options: ReconcileOptions, staged: Staged): Window {
-  if (options.from || options.to) return { from: options.from ?? null, to: options.to ?? null, source: 'parameters' }
+  let from: Date | null = null
+  let to: Date | null = null
   if (staged.timeColumn && staged.first && staged.last) {
-    // A date is a whole day: the window ends after the last one. A time ends it just after it.
-    const end = staged.timeColumn === 'date' ? Math.floor(staged.last.getTime() / DAY_MS) * DAY_MS + DAY_MS : staged.last.getTime() + 1
-    const start = staged.timeColumn === 'date' ? Math.floor(staged.first.getTime() / DAY_MS) * DAY_MS : staged.first.getTime()
-    return { from: new Date(start), to: new Date(end), source: staged.timeColumn }
+    // A date is a whole day (UTC): the window ends after the last one. A time ends it just after it.
+    const date = staged.timeColumn === 'date'
+    from = new Date(date ? Math.floor(staged.first.getTime() / DAY_MS) * DAY_MS : staged.first.getTime())
+    to = new Date(date ? Math.floor(staged.last.getTime() / DAY_MS) * DAY_MS + DAY_MS : staged.last.getTime() + 1)
   }
-  return { from: null, to: null, source: 'all_time' }
+  if (options.from || options.to) {
+    // A bound given wins; the other comes from the export, when it has a time column.
+    from = options.from ?? (from && options.to && from < options.to ? from : null)
+    to = options.to ?? (to && options.from && to > options.from ? to : null)
+    return { from, to, source: 'parameters' }
+  }
+  return staged.timeColumn && from ? { from, to, source: staged.timeColumn } : { from: null, to: null, source: 'all_time' }
 }
 
-// The kinds in report order; a conversion that differs in several fields is reported once, under
-// the first of them (a different status first; a payout in another currency is not comparable).
-const KIND_ORDER = `CASE kind ${DIFFERENCE_KINDS.map((kind, index) => `WHEN '${kind}' THEN ${index}`).join(' ')} END`
+// A conversion that differs in several fields is reported once, under the first of them (a
+// different status first; a payout in another currency is not comparable). `ord` orders the list:
+// the kind's rank (DIFFERENCE_KINDS), then the export's line or, for missing_there, the time stored.
+const RANK = 10_000_000_000_000
+const rank = (kind: DifferenceKind) => DIFFERENCE_KINDS.indexOf(kind) * RANK
 
-async function compare(
-  session: SqlSession,
-  tables: Record<'lines' | 'export' | 'diff' | 'evidence', string>,
-  sheetId: string,
-  currency: string,
-  window: Window,
-  staged: Staged,
-): Promise<ReconcileReport> {
+type Tables = Record<'lines' | 'export' | 'diff' | 'totals' | 'evidence', string>
+
+async function compare(session: SqlSession, tables: Tables, sheetId: string, currency: string, window: Window, staged: Staged): Promise<ReconcileReport> {
   const inWindow = `($2::timestamptz IS NULL OR c.received_at >= $2) AND ($3::timestamptz IS NULL OR c.received_at < $3)`
-  const params = [sheetId, window.from?.toISOString() ?? null, window.to?.toISOString() ?? null]
-  // The last line of each key.
+  // Each key named by the export once: its last good line, else (all its lines refused) a bad one.
   await session.exec(`
     CREATE TEMPORARY TABLE ${tables.export} AS
-      SELECT DISTINCT ON (transaction_id, event) * FROM ${tables.lines} ORDER BY transaction_id, event, line DESC;
-    ANALYZE ${tables.export}`)
+      SELECT DISTINCT ON (transaction_id, event) * FROM ${tables.lines} ORDER BY transaction_id, event, bad, line DESC;
+    ANALYZE ${tables.export};
+    CREATE TEMPORARY TABLE ${tables.diff} (
+      ord bigint, kind text, transaction_id text, event text, conversion_id bigint, status text, payout numeric, currency text,
+      received_at timestamptz, line int, there_status text, there_network_status text, there_payout numeric, there_currency text, fields text[]);
+    CREATE TEMPORARY TABLE ${tables.totals} (here boolean, status text, currency text, n bigint, revenue numeric)`)
   const differs = {
-    status: 'e.status IS NOT NULL AND e.status <> c.status',
-    currency: 'e.currency IS NOT NULL AND e.currency <> c.currency',
-    payout: 'e.payout IS NOT NULL AND c.payout IS DISTINCT FROM e.payout',
+    status: 'j.status IS NOT NULL AND j.status <> j.here_status',
+    currency: 'j.currency IS NOT NULL AND j.currency <> j.here_currency',
+    payout: 'j.payout IS NOT NULL AND j.here_payout IS DISTINCT FROM j.payout',
   }
+  const kindOf = (value: (kind: DifferenceKind) => string) => `CASE WHEN j.conversion_id IS NULL THEN ${value('missing_here')}
+    WHEN ${differs.status} THEN ${value('status_differs')} WHEN ${differs.currency} THEN ${value('currency_differs')} ELSE ${value('payout_differs')} END`
+  // One statement, so one snapshot: the export's lines joined with their stored conversions (a probe
+  // of the key's index each, or a hash join, as the planner finds cheaper); the stored conversions of
+  // the window joined with the export's keys (which also finds those missing there); the
+  // differences and both sides' totals written from them.
   await session.query(
-    `CREATE TEMPORARY TABLE ${tables.diff} AS
-     SELECT row_number() OVER (ORDER BY ${KIND_ORDER}, line, received_at, transaction_id, event) AS ord, d.* FROM (
-       SELECT CASE WHEN c.id IS NULL THEN 'missing_here'
-                   WHEN ${differs.status} THEN 'status_differs'
-                   WHEN ${differs.currency} THEN 'currency_differs'
-                   ELSE 'payout_differs' END AS kind,
-         e.transaction_id, e.event, c.id AS conversion_id, c.status, c.payout, c.currency, c.received_at,
-         e.line, e.status AS there_status, e.network_status AS there_network_status, e.payout AS there_payout,
-         COALESCE(e.currency, $4) AS there_currency,
-         CASE WHEN c.id IS NULL THEN '{}'::text[]
-              ELSE array_remove(ARRAY[CASE WHEN ${differs.status} THEN 'status' END, CASE WHEN ${differs.currency} THEN 'currency' END,
-                                      CASE WHEN ${differs.payout} THEN 'payout' END], NULL) END AS fields
+    `WITH joined AS MATERIALIZED (
+       SELECT e.*, c.id AS conversion_id, c.status AS here_status, c.payout AS here_payout, c.currency::text AS here_currency, c.received_at,
+         c.id IS NOT NULL AND ${inWindow} AS in_window
        FROM ${tables.export} e
        LEFT JOIN conversions c ON c.sheet_id = $1 AND c.transaction_id = e.transaction_id AND c.event = e.event
-       WHERE c.id IS NULL OR (${differs.status}) OR (${differs.currency}) OR (${differs.payout})
-       UNION ALL
-       SELECT 'missing_there', c.transaction_id, c.event, c.id, c.status, c.payout, c.currency, c.received_at,
-         NULL, NULL, NULL, NULL, NULL, NULL
+       WHERE NOT e.bad
+     ), stored AS MATERIALIZED (
+       SELECT c.id, c.transaction_id, c.event, c.status, c.payout, c.currency::text AS currency, c.received_at, e.line IS NOT NULL AS named
        FROM conversions c
+       -- One row per key in the export: a join, not a lookup per stored row.
+       LEFT JOIN ${tables.export} e ON e.transaction_id = c.transaction_id AND e.event = c.event
        WHERE c.sheet_id = $1 AND ${inWindow}
-         AND NOT EXISTS (SELECT FROM ${tables.export} e WHERE e.transaction_id = c.transaction_id AND e.event = c.event)
-     ) d`,
-    [...params, currency],
+     ), differing AS (
+       INSERT INTO ${tables.diff}
+       SELECT d.rank + row_number() OVER (PARTITION BY d.rank ORDER BY d.line), d.kind, d.transaction_id, d.event, d.conversion_id, d.here_status,
+         d.here_payout, d.here_currency, d.received_at, d.line, d.status, d.network_status, d.payout, COALESCE(d.currency, $4), d.fields
+       FROM (
+         SELECT j.*, ${kindOf((kind) => `${rank(kind)}::bigint`)} AS rank, ${kindOf((kind) => `'${kind}'`)} AS kind,
+           CASE WHEN j.conversion_id IS NULL THEN '{}'::text[]
+                ELSE array_remove(ARRAY[CASE WHEN ${differs.status} THEN 'status' END, CASE WHEN ${differs.currency} THEN 'currency' END,
+                                        CASE WHEN ${differs.payout} THEN 'payout' END], NULL) END AS fields
+         FROM joined j
+         WHERE j.conversion_id IS NULL OR (${differs.status}) OR (${differs.currency}) OR (${differs.payout})
+       ) d
+     ), missing AS (
+       INSERT INTO ${tables.diff} (ord, kind, transaction_id, event, conversion_id, status, payout, currency, received_at, fields)
+       SELECT ${rank('missing_there')} + row_number() OVER (ORDER BY received_at, id), 'missing_there',
+         transaction_id, event, id, status, payout, currency, received_at, '{}'::text[]
+       FROM stored WHERE NOT named
+     ), here AS (
+       -- The stored side: the window's conversions, and those outside it that the export names.
+       INSERT INTO ${tables.totals}
+       SELECT true, status, currency, count(*), sum(payout) FROM stored GROUP BY status, currency
+       UNION ALL
+       SELECT true, here_status, here_currency, count(*), sum(here_payout) FROM joined WHERE conversion_id IS NOT NULL AND NOT in_window GROUP BY 2, 3
+     )
+     INSERT INTO ${tables.totals}
+     SELECT false, COALESCE(status, 'approved'), COALESCE(currency, $4), count(*), sum(payout) FROM ${tables.export} WHERE NOT bad GROUP BY 2, 3`,
+    [sheetId, window.from?.toISOString() ?? null, window.to?.toISOString() ?? null, currency],
+  )
+  const totals = await session.query<ReconcileReport['totals'][number]>(
+    `SELECT status, currency,
+       COALESCE(sum(n) FILTER (WHERE here), 0)::int AS here_conversions, ${revenueText('COALESCE(sum(revenue) FILTER (WHERE here), 0)')} AS here_revenue,
+       COALESCE(sum(n) FILTER (WHERE NOT here), 0)::int AS there_conversions, ${revenueText('COALESCE(sum(revenue) FILTER (WHERE NOT here), 0)')} AS there_revenue
+     FROM ${tables.totals} GROUP BY status, currency
+     ORDER BY array_position(ARRAY[${STATUSES.map((status) => `'${status}'`).join(', ')}], status), currency`,
   )
   await session.exec(`CREATE UNIQUE INDEX ON ${tables.diff} (ord)`)
 
   const kinds = await session.query<{ kind: DifferenceKind; n: number }>(`SELECT kind, count(*)::int AS n FROM ${tables.diff} GROUP BY kind`)
-  const [counts] = await session.query<{ lines: number; keys: number }>(`SELECT (SELECT count(*) FROM ${tables.lines})::int AS lines, (SELECT count(*) FROM ${tables.export})::int AS keys`)
-  const totals = await session.query<ReconcileReport['totals'][number]>(
-    `WITH here AS (
-       SELECT c.status, c.currency::text AS currency, c.payout FROM conversions c WHERE c.sheet_id = $1 AND ${inWindow}
-       UNION ALL
-       SELECT c.status, c.currency::text, c.payout
-       FROM ${tables.export} e JOIN conversions c ON c.sheet_id = $1 AND c.transaction_id = e.transaction_id AND c.event = e.event
-       WHERE NOT (${inWindow})
-     ), there AS (
-       SELECT COALESCE(status, 'approved') AS status, COALESCE(currency, $4) AS currency, payout FROM ${tables.export}
-     ), sides AS (
-       SELECT status, currency, 1 AS here, 0 AS there, payout AS here_payout, NULL::numeric AS there_payout FROM here
-       UNION ALL
-       SELECT status, currency, 0, 1, NULL, payout FROM there
-     )
-     SELECT status, currency, sum(here)::int AS here_conversions, ${revenueText('COALESCE(sum(here_payout), 0)')} AS here_revenue,
-       sum(there)::int AS there_conversions, ${revenueText('COALESCE(sum(there_payout), 0)')} AS there_revenue
-     FROM sides GROUP BY status, currency
-     ORDER BY array_position(ARRAY[${STATUSES.map((status) => `'${status}'`).join(', ')}], status), currency`,
-    [...params, currency],
+  const [counts] = await session.query<{ lines: number; keys: number }>(
+    `SELECT (SELECT count(*) FROM ${tables.lines} WHERE NOT bad)::int AS lines, (SELECT count(*) FROM ${tables.export} WHERE NOT bad)::int AS keys`,
   )
-
-  await stageEvidence(session, tables.evidence, sheetId)
+  const logSince = await stageEvidence(session, tables.evidence, sheetId)
   const evidence = await session.query<{ reason: string; parameter: string | null; conversions: number }>(
     `SELECT r.reason, r.parameter, count(DISTINCT d.ord)::int AS conversions
      FROM ${tables.diff} d JOIN ${tables.evidence} r ON r.token = d.transaction_id
@@ -252,13 +312,9 @@ async function compare(
     rejected_lines: staged.rejectedLines,
     totals,
     counts: counted,
-    missing_here_evidence: { no_delivery_received: unseen?.n ?? 0, rejected: evidence },
+    missing_here_evidence: { no_delivery_received: unseen?.n ?? 0, rejected: evidence, log_since: logSince },
   }
 }
-
-// Parameters the receiver reads: a segment with another name is one it could not read as a parameter.
-const RECEIVER_PARAMETERS = new Set(Object.keys(DeliveryQuery.properties))
-const TOKEN_SEPARATORS = /[\s&?;=#,]+/
 
 /** Percent-decoding that keeps what it cannot decode (a malformed query is evidence too). */
 function decode(text: string): string {
@@ -276,28 +332,26 @@ function decode(text: string): string {
   }
 }
 
-/** The transaction ids a rejected delivery's query may have carried (see the top of this file). */
+// `transaction_id=` in the decoded query, after its start or a separator, and its value up to the next one.
+const TRANSACTION_ID = /(?:^|[&?;\s])transaction_id=([^&?;#\s]+)/gi
+
+/** The transaction ids a rejected delivery's query carried (see the top of this file). */
 export function idsInQuery(rawQuery: string): Set<string> {
   const ids = new Set<string>()
-  const addTokens = (text: string) => {
-    for (const token of text.split(TOKEN_SEPARATORS)) if (token) ids.add(token)
-  }
+  // The values as the receiver reads them (each of several), whole.
   for (const segment of rawQuery.split('&')) {
-    if (segment === '') continue
     const equals = segment.indexOf('=')
-    const name = decode(equals < 0 ? segment : segment.slice(0, equals)).trim().toLowerCase()
-    if (equals >= 0 && name === 'transaction_id') {
-      const value = decode(segment.slice(equals + 1))
-      if (value.trim()) ids.add(value.trim())
-      addTokens(value)
-    } else if (equals < 0 || !RECEIVER_PARAMETERS.has(name)) {
-      addTokens(decode(segment))
-    }
+    if (equals < 0 || decode(segment.slice(0, equals)).trim().toLowerCase() !== 'transaction_id') continue
+    const value = decode(segment.slice(equals + 1)).trim()
+    if (value) ids.add(value)
   }
+  // And where the receiver could not read it: an encoded '=', '&amp;', a second '?'.
+  for (const match of decode(rawQuery).matchAll(TRANSACTION_ID)) ids.add(match[1]!)
   return ids
 }
 
-async function stageEvidence(session: SqlSession, table: string, sheetId: string): Promise<void> {
+/** Stages the tokens of the sheet's rejection log; returns the time of its oldest entry (null when empty). */
+async function stageEvidence(session: SqlSession, table: string, sheetId: string): Promise<string | null> {
   await session.exec(`CREATE TEMPORARY TABLE ${table} (token text, rejection_id bigint, reason text, parameter text, received_at timestamptz)`)
   const log = await session.query<{ id: string; reason: string; parameter: string | null; raw_query: string; received_at: Date }>(
     'SELECT id::text AS id, reason, parameter, raw_query, received_at FROM delivery_rejections WHERE sheet_id = $1 AND NOT test',
@@ -315,27 +369,29 @@ async function stageEvidence(session: SqlSession, table: string, sheetId: string
     ])
   }
   await session.exec(`CREATE INDEX ON ${table} (token)`)
+  const oldest = log.reduce<Date | null>((min, entry) => (min === null || new Date(entry.received_at) < min ? new Date(entry.received_at) : min), null)
+  return oldest?.toISOString() ?? null
 }
 
-async function * readDifferences(session: SqlSession, tables: Record<'diff' | 'evidence', string>): AsyncGenerator<Difference> {
-  for (let after = 0; ;) {
+async function * readDifferences(session: SqlSession, tables: Record<'diff' | 'evidence', string>, logSince: string | null): AsyncGenerator<Difference> {
+  for (let after = '-1'; ;) {
     const rows = await session.query<DifferenceRow>(
-      `SELECT d.ord::int AS ord, d.kind, d.transaction_id, d.event, d.conversion_id::text AS conversion_id, d.status, d.payout::text AS payout,
+      `SELECT d.ord::text AS ord, d.kind, d.transaction_id, d.event, d.conversion_id::text AS conversion_id, d.status, d.payout::text AS payout,
          d.currency::text AS currency, d.received_at, d.line, d.there_status, d.there_network_status, d.there_payout::text AS there_payout,
          d.there_currency, d.fields,
          (SELECT json_agg(json_build_object('rejection_id', r.rejection_id::text, 'reason', r.reason, 'parameter', r.parameter, 'received_at', r.received_at) ORDER BY r.received_at, r.rejection_id)
           FROM ${tables.evidence} r WHERE d.kind = 'missing_here' AND r.token = d.transaction_id) AS evidence
-       FROM ${tables.diff} d WHERE d.ord > $1 ORDER BY d.ord LIMIT ${PAGE}`,
+       FROM ${tables.diff} d WHERE d.ord > $1::bigint ORDER BY d.ord LIMIT ${PAGE}`,
       [after],
     )
-    for (const row of rows) yield toDifference(row)
+    for (const row of rows) yield toDifference(row, logSince)
     if (rows.length < PAGE) return
     after = rows.at(-1)!.ord
   }
 }
 
 interface DifferenceRow {
-  ord: number
+  ord: string
   kind: DifferenceKind
   transaction_id: string
   event: string
@@ -357,7 +413,7 @@ const json = <T>(value: T | string | null): T | null => (typeof value === 'strin
 const pgArray = (value: string[] | string | null): string[] => (Array.isArray(value) ? value : value ? value.replace(/^\{|\}$/g, '').split(',').filter(Boolean) : [])
 const iso = (value: Date | string | null) => (value === null ? null : new Date(value).toISOString())
 
-function toDifference(row: DifferenceRow): Difference {
+function toDifference(row: DifferenceRow, logSince: string | null): Difference {
   const evidence = row.kind === 'missing_here' ? (json(row.evidence) ?? []).map((entry) => ({ ...entry, received_at: iso(entry.received_at)! })) : null
   return {
     kind: row.kind,
@@ -373,14 +429,17 @@ function toDifference(row: DifferenceRow): Difference {
         ? null
         : { line: row.line!, status: row.there_status, network_status: row.there_network_status, payout: row.there_payout, currency: row.there_currency! },
     evidence,
-    explanation: explain(row.kind, evidence),
+    explanation: explain(row.kind, evidence, logSince),
   }
 }
 
-function explain(kind: DifferenceKind, evidence: Difference['evidence']): string {
+function explain(kind: DifferenceKind, evidence: Difference['evidence'], logSince: string | null): string {
   switch (kind) {
     case 'missing_here':
-      if (!evidence || evidence.length === 0) return 'no delivery received: the network never sent this conversion to the receiver (or sent it to another sheet)'
+      if (!evidence || evidence.length === 0) {
+        const log = logSince ? `the rejection log, kept since ${logSince}, has none` : 'the rejection log is empty'
+        return `no delivery received: none was stored and ${log}; most likely the network never sent it to this sheet`
+      }
       return `its deliveries were rejected: ${[...new Set(evidence.map((entry) => `${entry.reason}${entry.parameter ? ` (${entry.parameter})` : ''}`))].join(', ')}; see evidence`
     case 'missing_there':
       return 'stored here, not in the export'

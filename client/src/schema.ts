@@ -717,12 +717,17 @@ export interface components {
             missing_here_evidence: {
                 /** @description Conversions missing here of which no rejected delivery was received */
                 no_delivery_received: number;
-                /** @description Conversions missing here by the reason their deliveries were rejected */
+                /** @description Conversions missing here by the reason their deliveries were rejected (one with deliveries rejected for two reasons counts under each) */
                 rejected: {
                     reason: string;
                     parameter: string | null;
                     conversions: number;
                 }[];
+                /**
+                 * Format: date-time
+                 * @description The oldest entry of the sheet's rejection log (it keeps the last REJECTION_LOG_MAX_PER_SHEET); null when empty. A delivery rejected before it is no longer evidence
+                 */
+                log_since: string | null;
             };
         };
         /** @description A sheet reconciled with a network export, with the differing conversions */
@@ -779,12 +784,17 @@ export interface components {
             missing_here_evidence: {
                 /** @description Conversions missing here of which no rejected delivery was received */
                 no_delivery_received: number;
-                /** @description Conversions missing here by the reason their deliveries were rejected */
+                /** @description Conversions missing here by the reason their deliveries were rejected (one with deliveries rejected for two reasons counts under each) */
                 rejected: {
                     reason: string;
                     parameter: string | null;
                     conversions: number;
                 }[];
+                /**
+                 * Format: date-time
+                 * @description The oldest entry of the sheet's rejection log (it keeps the last REJECTION_LOG_MAX_PER_SHEET); null when empty. A delivery rejected before it is no longer evidence
+                 */
+                log_since: string | null;
             };
             /** @description The differing conversions: missing here, missing there, then those that differ, at most `limit` */
             differences: components["schemas"]["ReconcileDifference"][];

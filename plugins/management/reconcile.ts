@@ -1,10 +1,11 @@
 // POST /sheets/{sheet_id}/reconcile: a network's export (CSV or JSON lines, streamed in) against the
 // sheet's stored conversions; the answer is the report and the differing conversions, streamed out.
 import { Readable } from 'node:stream'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox'
 import { sheetScope } from '../../src/api-keys.ts'
-import { AppError } from '../../src/errors.ts'
+import { AppError, UnavailableError } from '../../src/errors.ts'
+import type { StatusMapping } from '../../src/lifecycle.ts'
 import type { FileFormat } from '../../src/file-lines.ts'
 import { reconcile } from '../../src/reconcile.ts'
 import { ErrorRef, ref } from '../../src/schemas/common.ts'
@@ -15,6 +16,7 @@ import { principalOf } from '../auth.ts'
 
 const FORMATS: Record<string, FileFormat> = { 'text/csv': 'csv', 'application/x-ndjson': 'jsonl', 'application/jsonl': 'jsonl' }
 const DEFAULT_LIMIT = 10_000
+const IDLE_MS = 60_000
 
 const reconcileSchema = managementRoute({
   tag: 'diagnostics',
@@ -32,17 +34,18 @@ const reconcileSchema = managementRoute({
   body: {
     content: Object.fromEntries(Object.keys(FORMATS).map((type) => [type, { schema: { type: 'string', description: 'The export' } }])),
   },
-  response: { 200: ref(ReconcileResult), 404: ErrorRef, 413: ErrorRef, 415: ErrorRef },
+  response: { 200: ref(ReconcileResult), 404: ErrorRef, 413: ErrorRef, 415: ErrorRef, 503: ErrorRef },
 })
 
+const tooLarge = (max: number) =>
+  new AppError(413, 'body_too_large', `the export is larger than RECONCILE_BODY_MAX_BYTES (${max} bytes); reconcile it in parts (from/to) or with postback-admin reconcile`)
+
 /** The stream's chunks, failing once more than `max` bytes passed; pulled by the reader, so the failure reaches it. */
-async function* limitBytes(input: Readable, max: number): AsyncGenerator<Buffer> {
+async function * limitBytes(input: Readable, max: number): AsyncGenerator<Buffer> {
   let seen = 0
   for await (const chunk of input as AsyncIterable<Buffer>) {
     seen += chunk.length
-    if (seen > max) {
-      throw new AppError(413, 'body_too_large', `the export is larger than RECONCILE_BODY_MAX_BYTES (${max} bytes); reconcile it in parts (from/to) or with postback-admin reconcile`)
-    }
+    if (seen > max) throw tooLarge(max)
     yield chunk
   }
 }
@@ -57,36 +60,63 @@ export default async function reconcileRoutes(fastify: FastifyInstance) {
     done(null, '')
   })
 
+  let running = 0
   app.post('/sheets/:sheet_id/reconcile', { schema: reconcileSchema }, async (request, reply) => {
     const sheetId = request.params.sheet_id
     sheetScope(principalOf(request), sheetId)
     const upload = uploads.get(request)
     if (!upload) throw new AppError(415, 'unsupported_media_type', `send the export as ${Object.keys(FORMATS).join(' or ')}`)
+    const { RECONCILE_BODY_MAX_BYTES: maxBytes, RECONCILE_CONCURRENCY: concurrency } = app.config
+    if (Number(request.headers['content-length']) > maxBytes) throw tooLarge(maxBytes)
+    // Each one holds a connection of its own (PostgreSQL) or the one connection (PGlite) for a while.
+    if (running >= concurrency) throw new UnavailableError('overloaded', `${running} reconciliations are running on this instance (RECONCILE_CONCURRENCY); retry later`)
     const { from, to, limit = DEFAULT_LIMIT, ...mapping } = request.query
+    running++
+    try {
+      return await reconcileRequest(sheetId, upload, { from, to, limit, mapping }, reply)
+    } finally {
+      running--
+    }
+  })
+
+  async function reconcileRequest(sheetId: string, upload: Readable, query: { from?: string; to?: string; limit: number; mapping: StatusMapping }, reply: FastifyReply) {
     // The rejection log as of now: the receiver's buffered entries are evidence too.
     await app.deliveryLog.flush()
     const input = Readable.from(limitBytes(upload, app.config.RECONCILE_BODY_MAX_BYTES), { objectMode: false })
-    const format = FORMATS[request.headers['content-type']!.split(';')[0]!.trim().toLowerCase()]!
+    const format = FORMATS[reply.request.headers['content-type']!.split(';')[0]!.trim().toLowerCase()]!
+    const { from, to, limit, mapping } = query
     return reconcile(
       app.db,
-      { sheetId, input, format, from: from ? parseTime('from', from) : undefined, to: to ? parseTime('to', to) : undefined, mapping },
+      {
+        sheetId,
+        input,
+        format,
+        from: from ? parseTime('from', from) : undefined,
+        to: to ? parseTime('to', to) : undefined,
+        mapping,
+        statementTimeoutMs: app.config.RECONCILE_STATEMENT_TIMEOUT_MS,
+      },
       async (report, differences) => {
-        // Written as it is read: the report, then the differences one by one, then `truncated`.
-        const body = Readable.from(streamResult(report, differences, limit))
+        // Written as it is read: the report, then the differences one by one, then `truncated`. A client
+        // that reads nothing for a minute is cut off, so that the staged tables and the session are freed.
+        const idle = setTimeout(() => reply.raw.destroy(), IDLE_MS)
+        const body = Readable.from(streamResult(report, differences, limit, () => idle.refresh()))
         reply.type('application/json; charset=utf-8')
         // A stream is sent as it is, not through the response schema (which documents it).
         await reply.send(body as never)
-        // The staged tables are dropped when the whole answer has been read.
+        // The staged tables are dropped when the whole answer has been read, or the client is gone.
         await new Promise<void>((resolve) => {
           body.on('close', resolve)
         })
+        clearTimeout(idle)
         return reply
       },
     )
-  })
+  }
 }
 
-async function * streamResult(report: ReconcileReport, differences: AsyncIterable<Difference>, limit: number): AsyncGenerator<string> {
+/** The answer's JSON in pieces; `progress` is called as each is taken. */
+async function * streamResult(report: ReconcileReport, differences: AsyncIterable<Difference>, limit: number, progress: () => void): AsyncGenerator<string> {
   const head = JSON.stringify(report)
   yield `${head.slice(0, -1)},"differences":[`
   let listed = 0
@@ -96,6 +126,7 @@ async function * streamResult(report: ReconcileReport, differences: AsyncIterabl
       truncated = true
       break
     }
+    progress()
     yield `${listed === 0 ? '' : ','}${JSON.stringify(difference)}`
     listed++
   }

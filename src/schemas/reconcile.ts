@@ -101,8 +101,9 @@ const reportProperties = {
   missing_here_evidence: Type.Object({
     no_delivery_received: Type.Integer({ description: 'Conversions missing here of which no rejected delivery was received' }),
     rejected: Type.Array(Type.Object({ reason: Type.String(), parameter: Nullable(Type.String()), conversions: Type.Integer() }), {
-      description: 'Conversions missing here by the reason their deliveries were rejected',
+      description: 'Conversions missing here by the reason their deliveries were rejected (one with deliveries rejected for two reasons counts under each)',
     }),
+    log_since: Nullable(Type.String({ format: 'date-time', description: "The oldest entry of the sheet's rejection log (it keeps the last REJECTION_LOG_MAX_PER_SHEET); null when empty. A delivery rejected before it is no longer evidence" })),
   }),
 }
 

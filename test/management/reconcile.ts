@@ -2,8 +2,9 @@
 // every kind of difference, status words mapped, the rejection evidence found by transaction id
 // (also in a repeated or malformed query), exact totals on both sides, the window and its scope.
 import { readFileSync, writeFileSync } from 'node:fs'
+import { request as httpRequest } from 'node:http'
 import { join } from 'node:path'
-import { Readable } from 'node:stream'
+import { PassThrough, Readable } from 'node:stream'
 import { parse } from 'csv-parse/sync'
 import t from 'tap'
 import { createClient, reconcile } from '../../client/src/index.ts'
@@ -37,12 +38,14 @@ a2,,5,USD,approved,2026-11-02T10:00:00Z
 a3,,3,USD,pending,2026-11-03T10:00:00Z
 a4,,4,EUR,approved,2026-11-04T10:00:00Z
 a5,,2,USD,approved,2026-11-05T10:00:00Z
+a6,,2,USD,approved,2026-11-05T12:00:00Z
 e1,deposit,20,USD,approved,2026-11-06T10:00:00Z
 old1,,1,USD,approved,2026-10-01T10:00:00Z
 old2,,1,USD,approved,2026-10-01T10:00:00Z
 `
 // The network's export: a1 and e1 agree, a2 pays more, a3 is approved there, a4 is in USD there,
-// m1..m5 never arrived here (m1..m3 were rejected by the receiver), one line has a bad payout.
+// m1..m5 never arrived here (m1..m3 were rejected by the receiver), two lines have a bad payout
+// (a6's names a stored conversion: it is not missing from the export, only unreadable).
 const EXPORT = `transaction_id,event,payout,currency,status,received_at,clicks
 a1,,10,USD,sale,2026-11-01 10:00:05,3
 a2,,7,USD,approved,2026-11-02 10:00:05,1
@@ -56,6 +59,7 @@ m3,,6,USD,pending,2026-11-03 11:00:00,1
 m4,,6,USD,declined,2026-11-04 11:00:00,1
 m5,,6,USD,approved,2026-11-05 11:00:00,1
 bad,,abc,USD,approved,2026-11-05 11:00:00,1
+a6,,xyz,USD,approved,2026-11-05 12:00:00,1
 `
 
 async function sheetWithDeliveries(): Promise<{ sheet: string; other: string }> {
@@ -70,13 +74,14 @@ async function sheetWithDeliveries(): Promise<{ sheet: string; other: string }> 
       await send(`sheet_id=${sheet}&transaction_id=m2&transaction_id=m2`),
       // Malformed: the network's template encoded the '=' of transaction_id.
       await send(`sheet_id=${sheet}&transaction_id%3Dm3&payout=1`),
-      // m5 is only a payout's value here: not a delivery of m5.
+      // m5 is only another parameter's value here: not a delivery of m5.
       await send(`sheet_id=${sheet}&transaction_id=zz&payout=m5`),
+      await send(`sheet_id=${sheet}&transaction_id=zz&subid=m5&offer=Sale+m5&payout=x`),
       // Another sheet's rejection and a test postback are not evidence.
       await send(`sheet_id=${other}&transaction_id=m4&payout=abc`),
       await send(`sheet_id=${sheet}&transaction_id=m4&payout=abc&test=1`),
     ],
-    [400, 400, 400, 400, 400, 400],
+    [400, 400, 400, 400, 400, 400, 400],
     'the receiver rejected the deliveries',
   )
   // The log is written in the background; the API route flushes it, the CLI (another process) reads the table.
@@ -90,17 +95,21 @@ t.test('every kind of difference, exact totals, the evidence of each missing con
   t.equal(response.statusCode, 200, response.body)
   const result = response.json<ReconcileResult>()
   t.same(result.window, { from: '2026-11-01T10:00:05.000Z', to: '2026-11-07T09:00:00.001Z', source: 'received_at' }, "the window is the export's received_at range")
-  t.same(result.lines, { read: 12, rejected: 1, repeated: 0 })
-  t.same(result.rejected_lines, [{ line: 13, error: 'invalid_parameter', parameter: 'payout', message: result.rejected_lines[0]?.message }])
+  t.same(result.lines, { read: 13, rejected: 2, repeated: 0 })
+  t.same(result.rejected_lines.map((line) => [line.line, line.error, line.parameter]), [[13, 'invalid_parameter', 'payout'], [14, 'invalid_parameter', 'payout']])
   t.match(result.rejected_lines[0]?.message, /payout/)
   t.same(result.counts, { missing_here: 5, missing_there: 1, status_differs: 1, currency_differs: 1, payout_differs: 1 })
-  // Here: the week's conversions (a2..a5, e1) and those the export names from outside it (a1, old1); not old2.
+  // Here: the week's conversions (a2..a6, e1) and those the export names from outside it (a1, old1); not old2.
+  // There: the lines read (not bad's nor a6's).
   t.same(result.totals, [
     { status: 'approved', currency: 'EUR', here_conversions: 1, here_revenue: '4.00', there_conversions: 0, there_revenue: '0.00' },
-    { status: 'approved', currency: 'USD', here_conversions: 5, here_revenue: '38.00', there_conversions: 9, there_revenue: '63.00' },
+    { status: 'approved', currency: 'USD', here_conversions: 6, here_revenue: '40.00', there_conversions: 9, there_revenue: '63.00' },
     { status: 'pending', currency: 'USD', here_conversions: 1, here_revenue: '3.00', there_conversions: 1, there_revenue: '6.00' },
     { status: 'rejected', currency: 'USD', here_conversions: 0, here_revenue: '0.00', there_conversions: 1, there_revenue: '6.00' },
   ])
+  const [oldest] = await app.db.withSession((session) =>
+    session.query<{ at: string }>(`SELECT to_char(min(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at FROM delivery_rejections WHERE sheet_id = $1 AND NOT test`, [sheet]),
+  )
   t.same(result.missing_here_evidence, {
     no_delivery_received: 2,
     rejected: [
@@ -108,6 +117,7 @@ t.test('every kind of difference, exact totals, the evidence of each missing con
       { reason: 'missing_parameter', parameter: 'transaction_id', conversions: 1 },
       { reason: 'repeated_parameter', parameter: 'transaction_id', conversions: 1 },
     ],
+    log_since: oldest?.at,
   })
   const brief = result.differences.map((d) => [d.kind, d.transaction_id, d.event, d.fields.join(' '), d.here?.status ?? null, d.there?.status ?? null, d.here?.payout ?? null, d.there?.payout ?? null, d.here?.currency ?? null, d.there?.currency ?? null])
   t.same(brief, [
@@ -127,7 +137,8 @@ t.test('every kind of difference, exact totals, the evidence of each missing con
   t.same(byId.get('m2')?.evidence?.map((e) => [e.reason, e.parameter]), [['repeated_parameter', 'transaction_id']], 'm2: found in a repeated transaction_id')
   t.same(byId.get('m3')?.evidence?.map((e) => [e.reason, e.parameter]), [['missing_parameter', 'transaction_id']], 'm3: found in a malformed query')
   t.same(byId.get('m4')?.evidence, [], "m4: no delivery (another sheet's and a test postback's do not count)")
-  t.same(byId.get('m5')?.evidence, [], 'm5: no delivery (a payout value is not a transaction id)')
+  t.same(byId.get('m5')?.evidence, [], "m5: no delivery (another parameter's value is not a transaction id)")
+  t.notOk(byId.has('a6'), 'a6 is on a line refused for its payout: not missing from the export')
   t.match(byId.get('m4')?.explanation, /no delivery received/)
   t.match(byId.get('m1')?.explanation, /rejected: invalid_parameter \(payout\)/)
   t.equal(byId.get('a3')?.there?.network_status, 'Sale', 'the word as the export wrote it')
@@ -190,6 +201,10 @@ t.test('refusals: another sheet\'s key, a file without transaction_id, a body to
   t.match(noId.json().message, /no transaction_id column/)
   const json = await reconcileApi(sheet, '{}', { type: 'application/json' })
   t.equal(json.statusCode, 415)
+  const backwards = await reconcileApi(sheet, 'transaction_id\nx\n', { query: { from: '2026-11-02', to: '2026-11-01' } })
+  t.same([backwards.statusCode, backwards.json().parameter], [400, 'to'])
+  const long = await reconcileApi(sheet, '{"transaction_id": 9007199254740993}\n{"transaction_id": "9007199254740993"}\n', { type: 'application/x-ndjson' })
+  t.match(long.json<ReconcileResult>(), { lines: { read: 2, rejected: 1 }, rejected_lines: [{ line: 1, parameter: 'transaction_id', message: /2\^53/ }] }, 'an id past 2^53 as a JSON number has lost digits: refused')
 
   const small = await testApp(t, { RECONCILE_BODY_MAX_BYTES: '1024' })
   const smallSheet = await newSheet(small)
@@ -201,6 +216,46 @@ t.test('refusals: another sheet\'s key, a file without transaction_id, a body to
     payload: `transaction_id\n${Array.from({ length: 500 }, (_, i) => `id-${i}`).join('\n')}\n`,
   })
   t.same([big.statusCode, big.json().error], [413, 'body_too_large'])
+  // Without a content-length (chunked, as curl sends a pipe): refused while it streams in.
+  const smallUrl = await listen(small)
+  const chunked = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const outgoing = httpRequest(`${smallUrl}/api/v1/postback/sheets/${smallSheet}/reconcile`, { method: 'POST', headers: { ...key, 'content-type': 'text/csv' } }, (response) => {
+      let body = ''
+      response.on('data', (chunk: Buffer) => (body += chunk))
+      response.on('end', () => resolve({ status: response.statusCode!, body }))
+    })
+    outgoing.on('error', reject)
+    outgoing.end(`transaction_id\n${Array.from({ length: 500 }, (_, i) => `id-${i}`).join('\n')}\n`)
+  })
+  t.same([chunked.status, JSON.parse(chunked.body).error], [413, 'body_too_large'], 'also without a content-length, while it streams in')
+
+  // Every staged table is dropped, after answers and after failures alike.
+  const left = await app.db.withSession((session) => session.query<{ n: number }>("SELECT count(*)::int AS n FROM pg_class WHERE relname LIKE 'reconcile\\_%'"))
+  t.same(left, [{ n: 0 }], 'no temporary table is left')
+})
+
+t.test('RECONCILE_CONCURRENCY: one more than it is answered 503 at once', async (t) => {
+  const one = await testApp(t, { RECONCILE_CONCURRENCY: '1' })
+  const sheet = await newSheet(one)
+  const key = await newKeyHeader(one, { sheetIds: [sheet] })
+  const request = (payload: string | PassThrough) =>
+    one.inject({ method: 'POST', url: `/api/v1/postback/sheets/${sheet}/reconcile`, headers: { ...key, 'content-type': 'text/csv' }, payload })
+  // The first one's export is still arriving.
+  const slow = new PassThrough()
+  slow.write('transaction_id\nx1\n')
+  const first = request(slow)
+  await new Promise((resolve) => setTimeout(resolve, 100))
+  const second = await request('transaction_id\nx2\n')
+  t.same([second.statusCode, second.json().error, second.headers['retry-after'] !== undefined], [503, 'overloaded', true])
+  slow.end('x3\n')
+  t.same((await first).json<ReconcileResult>().counts.missing_here, 2, 'the first one completes')
+  // Its slot frees once its session has closed, a moment after its answer.
+  let next = 0
+  for (let attempt = 0; attempt < 100 && next !== 200; attempt++) {
+    if (attempt > 0) await new Promise((resolve) => setTimeout(resolve, 20))
+    next = (await request('transaction_id\nx2\n')).statusCode
+  }
+  t.equal(next, 200, 'and the next one runs')
 })
 
 t.test('postback-admin reconcile: a summary, the JSON report, every difference in --out', async (t) => {
@@ -212,6 +267,7 @@ t.test('postback-admin reconcile: a summary, the JSON report, every difference i
   const { code, stdout, stderr, result } = await run('reconcile', '--sheet', sheet, '--out', out, exportFile)
   t.equal(code, 0, stderr)
   t.match(stderr, /line 13: invalid_parameter \(payout\)/)
+  t.match(stderr, /line 14: invalid_parameter \(payout\)/)
   t.match(stdout, /differences: 5 missing here, 1 missing there, 1 status, 1 currency, 1 payout/)
   t.match(stdout, /missing here: 2 never received/)
   t.match(stdout, /1 rejected by the receiver: repeated_parameter \(transaction_id\)/)
