@@ -30,10 +30,29 @@ function typedCall(method: (...args: unknown[]) => unknown, self: unknown, args:
   return result instanceof Promise ? result.catch((error: unknown) => Promise.reject(typed(error))) : result
 }
 
+/**
+ * A statement whose text begins with this comment runs without the pool's client-side read timeout
+ * (`query_timeout`): background work that may run for minutes (the first fold of the rollups after an
+ * upgrade takes every row that shares the migration's transaction at once), under a server-side
+ * `statement_timeout` of its own. Prisma's adapter cannot pass pg per-query options; the text can.
+ */
+export const LONG_RUNNING = '/* long-running */'
+// pg takes 0 as "the connection's default": the longest timer Node.js keeps instead (24.8 days).
+const NO_READ_TIMEOUT = 2_147_483_647
+
+function withoutReadTimeout(args: any[]): any[] {
+  const [first, ...rest] = args
+  if (typeof first === 'string' && first.startsWith(LONG_RUNNING)) {
+    return [{ text: first, values: Array.isArray(rest[0]) ? rest[0] : undefined, query_timeout: NO_READ_TIMEOUT }, ...(Array.isArray(rest[0]) ? rest.slice(1) : rest)]
+  }
+  if (first && typeof first === 'object' && typeof first.text === 'string' && first.text.startsWith(LONG_RUNNING)) return [{ ...first, query_timeout: NO_READ_TIMEOUT }, ...rest]
+  return args
+}
+
 export class StoreClient extends pg.Client {
   // Any arguments: pg's overloads pass through as they are.
   override query(...args: any[]): any {
-    return typedCall(super.query, this, args)
+    return typedCall(super.query, this, withoutReadTimeout(args))
   }
 }
 

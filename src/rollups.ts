@@ -27,6 +27,7 @@
 import type { SheetScope } from './conversions.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
 import { STATUSES } from './lifecycle.ts'
+import { LONG_RUNNING } from './pg-pool.ts'
 import type { SummaryQuery, SummaryRow } from './schemas/management.ts'
 
 /** Changes folded per statement at most (more when many share the last key). */
@@ -43,7 +44,7 @@ const FIGURE_COLUMNS = FIGURES.join(', ')
 // wait (the first key past the $1-th, so that a step always makes progress). A conversion stored in
 // the range counts with its first state (the first history entry when it has moved since, else the
 // row); a move in the range counts its new state and takes back the state before it.
-export const FOLD_SQL = /* sql */ `
+export const FOLD_SQL = /* sql */ `${LONG_RUNNING}
 WITH st AS MATERIALIZED (
   SELECT watermark AS w, pg_snapshot_xmin(pg_current_snapshot()) AS h FROM rollup_state
 ), bound AS MATERIALIZED (
@@ -124,7 +125,7 @@ FROM (SELECT watermark, pg_snapshot_xmin(pg_current_snapshot()) AS h FROM rollup
 // A new day phase: its days summed from the 15-minute buckets, which hold exactly what is folded
 // (the fold lock is held, so no fold runs meanwhile); from then on every fold adds to it. The
 // insert runs to completion in the same statement, read or not (a data-modifying WITH).
-const FILL_PHASE_SQL = `
+const FILL_PHASE_SQL = `${LONG_RUNNING}
 WITH filled AS (
   INSERT INTO conversion_rollups (sheet_id, level, phase, bucket, campaign_id, adset_id, ad_id, event, currency, ${FIGURE_COLUMNS})
   SELECT sheet_id, 1440, $1::smallint,
@@ -158,8 +159,10 @@ export async function foldRollups(prisma: PrismaClient, chunk = FOLD_CHUNK): Pro
       const [row] = await tx.$queryRawUnsafe<Array<{ changes: number; more: boolean }>>(FOLD_SQL, chunk)
       return { changes: row?.changes ?? 0, more: row?.more ?? false, busy: false }
     },
-    // A first fold after an upgrade or a large import may take a while; it runs in the background.
-    { maxWait: 10_000, timeout: 600_000 },
+    // A first fold after an upgrade or a large import may take many minutes (10^7 rows sharing the
+    // migration's key: about 8 on a 2-core machine); it runs in the background. Neither the
+    // transaction's timeout nor the pool's read timeout (LONG_RUNNING) may stop it, or it fails forever.
+    { maxWait: 10_000, timeout: 86_400_000 },
   )
 }
 

@@ -4,15 +4,16 @@
 // ranges and IANA zones, it equals the numbers computed here from the stored rows, to the last digit.
 import { Readable } from 'node:stream'
 import fc from 'fast-check'
+import pg from 'pg'
 import t from 'tap'
 import { loadConfig } from '../../src/config.ts'
 import { summarize, summarizeRows } from '../../src/conversions.ts'
 import { openDatabase } from '../../src/database.ts'
 import { importCsv } from '../../src/import.ts'
-import { foldRollups } from '../../src/rollups.ts'
+import { foldAll, foldRollups } from '../../src/rollups.ts'
 import type { SummaryQuery, SummaryRow } from '../../src/schemas/management.ts'
 import { createSheet } from '../../src/sheets.ts'
-import { storeEnv, uniqueId } from '../helpers.ts'
+import { deliverAll, newPostgresDatabase, newSheet, onPostgres, storeEnv, testApp, uniqueId } from '../helpers.ts'
 
 const store = await openDatabase(loadConfig(storeEnv(t)))
 t.teardown(() => store.close())
@@ -271,3 +272,26 @@ t.test('ranges that a rollup bucket almost fits: an empty id filter, a 24-hour r
     t.same(await summarize(prisma, [sheet], query), await summarizeRows(prisma, [sheet], query, query.tz ?? 'UTC'), JSON.stringify(query))
   }
 })
+
+if (onPostgres) {
+  t.test('a fold that runs longer than the request timeouts completes (the first fold after an upgrade can take minutes)', async (t) => {
+    // Request timeouts of 100 ms (statement) and 1.1 s (the pool's client-side read timeout), and a
+    // fold made to last 2.5 s: another session holds the row of rollup_state it moves.
+    const app = await testApp(t, { DATABASE_URL: await newPostgresDatabase(t), DB_STATEMENT_TIMEOUT_MS: '100' })
+    const sheet = await newSheet(app)
+    await deliverAll(app, [1, 2, 3].map((i) => ({ sheet_id: sheet, transaction_id: `long-${i}`, payout: '2' })))
+    const locker = new pg.Client({ connectionString: app.config.DATABASE_URL })
+    await locker.connect()
+    t.teardown(() => locker.end())
+    await locker.query('BEGIN')
+    await locker.query('SELECT * FROM rollup_state FOR UPDATE')
+    const released = new Promise((resolve) => setTimeout(() => resolve(locker.query('COMMIT')), 2500))
+    const started = performance.now()
+    const folded = await foldAll(app.prisma)
+    t.ok(performance.now() - started > 2000, 'the fold waited for the lock')
+    t.equal(folded, 3, 'and folded the three conversions')
+    await released
+    const [row] = await app.prisma.$queryRaw<Array<{ n: number }>>`SELECT sum(approved)::int AS n FROM conversion_rollups WHERE sheet_id = ${sheet} AND level = 15`
+    t.equal(row?.n, 3)
+  })
+}
