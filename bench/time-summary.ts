@@ -15,7 +15,7 @@ const shapes: any[] = [
 for (const q of shapes) {
   const times: number[] = []
   let n = 0
-  for (let i = 0; i < 6; i++) { const t0 = performance.now(); n = (await summarize(db.prisma, null, q)).length; times.push(performance.now() - t0) }
+  for (let i = 0; i < 6; i++) { const t0 = performance.now(); n = (await summarize(db, null, q)).length; times.push(performance.now() - t0) }
   console.log(q.group_by, q.tz ?? '', n, 'rows', times.slice(1).sort((a, b) => a - b)[2]!.toFixed(1), 'ms median')
 }
 await db.close()

@@ -1,6 +1,7 @@
 // Reading stored conversions back: the filtered, keyset-paginated list, one conversion, and the
 // summary (conversions + revenue per campaign / ad set / ad, per currency, optionally per day).
 // Raw SQL: payouts are read as text so that decimals stay exact (`12.50` stays `12.50`).
+import type { Database } from './database.ts'
 import { InputError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
 import { GROUP_COLUMNS, statusColumns, summarizeFromRollups } from './rollups.ts'
@@ -202,7 +203,8 @@ async function isTimeZone(prisma: PrismaClient, name: string): Promise<boolean> 
  * Conversions and revenue per group (and day), split by status. Read from the pre-aggregates
  * (src/rollups.ts), exact; a filter they do not hold (`transaction_id`) scans the rows.
  */
-export async function summarize(prisma: PrismaClient, scope: SheetScope, query: SummaryQuery): Promise<SummaryRow[]> {
+export async function summarize(db: Database, scope: SheetScope, query: SummaryQuery): Promise<SummaryRow[]> {
+  const { prisma } = db
   const tz = query.tz ?? 'UTC'
   if (!(await isTimeZone(prisma, tz))) throw new InputError('invalid_parameter', 'tz', `tz ${JSON.stringify(tz)} is not an IANA time zone`)
   if (query.transaction_id === undefined) {
@@ -210,7 +212,7 @@ export async function summarize(prisma: PrismaClient, scope: SheetScope, query: 
       ...(query.from !== undefined && { from: parseTime('from', query.from) }),
       ...(query.to !== undefined && { to: parseTime('to', query.to) }),
     }
-    return summarizeFromRollups(prisma, scope, query, range, tz)
+    return summarizeFromRollups(db, scope, query, range, tz)
   }
   return summarizeRows(prisma, scope, query, tz)
 }

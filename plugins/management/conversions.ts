@@ -89,7 +89,11 @@ export default async function conversionRoutes(fastify: FastifyInstance) {
     return { data }
   })
 
-  app.get('/summary', { schema: summarySchema }, async (request) => ({
-    data: await summarize(app.prisma, sheetScope(principalOf(request), request.query.sheet_id), request.query),
-  }))
+  app.get('/summary', { schema: summarySchema }, async (request, reply) => {
+    const data = await summarize(app.db, sheetScope(principalOf(request), request.query.sheet_id), request.query)
+    // Written by JSON.stringify, not the schema's serializer: a month of days per ad is 18,000 rows,
+    // which the serializer wrote in 40 ms, checking each value's type list (string or null). The
+    // statement's columns are the schema's, typed by the SQL (ints, decimal text, text or null).
+    return reply.type('application/json; charset=utf-8').send(JSON.stringify({ data }) as never)
+  })
 }

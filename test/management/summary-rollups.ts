@@ -186,7 +186,7 @@ async function check(testCase: Case): Promise<void> {
       ...(from && { from: from.toISOString() }),
       ...(to && { to: to.toISOString() }),
     }
-    const rows = await summarize(prisma, [sheet], query)
+    const rows = await summarize(store, [sheet], query)
     const expected = await expectedSummary(sheet, query, from, to)
     const actual = actualSummary(rows, query)
     if (JSON.stringify([...actual].sort()) !== JSON.stringify([...expected].sort())) {
@@ -214,7 +214,7 @@ t.test('a conversion moved after its fold, or stored and moved within one, count
   await foldPast(sheet)
   const query: SummaryQuery = { sheet_id: sheet, group_by: 'campaign' }
   const figures = async () =>
-    (await summarize(prisma, [sheet], query)).map((row) => [row.conversions, row.revenue, row.pending_conversions, row.pending_revenue, row.rejected_conversions, row.rejected_revenue])
+    (await summarize(store, [sheet], query)).map((row) => [row.conversions, row.revenue, row.pending_conversions, row.pending_revenue, row.rejected_conversions, row.rejected_revenue])
   t.same(await figures(), [[1, '2.50', 1, '10.00', 0, '0.00']], 'folded: read from the rollups')
   await run('transaction_id,status,payout,received_at\nt1,approved,12.125,2026-05-02T00:00:00Z')
   t.same(await figures(), [[2, '14.625', 0, '0.00', 0, '0.00']], 'moved after the fold: the state at the fold taken back')
@@ -241,16 +241,16 @@ t.test("a zone's day phase, filled from the 15-minute buckets and then folded in
   const query: SummaryQuery = { sheet_id: sheet, group_by: 'campaign', interval: 'day', tz: 'Australia/Eucla' }
   const fromRows = () => summarizeRows(prisma, [sheet], query, 'Australia/Eucla')
   const phase = async () => (await prisma.$queryRaw<Array<{ ready: boolean }>>`SELECT ready FROM rollup_phases WHERE phase = 915`)[0]?.ready
-  t.same(await summarize(prisma, [sheet], query), await fromRows(), 'before the phase is filled: days tiled from UTC buckets')
+  t.same(await summarize(store, [sheet], query), await fromRows(), 'before the phase is filled: days tiled from UTC buckets')
   // Asked for; on PostgreSQL another test's server may fold (and fill it) at any moment from here.
   t.not(await phase(), undefined, 'the summary asked for the phase')
   await foldPast(sheet)
   t.equal(await phase(), true, 'the fold filled it')
-  t.same(await summarize(prisma, [sheet], query), await fromRows(), 'read from the filled phase')
+  t.same(await summarize(store, [sheet], query), await fromRows(), 'read from the filled phase')
   await run(Array.from({ length: 16 }, (_, i) => `t${i * 10 + 1},approved,9.99,c0,2026-06-09T00:00:00Z`))
   await run(Array.from({ length: 20 }, (_, i) => `u${i},approved,0.5,c1,${new Date(start + i * 53 * 60_000).toISOString()}`))
   await foldPast(sheet)
-  t.same(await summarize(prisma, [sheet], query), await fromRows(), 'moves and new conversions folded into it')
+  t.same(await summarize(store, [sheet], query), await fromRows(), 'moves and new conversions folded into it')
 })
 
 t.test('ranges that a rollup bucket almost fits: an empty id filter, a 24-hour range a fraction of a second off a day', async (t) => {
@@ -261,7 +261,7 @@ t.test('ranges that a rollup bucket almost fits: an empty id filter, a 24-hour r
   // 1 November 2026 has 25 hours in New York (04:00Z to 05:00Z the next day).
   await run(['n1,3.00,,2026-11-01T04:59:59.800Z', 'n2,2.00,,2026-11-02T04:59:59.800Z', 'n3,1.00,c1,2026-11-01T12:00:00Z'])
   const byDay: SummaryQuery = { sheet_id: sheet, group_by: 'campaign', interval: 'day', tz: 'America/New_York' }
-  await summarize(prisma, [sheet], byDay) // asks for New York's day phases
+  await summarize(store, [sheet], byDay) // asks for New York's day phases
   await foldPast(sheet)
   for (const query of [
     { ...byDay, from: '2026-11-01T04:59:59.600Z', to: '2026-11-02T04:59:59.600Z' },
@@ -269,7 +269,7 @@ t.test('ranges that a rollup bucket almost fits: an empty id filter, a 24-hour r
     { sheet_id: sheet, group_by: 'campaign', campaign_id: '' } as SummaryQuery,
     { sheet_id: sheet, group_by: 'ad', adset_id: '' } as SummaryQuery,
   ]) {
-    t.same(await summarize(prisma, [sheet], query), await summarizeRows(prisma, [sheet], query, query.tz ?? 'UTC'), JSON.stringify(query))
+    t.same(await summarize(store, [sheet], query), await summarizeRows(prisma, [sheet], query, query.tz ?? 'UTC'), JSON.stringify(query))
   }
 })
 
