@@ -94,14 +94,14 @@ t.test('every kind of difference, exact totals, the evidence of each missing con
   const response = await reconcileApi(sheet, EXPORT)
   t.equal(response.statusCode, 200, response.body)
   const result = response.json<ReconcileResult>()
-  t.same(result.window, { from: '2026-11-01T10:00:05.000Z', to: '2026-11-07T09:00:00.001Z', source: 'received_at' }, "the window is the export's received_at range")
-  t.same(result.lines, { read: 13, rejected: 2, repeated: 0 })
+  t.strictSame(result.window, { from: '2026-11-01T10:00:05.000Z', to: '2026-11-07T09:00:00.001Z', source: 'received_at' }, "the window is the export's received_at range")
+  t.strictSame(result.lines, { read: 13, rejected: 2, repeated: 0 })
   t.same(result.rejected_lines.map((line) => [line.line, line.error, line.parameter]), [[13, 'invalid_parameter', 'payout'], [14, 'invalid_parameter', 'payout']])
   t.match(result.rejected_lines[0]?.message, /payout/)
-  t.same(result.counts, { missing_here: 5, missing_there: 1, status_differs: 1, currency_differs: 1, payout_differs: 1 })
+  t.strictSame(result.counts, { missing_here: 5, missing_there: 1, status_differs: 1, currency_differs: 1, payout_differs: 1 })
   // Here: the week's conversions (a2..a6, e1) and those the export names from outside it (a1, old1); not old2.
   // There: the lines read (not bad's nor a6's).
-  t.same(result.totals, [
+  t.strictSame(result.totals, [
     { status: 'approved', currency: 'EUR', here_conversions: 1, here_revenue: '4.00', there_conversions: 0, there_revenue: '0.00' },
     { status: 'approved', currency: 'USD', here_conversions: 6, here_revenue: '40.00', there_conversions: 9, there_revenue: '63.00' },
     { status: 'pending', currency: 'USD', here_conversions: 1, here_revenue: '3.00', there_conversions: 1, there_revenue: '6.00' },
@@ -110,7 +110,7 @@ t.test('every kind of difference, exact totals, the evidence of each missing con
   const [oldest] = await app.db.withSession((session) =>
     session.query<{ at: string }>(`SELECT to_char(min(received_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS at FROM delivery_rejections WHERE sheet_id = $1 AND NOT test`, [sheet]),
   )
-  t.same(result.missing_here_evidence, {
+  t.strictSame(result.missing_here_evidence, {
     no_delivery_received: 2,
     rejected: [
       { reason: 'invalid_parameter', parameter: 'payout', conversions: 1 },
@@ -120,7 +120,7 @@ t.test('every kind of difference, exact totals, the evidence of each missing con
     log_since: oldest?.at,
   })
   const brief = result.differences.map((d) => [d.kind, d.transaction_id, d.event, d.fields.join(' '), d.here?.status ?? null, d.there?.status ?? null, d.here?.payout ?? null, d.there?.payout ?? null, d.here?.currency ?? null, d.there?.currency ?? null])
-  t.same(brief, [
+  t.strictSame(brief, [
     ['missing_here', 'm1', null, '', null, 'approved', null, '6', null, 'USD'],
     ['missing_here', 'm2', null, '', null, 'approved', null, '6', null, 'USD'],
     ['missing_here', 'm3', null, '', null, 'pending', null, '6', null, 'USD'],
@@ -159,8 +159,8 @@ t.test('JSON lines, status words mapped by the URL parameters, a date column as 
   const body = lines.map((line) => (typeof line === 'string' ? line : JSON.stringify(line))).join('\n')
   const query = { approved_status: '1', pending_status: '2', rejected_status: '3' }
   const result = (await reconcileApi(sheet, body, { type: 'application/x-ndjson', query })).json<ReconcileResult>()
-  t.same(result.window, { from: '2026-11-10T00:00:00.000Z', to: '2026-11-12T00:00:00.000Z', source: 'date' }, 'whole days from the first date to the last')
-  t.same(result.lines, { read: 5, rejected: 1, repeated: 1 })
+  t.strictSame(result.window, { from: '2026-11-10T00:00:00.000Z', to: '2026-11-12T00:00:00.000Z', source: 'date' }, 'whole days from the first date to the last')
+  t.strictSame(result.lines, { read: 5, rejected: 1, repeated: 1 })
   t.equal(result.rejected_lines[0]?.error, 'invalid_line')
   // j1: pending here, "1" (approved) there; j2: approved here, "3" (rejected) there, payout equal (2 = 2.00);
   // j9 missing here; j3 and j4 outside the two days.
@@ -271,7 +271,7 @@ t.test('postback-admin reconcile: a summary, the JSON report, every difference i
   t.match(stdout, /differences: 5 missing here, 1 missing there, 1 status, 1 currency, 1 payout/)
   t.match(stdout, /missing here: 2 never received/)
   t.match(stdout, /1 rejected by the receiver: repeated_parameter \(transaction_id\)/)
-  t.same(result.counts, { missing_here: 5, missing_there: 1, status_differs: 1, currency_differs: 1, payout_differs: 1 })
+  t.strictSame(result.counts, { missing_here: 5, missing_there: 1, status_differs: 1, currency_differs: 1, payout_differs: 1 })
   const rows = parse(readFileSync(out), { columns: true }) as Array<Record<string, string>>
   t.same(rows.map((row) => `${row.kind} ${row.transaction_id}`), ['missing_here m1', 'missing_here m2', 'missing_here m3', 'missing_here m4', 'missing_here m5', 'missing_there a5', 'status_differs a3', 'currency_differs a4', 'payout_differs a2'])
   t.match(rows[0], { there_line: '8', there_payout: '6', evidence: /invalid_parameter \(payout\)/ })
