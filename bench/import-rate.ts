@@ -1,7 +1,7 @@
 // The import's rate on PostgreSQL: writes a CSV of N lines (one sheet, 300 ads, 90 days, a tenth of
 // the lines later moving a conversion), imports it into a fresh database with postback-admin import,
 // and prints lines/s and the process's peak RSS. A second run of the same file shows the repeat path.
-//   npx tsx bench/import-rate.ts [--lines 500000] [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
+//   npx tsx bench/import-rate.ts [--lines 500000] [--no-fold] [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
 import { createWriteStream, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util'
 import { run } from '../src/cli.ts'
 import { scratchDatabase } from './support.ts'
 
-const { values } = parseArgs({ options: { lines: { type: 'string', default: '500000' }, 'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' } } })
+const { values } = parseArgs({ options: { lines: { type: 'string', default: '500000' }, 'no-fold': { type: 'boolean', default: false }, 'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' } } })
 const lines = Number(values.lines)
 const dir = mkdtempSync(join(tmpdir(), 'import-rate-'))
 const file = join(dir, 'export.csv')
@@ -37,7 +37,7 @@ await run(['migrate'], env, quiet)
 await run(['sheet', 'create', '--id', 'bench'], env, quiet)
 for (const label of ['first run', 'second run (repeats)']) {
   const started = performance.now()
-  const code = await run(['import', '--sheet', 'bench', file], env, quiet)
+  const code = await run(['import', '--sheet', 'bench', ...(values['no-fold'] ? ['--no-fold'] : []), file], env, quiet)
   const seconds = (performance.now() - started) / 1000
   console.log(`${label}: exit ${code}, ${lines} lines in ${seconds.toFixed(1)} s = ${Math.round(lines / seconds)} lines/s; ${last.trim()}`)
 }

@@ -125,7 +125,9 @@ t.test('lifecycle: moves apply in file order, repeats are duplicates, and a seco
   ])
   const history = await store.withSession((session) =>
     session.query<{ transaction_id: string; status: string }>(
-      `SELECT c.transaction_id, h.status FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id WHERE c.sheet_id = $1 ORDER BY h.id`,
+      // Per conversion, in the order applied (on PostgreSQL two writers share the keys, so the
+      // moves of different conversions may interleave).
+      `SELECT c.transaction_id, h.status FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id WHERE c.sheet_id = $1 ORDER BY c.transaction_id, c.event, h.id`,
       [sheet],
     ),
   )
@@ -213,4 +215,28 @@ t.test('the import folds what it imported into the summary rollups before it end
     t.equal(await folded(later), 0, 'left to the service')
   }
   t.equal((await stored(later)).length, 3, 'imported either way')
+})
+
+t.test('conversions moving through three lines in different chunks end as their last line says (on PostgreSQL, over two writers)', async (t) => {
+  const sheet = await newSheet()
+  const { importCsv } = await import('../../src/import.ts')
+  const { Readable } = await import('node:stream')
+  // Each conversion's three lines 200 lines apart, so in different chunks of 50.
+  const keys = Array.from({ length: 200 }, (_, i) => `k${i}`)
+  const text = ['transaction_id,status,payout', ...['lead', 'sale', 'chargeback'].flatMap((status, step) => keys.map((key) => `${key},${status},${step + 1}`))].join('\n')
+  const result = await importCsv(store, { sheetId: sheet, input: Readable.from([text]), chunkSize: 50, onRejected: () => t.fail('rejected') })
+  t.match(result, { lines: 600, imported: 200, updated: 400, duplicate: 0 })
+  const histories = await store.withSession((session) =>
+    session.query<{ transaction_id: string; moves: string; status: string; payout: string }>(
+      `SELECT c.transaction_id, string_agg(h.status, ' ' ORDER BY h.id) AS moves, c.status, c.payout::text AS payout
+       FROM conversions c JOIN conversion_history h ON h.conversion_id = c.id WHERE c.sheet_id = $1 GROUP BY c.id ORDER BY c.transaction_id`,
+      [sheet],
+    ),
+  )
+  t.equal(histories.length, 200)
+  t.same(
+    histories.filter((row) => row.moves !== 'pending approved rejected' || row.status !== 'rejected' || row.payout !== '3').map((row) => row.transaction_id),
+    [],
+    'every conversion went pending, approved, rejected, and kept the last payout',
+  )
 })
