@@ -14,7 +14,7 @@ import { reconcile } from './reconcile.ts'
 import { openDifferencesFile, reconcileSummary, writeDifferences } from './reconcile-output.ts'
 import { foldAll } from './rollups.ts'
 import { migrate, MigrationError, pendingMigrations } from './migrations.ts'
-import { AppError } from './errors.ts'
+import { AppError, type InputError } from './errors.ts'
 import { clearAllowedAddresses, clearSheetToken, DEFAULT_GRACE_SECONDS, rotateSheetToken, setAllowedAddresses } from './sheet-security.ts'
 import { createSheet, disableSheet, getSheet, listSheets } from './sheets.ts'
 
@@ -120,7 +120,7 @@ const commands: Record<string, Command> = {
         const result = await importCsv(db, {
           sheetId,
           input,
-          onRejected: (line, error) => io.stderr.write(`${progress?.clear() ?? ''}line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`),
+          onRejected: (line, error) => io.stderr.write(`${progress?.clear() ?? ''}${badLine(line, error)}`),
           onProgress: progress?.update,
         })
         // The summary's rollups take the import in before the command ends (with a running service,
@@ -179,7 +179,7 @@ const commands: Record<string, Command> = {
       try {
         return await reconcile(
           db,
-          { sheetId, input, format, from, to, mapping, onRejected: (line, error) => io.stderr.write(`line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`) },
+          { sheetId, input, format, from, to, mapping, onRejected: (line, error) => io.stderr.write(badLine(line, error)) },
           async (report, differences) => {
             if (out) await writeDifferences(out, differences)
             io.stdout.write(reconcileSummary(report, values.out))
@@ -244,6 +244,9 @@ async function requireCurrentSchema(db: Database): Promise<void> {
   const count = `${pending.length} migration${pending.length === 1 ? '' : 's'}`
   throw new MigrationError(`the store's schema is behind: ${count} pending (${pending.join(', ')}); run \`postback-admin migrate\``)
 }
+
+/** A line of a file refused (import, reconcile), as stderr reports it. */
+const badLine = (line: number, error: InputError) => `line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`
 
 /** The import's progress on a terminal: one line, rewritten after each chunk. */
 function progressLine(stderr: { write(text: string): unknown }) {

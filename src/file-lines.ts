@@ -117,3 +117,44 @@ async function * jsonLines<Column extends string>(input: Readable, { columns }: 
     else yield { line: number, values }
   }
 }
+
+/**
+ * Writes a file's rows in chunks of `size`, one chunk at a time and in order, each while the next
+ * is being read and checked (the two share the machine's cores rather than taking turns). A failed
+ * write is thrown at the next flush or by `done`.
+ */
+export class ChunkWriter<Row> {
+  #chunk: Row[] = []
+  #writing: Promise<void> = Promise.resolve()
+
+  constructor(
+    private readonly size: number,
+    private readonly write: (rows: Row[]) => Promise<void>,
+  ) {}
+
+  async push(row: Row): Promise<void> {
+    this.#chunk.push(row)
+    if (this.#chunk.length >= this.size) await this.flush()
+  }
+
+  /** Starts writing what is gathered, once the write before it has succeeded. */
+  async flush(): Promise<void> {
+    if (this.#chunk.length === 0) return
+    const rows = this.#chunk
+    this.#chunk = []
+    await this.#writing
+    this.#writing = this.write(rows)
+    this.#writing.catch(() => {})
+  }
+
+  /** Writes what is left and waits for every write. */
+  async done(): Promise<void> {
+    await this.flush()
+    await this.#writing
+  }
+
+  /** Waits for the write under way, whatever its outcome: before its session is given up after a failure. */
+  settled(): Promise<void> {
+    return this.#writing.catch(() => {})
+  }
+}

@@ -10,7 +10,7 @@ import { parseTime } from './conversions.ts'
 import type { Database, SqlSession } from './database.ts'
 import { parseDelivery } from './delivery.ts'
 import { InputError, NotFoundError } from './errors.ts'
-import { readFileLines } from './file-lines.ts'
+import { ChunkWriter, readFileLines } from './file-lines.ts'
 import { allowedMoveSql } from './lifecycle.ts'
 import type { Delivery } from './schemas/receiver.ts'
 
@@ -75,48 +75,39 @@ async function importLines({ sheetId, input, onRejected, onProgress, chunkSize =
 
   const counts: ImportCounts = { lines: 0, imported: 0, updated: 0, duplicate: 0, rejected: 0 }
   const { lines, ignored } = readFileLines(input, { columns: IMPORT_COLUMNS, required: 'transaction_id' })
-  // Per writer: the chunk being read, and the write under way. One chunk of each writer is written
-  // while the next is read and checked; a writer's chunks are written one at a time, in file order.
-  const writers = sessions.map((session) => ({ session, chunk: [] as Row[], writing: Promise.resolve() as Promise<void> }))
-  const flush = async (writer: (typeof writers)[number]) => {
-    if (writer.chunk.length === 0) return
-    const rows = writer.chunk
-    writer.chunk = []
-    await writer.writing
-    writer.writing = writeChunk(writer.session, sheetId, rows).then((written) => {
-      counts.imported += written.imported
-      counts.updated += written.updated
-      counts.duplicate += rows.length - written.imported - written.updated
-      onProgress?.(counts)
-    })
-    // Its failure is thrown where it is awaited: at the next flush or at the end.
-    writer.writing.catch(() => {})
-  }
+  // One writer per session; a writer's chunks are written one at a time, in file order.
+  const writers = sessions.map(
+    (session) =>
+      new ChunkWriter<Row>(chunkSize, async (rows) => {
+        const written = await writeChunk(session, sheetId, rows)
+        counts.imported += written.imported
+        counts.updated += written.updated
+        counts.duplicate += rows.length - written.imported - written.updated
+        onProgress?.(counts)
+      }),
+  )
   try {
     for await (const { line, values, error } of lines) {
       counts.lines++
       try {
         if (error) throw error
         const row = toRow(sheetId, values)
-        const writer = writers[writers.length === 1 ? 0 : keyHash(row.delivery) % writers.length]!
-        writer.chunk.push(row)
-        if (writer.chunk.length >= chunkSize) await flush(writer)
+        await writers[writers.length === 1 ? 0 : keyHash(row.delivery) % writers.length]!.push(row)
       } catch (error) {
         if (!(error instanceof InputError)) throw error
         counts.rejected++
         onRejected(line, error)
       }
     }
+    const finished = await Promise.allSettled(writers.map((writer) => writer.done()))
+    const failed = finished.find((result) => result.status === 'rejected')
+    if (failed) throw failed.reason
   } catch (error) {
     // The sessions stay in use until the chunks being written have settled; what came before a
     // file error stays imported.
-    await Promise.all(writers.map((writer) => writer.writing.catch(() => {})))
+    await Promise.all(writers.map((writer) => writer.settled()))
     throw error
   }
-  for (const writer of writers) await flush(writer)
-  const settled = await Promise.allSettled(writers.map((writer) => writer.writing))
-  const failed = settled.find((result) => result.status === 'rejected')
-  if (failed) throw failed.reason
   return { sheet_id: sheetId, ...counts, ignored_columns: [...ignored] }
 }
 

@@ -31,8 +31,9 @@ import type { Readable } from 'node:stream'
 import type { Database, SqlSession } from './database.ts'
 import { parseDelivery } from './delivery.ts'
 import { InputError, NotFoundError } from './errors.ts'
-import { readFileLines, type FileFormat } from './file-lines.ts'
+import { ChunkWriter, readFileLines, type FileFormat } from './file-lines.ts'
 import { parseFileTime } from './import.ts'
+import { MalformedValue, parseQueryString } from './query-string.ts'
 import { STATUSES, type ConversionStatus, type StatusMapping } from './lifecycle.ts'
 import { revenueText } from './rollups.ts'
 import { DIFFERENCE_KINDS, type Difference, type DifferenceKind, type ReconcileReport } from './schemas/reconcile.ts'
@@ -86,47 +87,39 @@ export async function reconcile<T>(
   })
 }
 
+/** The earliest and latest time of a column of the export. */
+interface Range {
+  first?: Date
+  last?: Date
+}
+
+const widen = (range: Range, time: Date) => {
+  if (!range.first || time < range.first) range.first = time
+  if (!range.last || time > range.last) range.last = time
+}
+
 interface Staged {
   read: number
   rejected: number
   rejectedLines: ReconcileReport['rejected_lines']
-  /** The range of the export's time column, when it has one. */
-  first?: Date
-  last?: Date
-  timeColumn?: 'received_at' | 'date'
+  received_at: Range
+  date: Range
 }
 
 async function stageExport(session: SqlSession, table: string, options: ReconcileOptions): Promise<Staged> {
   // `bad`: a line refused for a value; only its key is kept, so that the conversion it names is not
   // reported missing from the export.
   await session.exec(`CREATE TEMPORARY TABLE ${table} (line int, transaction_id text, event text, status text, network_status text, payout numeric, currency text, bad boolean)`)
-  const staged: Staged = { read: 0, rejected: 0, rejectedLines: [] }
+  const staged: Staged = { read: 0, rejected: 0, rejectedLines: [], received_at: {}, date: {} }
   const { lines } = readFileLines(options.input, { format: options.format, columns: RECONCILE_COLUMNS, required: 'transaction_id' })
-  // The lines of a chunk, by column; one chunk is inserted while the next is read and checked.
-  const columns = () => ({
-    line: [] as number[],
-    id: [] as string[],
-    event: [] as string[],
-    status: [] as Array<string | null>,
-    word: [] as Array<string | null>,
-    payout: [] as Array<string | null>,
-    currency: [] as Array<string | null>,
-    bad: [] as boolean[],
-  })
-  let chunk = columns()
-  let writing: Promise<unknown> = Promise.resolve()
-  const flush = async () => {
-    if (chunk.line.length === 0) return
-    const rows = chunk
-    chunk = columns()
-    await writing
-    writing = session.query(
+  // A staged line: line, transaction_id, event, status, network word, payout, currency, bad.
+  type StagedLine = [number, string, string, string | null, string | null, string | null, string | null, boolean]
+  const writer = new ChunkWriter<StagedLine>(CHUNK, async (rows) => {
+    await session.query(
       `INSERT INTO ${table} SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::boolean[])`,
-      [rows.line, rows.id, rows.event, rows.status, rows.word, rows.payout, rows.currency, rows.bad],
+      Array.from({ length: 8 }, (_, column) => rows.map((row) => row[column])),
     )
-    // Its failure is thrown where it is awaited: at the next flush or at the end.
-    writing.catch(() => {})
-  }
+  })
   try {
     for await (const { line, values, error } of lines) {
       staged.read++
@@ -134,25 +127,11 @@ async function stageExport(session: SqlSession, table: string, options: Reconcil
         if (error) throw error
         const { received_at: receivedAt, date, ...fields } = values
         // The window's column: received_at when the export has one, else date. A bad line's time counts too.
-        const time = receivedAt !== undefined ? parseFileTime('received_at', receivedAt) : date !== undefined ? parseFileTime('date', date) : undefined
-        if (time) {
-          const column = receivedAt !== undefined ? 'received_at' : 'date'
-          if (staged.timeColumn === 'date' && column === 'received_at') staged.first = staged.last = undefined
-          if (!(staged.timeColumn === 'received_at' && column === 'date')) {
-            staged.timeColumn = column
-            if (!staged.first || time < staged.first) staged.first = time
-            if (!staged.last || time > staged.last) staged.last = time
-          }
-        }
+        if (receivedAt !== undefined) widen(staged.received_at, parseFileTime('received_at', receivedAt))
+        else if (date !== undefined) widen(staged.date, parseFileTime('date', date))
         const delivery = parseDelivery({ sheet_id: 'export', ...fields, ...options.mapping })
-        chunk.line.push(line)
-        chunk.id.push(delivery.transaction_id)
-        chunk.event.push(delivery.event ?? '')
-        chunk.status.push(fields.status !== undefined ? delivery.status! : null)
-        chunk.word.push(delivery.network_status ?? null)
-        chunk.payout.push(delivery.payout ?? null)
-        chunk.currency.push(delivery.currency ?? null)
-        chunk.bad.push(false)
+        const status = fields.status !== undefined ? delivery.status! : null
+        await writer.push([line, delivery.transaction_id, delivery.event ?? '', status, delivery.network_status ?? null, delivery.payout ?? null, delivery.currency ?? null, false])
       } catch (failure) {
         if (!(failure instanceof InputError)) throw failure
         staged.rejected++
@@ -163,24 +142,16 @@ async function stageExport(session: SqlSession, table: string, options: Reconcil
         // Its key, as written, when it has one.
         const id = values.transaction_id
         if (id !== undefined && failure.parameter !== 'transaction_id') {
-          chunk.line.push(line)
-          chunk.id.push(id)
-          chunk.event.push(failure.parameter === 'event' ? '' : (values.event ?? ''))
-          chunk.status.push(null)
-          chunk.word.push(null)
-          chunk.payout.push(null)
-          chunk.currency.push(null)
-          chunk.bad.push(true)
+          await writer.push([line, id, failure.parameter === 'event' ? '' : (values.event ?? ''), null, null, null, null, true])
         }
       }
-      if (chunk.line.length >= CHUNK) await flush()
     }
-    await flush()
-  } finally {
+    await writer.done()
+  } catch (error) {
     // The session's tables are dropped only after the insert under way has settled.
-    await writing.catch(() => {})
+    await writer.settled()
+    throw error
   }
-  await writing
   return staged
 }
 
@@ -193,13 +164,17 @@ interface Window {
 const DAY_MS = 86_400_000
 
 function windowOf(options: ReconcileOptions, staged: Staged): Window {
+  // The export's range: of received_at when it has one, else of date (whole UTC days: the window
+  // ends after the last one); a time ends it just after it.
+  const column = staged.received_at.first ? 'received_at' : staged.date.first ? 'date' : undefined
   let from: Date | null = null
   let to: Date | null = null
-  if (staged.timeColumn && staged.first && staged.last) {
-    // A date is a whole day (UTC): the window ends after the last one. A time ends it just after it.
-    const date = staged.timeColumn === 'date'
-    from = new Date(date ? Math.floor(staged.first.getTime() / DAY_MS) * DAY_MS : staged.first.getTime())
-    to = new Date(date ? Math.floor(staged.last.getTime() / DAY_MS) * DAY_MS + DAY_MS : staged.last.getTime() + 1)
+  if (column === 'received_at') {
+    from = staged.received_at.first!
+    to = new Date(staged.received_at.last!.getTime() + 1)
+  } else if (column === 'date') {
+    from = new Date(Math.floor(staged.date.first!.getTime() / DAY_MS) * DAY_MS)
+    to = new Date(Math.floor(staged.date.last!.getTime() / DAY_MS) * DAY_MS + DAY_MS)
   }
   if (options.from || options.to) {
     // A bound given wins; the other comes from the export, when it has a time column.
@@ -207,7 +182,7 @@ function windowOf(options: ReconcileOptions, staged: Staged): Window {
     to = options.to ?? (to && options.from && to > options.from ? to : null)
     return { from, to, source: 'parameters' }
   }
-  return staged.timeColumn && from ? { from, to, source: staged.timeColumn } : { from: null, to: null, source: 'all_time' }
+  return column ? { from, to, source: column } : { from: null, to: null, source: 'all_time' }
 }
 
 // A conversion that differs in several fields is reported once, under the first of them (a
@@ -338,12 +313,11 @@ const TRANSACTION_ID = /(?:^|[&?;\s])transaction_id=([^&?;#\s]+)/gi
 /** The transaction ids a rejected delivery's query carried (see the top of this file). */
 export function idsInQuery(rawQuery: string): Set<string> {
   const ids = new Set<string>()
-  // The values as the receiver reads them (each of several), whole.
-  for (const segment of rawQuery.split('&')) {
-    const equals = segment.indexOf('=')
-    if (equals < 0 || decode(segment.slice(0, equals)).trim().toLowerCase() !== 'transaction_id') continue
-    const value = decode(segment.slice(equals + 1)).trim()
-    if (value) ids.add(value)
+  // The values as the receiver reads them (each of several), whole; one it could not decode, as far as it decodes.
+  const read = parseQueryString(rawQuery).transaction_id
+  for (const value of Array.isArray(read) ? read : read === undefined ? [] : [read]) {
+    const text = (value instanceof MalformedValue ? decode(value.raw) : value).trim()
+    if (text) ids.add(text)
   }
   // And where the receiver could not read it: an encoded '=', '&amp;', a second '?'.
   for (const match of decode(rawQuery).matchAll(TRANSACTION_ID)) ids.add(match[1]!)
