@@ -295,3 +295,39 @@ if (onPostgres) {
     t.equal(row?.n, 3)
   })
 }
+
+t.test('summaries taken while folds commit read each fold whole or not at all (one snapshot)', async (t) => {
+  const sheet = uniqueId('rollup')
+  await createSheet(prisma, { sheetId: sheet, currency: 'USD' })
+  // 40 imports (as many transactions, so as many steps for the fold), none folded yet.
+  for (let batch = 0; batch < 40; batch++) {
+    const rows = Array.from({ length: 5 }, (_, i) => `b${batch}-${i},${batch % 7}.25,c${i % 2},${i % 3 ? 'sale' : 'lead'},2026-06-0${1 + (i % 5)}T10:00:00Z`)
+    await importCsv(store, { sheetId: sheet, input: Readable.from([['transaction_id,payout,campaign_id,status,received_at', ...rows].join('\n')]), onRejected: () => t.fail('rejected') })
+  }
+  const query: SummaryQuery = { sheet_id: sheet, group_by: 'campaign' }
+  const expected = await summarizeRows(prisma, [sheet], query, 'UTC')
+  const state = { folding: true }
+  let folded = 0
+  const folds = (async () => {
+    try {
+      // Steps of a few changes: the watermark moves many times while the summaries run.
+      for (;;) {
+        const step = await foldRollups(prisma, 3)
+        folded += step.changes
+        if (!step.more && !step.busy) break
+      }
+    } finally {
+      state.folding = false
+    }
+  })()
+  const wrong: unknown[] = []
+  let taken = 0
+  while (state.folding) {
+    const rows = await summarize(store, [sheet], query)
+    taken++
+    if (JSON.stringify(rows) !== JSON.stringify(expected)) wrong.push(rows)
+  }
+  await folds
+  t.ok(folded > 0 && taken > 5, `${taken} summaries while ${folded} changes were folded`)
+  t.same(wrong, [], 'every one equals the rows')
+})
