@@ -10,7 +10,7 @@ import t from 'tap'
 import { createClient, reconcile } from '../../client/src/index.ts'
 import { importCsv } from '../../src/import.ts'
 import type { ReconcileResult } from '../../src/schemas/reconcile.ts'
-import { adminOn, listen, newKeyHeader, newSheet, scratchDir, testApp } from '../helpers.ts'
+import { adminOn, deliverAll, listen, newKeyHeader, newSheet, scratchDir, testApp } from '../helpers.ts'
 
 const app = await testApp(t)
 const baseUrl = await listen(app)
@@ -256,6 +256,37 @@ t.test('RECONCILE_CONCURRENCY: one more than it is answered 503 at once', async 
     next = (await request('transaction_id\nx2\n')).statusCode
   }
   t.equal(next, 200, 'and the next one runs')
+})
+
+t.test('counts and totals agree while the receiver stores the conversions being reconciled (one snapshot)', async (t) => {
+  const sheet = await newSheet(app)
+  const keys = Array.from({ length: 400 }, (_, i) => `s${i}`)
+  const exportText = `transaction_id,payout\n${keys.map((key) => `${key},1`).join('\n')}\n`
+  const query = { from: '2026-01-01', to: '2100-01-01' }
+  // Four loops store the export's conversions (and others) while reconciliations run.
+  let next = 0
+  const writing = Promise.all(
+    Array.from({ length: 4 }, async () => {
+      while (next < keys.length) {
+        const key = keys[next++]!
+        await deliverAll(app, [{ sheet_id: sheet, transaction_id: key, payout: '1' }, { sheet_id: sheet, transaction_id: `other-${key}`, payout: '1' }])
+      }
+    }),
+  )
+  const broken: string[] = []
+  let runs = 0
+  while (next < keys.length) {
+    const result = (await reconcileApi(sheet, exportText, { query })).json<ReconcileResult>()
+    runs++
+    // The stored side is the window's conversions: those the export names (all of its keys but the
+    // missing ones) and those it lacks.
+    const here = result.totals.reduce((sum, total) => sum + total.here_conversions, 0)
+    const expected = keys.length - result.counts.missing_here + result.counts.missing_there
+    if (here !== expected) broken.push(`${here} stored, ${keys.length} - ${result.counts.missing_here} + ${result.counts.missing_there}`)
+  }
+  await writing
+  t.ok(runs >= 3, `${runs} reconciliations while the conversions were stored`)
+  t.same(broken, [], 'each one read one state of the store')
 })
 
 t.test('postback-admin reconcile: a summary, the JSON report, every difference in --out', async (t) => {
