@@ -12,14 +12,14 @@
 //   (sheet_id, transaction_id, event));
 // - answers each delivery 200 only after its own statement committed, with the row's id; a repeat
 //   with the id of the stored row.
+// The insert is bare; the ids of repeats (keys it returned no row for) are read by a second
+// statement, only when there are any.
 // PostgreSQL: `pg` directly, named prepared statements, as many statements in flight as the
-// receiver (DB_POOL_MAX / 2, 5 by default), so that neither is ahead for that. The insert reads the
-// ids of repeats in the same round trip (UNION ALL, as the receiver does); a repeat whose first
-// delivery a concurrent statement committed after the snapshot is read by a second statement.
-// PGlite: its own query API on its one connection, one statement at a time. There the insert is
-// bare and repeats are read by a second statement only when there are any: PGlite parses and plans
-// every statement, and a bare INSERT of 13 rows costs about 0.95 ms against 1.6 to 2.6 ms with the
-// UNION (a lookup of 13 keys, about 0.6 ms).
+// receiver (DB_POOL_MAX / 2, 5 by default), so that neither is ahead for that.
+// PGlite: its own query API on its one connection, one statement at a time.
+// (Until 2026-11-30 the insert on PostgreSQL also read the repeats' ids in its round trip, a UNION ALL
+// probing the key of every row: that made its backends spend 2 to 3 times the receiver's CPU a
+// delivery with unique ids, and put the receiver ahead of the floor.)
 //
 // Why it is the floor: every correct receiver does at least this (parse the request, commit the row,
 // answer with its id, tell a repeat its id), in the cheapest way this stack allows. It makes no
@@ -97,26 +97,11 @@ const insertFrom = (source: string) => `
   ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
   RETURNING`
 
-// PGlite: the insert alone.
-const INSERT_STATEMENT = {
+// The insert alone, on both stores: the statement the issue names (INSERT ... ON CONFLICT DO
+// NOTHING RETURNING). Exported for bench/pglite-statement.ts.
+export const FLOOR_INSERT = {
   name: 'bench_floor_insert',
   text: `${insertFrom(UNNEST)} id::text AS id, sheet_id, transaction_id, event, true AS stored`,
-}
-
-// PostgreSQL: the insert and the stored rows of repeats, in one round trip. The lookup is LATERAL
-// with OFFSET 0, as in the receiver: a cached generic plan of a plain join can turn into a hash join
-// over the whole table on every batch.
-const INSERT_AND_LOOKUP_STATEMENT = {
-  name: 'bench_floor_insert_lookup',
-  text: `WITH input AS (SELECT * FROM ${UNNEST}), written AS (${insertFrom('input i')} id, sheet_id, transaction_id, event)
-    SELECT id::text AS id, sheet_id, transaction_id, event, true AS stored FROM written
-    UNION ALL
-    SELECT c.id::text, c.sheet_id, c.transaction_id, c.event, false
-    FROM input i
-    CROSS JOIN LATERAL (
-      SELECT c.id, c.sheet_id, c.transaction_id, c.event FROM conversions c
-      WHERE c.sheet_id = i.sheet_id AND c.transaction_id = i.transaction_id AND c.event = i.event OFFSET 0
-    ) c`,
 }
 
 // LATERAL with OFFSET 0, as in the receiver: a cached generic plan of a plain join can turn into a
@@ -245,7 +230,7 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
     pool.on('error', () => undefined)
     return {
       query: async (statement) => (await pool.query(statement)).rows,
-      insert: INSERT_AND_LOOKUP_STATEMENT,
+      insert: FLOOR_INSERT,
       concurrency: inFlight,
       close: () => pool.end(),
     }
@@ -255,7 +240,7 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
   const pglite = await PGlite.create(config.DATA_DIR)
   return {
     query: async (statement) => (await pglite.query<KeyRow>(statement.text, statement.values)).rows,
-    insert: INSERT_STATEMENT,
+    insert: FLOOR_INSERT,
     concurrency: 1,
     async close() {
       try {

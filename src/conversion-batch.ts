@@ -99,11 +99,15 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
 // rows whose sheet is unknown or disabled. A move replaces payout and currency only when the
 // delivery carries them. Ids are cast to text: the two stores' query paths type bigint differently.
 // It reads no stored row: a batch of new conversions, the common case, costs one insert per row,
-// as in the floor. On PostgreSQL it is a prepared statement, whose plan may be cached as a generic
-// plan made once, possibly while the tables were nearly empty: its only lookup (the sheet, a table
+// as in the floor. On PostgreSQL it is a prepared statement, on PGlite a function of the session
+// (its `signature`, src/database.ts); either way its plan may be cached as a generic plan made once, possibly while the tables were nearly empty: its only lookup (the sheet, a table
 // of few rows) is a LATERAL with OFFSET 0, planned as a per-row probe of the sheets' primary key.
-const BATCH_STATEMENT = {
+export const BATCH_STATEMENT = {
   name: 'postback_conversion_batch_v3',
+  signature: {
+    parameters: Array<string>(10).fill('text[]'),
+    returns: 'id text, sheet_id text, transaction_id text, event text, status text, outcome text',
+  },
   text: `
     WITH input AS (
       SELECT i.*, s.default_currency

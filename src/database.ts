@@ -27,6 +27,14 @@ export interface Statement {
   name?: string
   text: string
   values: unknown[]
+  /**
+   * For PGlite, whose API prepares nothing (every statement is parsed and planned at each run): the
+   * parameters' types and the result's columns of a named statement, with which it runs there as a
+   * function of the session (`pg_temp.<name>`, created at its first use), whose plan PL/pgSQL keeps
+   * as PostgreSQL keeps a prepared statement's. The receiver's batch statement costs about 1.4 ms
+   * instead of 2.1 that way (29 rows; `npx tsx bench/pglite-statement.ts`).
+   */
+  signature?: { parameters: string[]; returns: string }
 }
 
 export interface Database {
@@ -38,9 +46,11 @@ export interface Database {
    * Runs a hot-path statement (the receiver's batch). On PostgreSQL it goes straight to the pg pool,
    * none of Prisma's per-call work; a statement with a `name` is prepared (parsed once per connection,
    * its plan possibly cached as a generic one), one without is planned at each run (see
-   * STORED_STATEMENT in src/conversion-batch.ts for when that matters). On PGlite it goes through
-   * Prisma, which owns PGlite's one connection.
-   * Rows come back as pg gives them: bigint and numeric columns as strings.
+   * STORED_STATEMENT in src/conversion-batch.ts for when that matters). On PGlite it goes to
+   * PGlite's own query, not through Prisma (whose raw query costs about 0.7 ms more per batch
+   * statement): PGlite runs it between Prisma's transactions, never inside one.
+   * Rows come back as the driver gives them: numeric columns as strings; cast bigint to text (pg
+   * gives a string, PGlite a number).
    */
   query<Row>(statement: Statement): Promise<Row[]>
   /**
@@ -132,7 +142,7 @@ async function openPGlite(dataDir: string): Promise<Database> {
       kind: 'pglite',
       location: dataDir,
       prisma,
-      query: <Row>(statement: Statement) => prisma.$queryRawUnsafe<Row[]>(statement.text, ...statement.values),
+      query: sessionFunctions(pglite),
       withSession: (fn) =>
         fn({
           query: async (sql, params) => (await pglite.query(sql, params)).rows as never[],
@@ -152,6 +162,35 @@ async function openPGlite(dataDir: string): Promise<Database> {
   } catch (error) {
     lock.release()
     throw error
+  }
+}
+
+/**
+ * PGlite's query, running a statement with a signature as a function of the session (created at its
+ * first use, once), the others as they are.
+ */
+function sessionFunctions(pglite: PGlite): Database['query'] {
+  const created = new Map<string, Promise<unknown>>()
+  return async <Row>(statement: Statement) => {
+    const { name, signature, values } = statement
+    if (!name || !signature) return (await pglite.query<Row>(statement.text, values)).rows
+    let creating = created.get(name)
+    if (!creating) {
+      // RETURNS TABLE's columns are variables of the function; its queries mean the tables' columns.
+      creating = pglite.exec(`
+        CREATE FUNCTION pg_temp.${name}(${signature.parameters.join(', ')}) RETURNS TABLE (${signature.returns})
+        LANGUAGE plpgsql AS $function$
+        #variable_conflict use_column
+        BEGIN
+          RETURN QUERY ${statement.text};
+        END
+        $function$`)
+      created.set(name, creating)
+      creating.catch(() => created.delete(name))
+    }
+    await creating
+    const parameters = values.map((_, index) => `$${index + 1}`).join(', ')
+    return (await pglite.query<Row>(`SELECT * FROM pg_temp.${name}(${parameters})`, values)).rows
   }
 }
 

@@ -1,0 +1,60 @@
+// The cost of the receiver's batch statement on PGlite, by the path it takes: as the app runs it
+// (db.query: a function of the session, planned once), as a plain statement through PGlite's query
+// (parsed and planned at each run), and through Prisma's raw query; beside them the floor's bare
+// INSERT (bench/floor.ts), on one PGlite folder, in alternating rounds.
+//   npx tsx bench/pglite-statement.ts [--rows 29] [--statements 400] [--rounds 3]
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { run } from '../src/cli.ts'
+import { loadConfig } from '../src/config.ts'
+import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
+import { openDatabase, type Statement } from '../src/database.ts'
+import type { Delivery } from '../src/schemas/receiver.ts'
+import { FLOOR_INSERT } from './floor.ts'
+
+const { values: args } = parseArgs({ options: { rows: { type: 'string', default: '29' }, statements: { type: 'string', default: '400' }, rounds: { type: 'string', default: '3' } } })
+const ROWS = Number(args.rows)
+const STATEMENTS = Number(args.statements)
+const dir = mkdtempSync(join(tmpdir(), 'pglite-statement-'))
+const env = { DATA_DIR: dir, LOG_LEVEL: 'silent' }
+const quiet = { stdout: { write: () => true }, stderr: { write: () => true } }
+await run(['migrate'], env, quiet)
+await run(['sheet', 'create', '--id', 'busy'], env, quiet)
+const db = await openDatabase(loadConfig(env))
+let n = 0
+const batch = () => Array.from({ length: ROWS }, () => ({ sheet_id: 'busy', transaction_id: `t${n++}`, payout: '1.5', currency: 'USD', campaign_id: 'c1', adset_id: 's1', ad_id: 'a1' }) as Delivery)
+const plain = <Row>(statement: Statement) => db.query<Row>({ text: statement.text, values: statement.values })
+const paths: Array<[string, () => Promise<unknown>]> = [
+  ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],
+  ['receiver, planned at each run', () => writeDeliveries(plain, batch())],
+  ['receiver, through Prisma', () => writeDeliveries((s) => db.prisma.$queryRawUnsafe(s.text, ...s.values), batch())],
+  [
+    'floor (bare INSERT)',
+    () => {
+      const rows = batch()
+      return plain({ text: FLOOR_INSERT.text, values: [rows.map((r) => r.sheet_id), rows.map((r) => r.transaction_id), rows.map(() => ''), rows.map((r) => r.payout), rows.map((r) => r.currency), rows.map((r) => r.campaign_id), rows.map((r) => r.adset_id), rows.map((r) => r.ad_id), rows.map(() => 'approved')] })
+    },
+  ],
+]
+const totals = new Map<string, { ms: number; cpu: number }>()
+for (let round = 0; round < Number(args.rounds); round++) {
+  for (const [label, statement] of round % 2 === 0 ? paths : [...paths].reverse()) {
+    for (let i = 0; i < 20; i++) await statement()
+    const cpu = process.cpuUsage()
+    const started = performance.now()
+    for (let i = 0; i < STATEMENTS; i++) await statement()
+    const total = totals.get(label) ?? { ms: 0, cpu: 0 }
+    const used = process.cpuUsage(cpu)
+    totals.set(label, { ms: total.ms + performance.now() - started, cpu: total.cpu + (used.user + used.system) / 1000 })
+  }
+}
+const count = STATEMENTS * Number(args.rounds)
+console.log(`${ROWS} new conversions a statement, ${count} statements per path, ${args.rounds} alternating rounds (${BATCH_STATEMENT.name})`)
+const floor = totals.get('floor (bare INSERT)')!.ms
+for (const [label, { ms, cpu }] of totals) {
+  console.log(`${label.padEnd(32)} ${(ms / count).toFixed(3)} ms a statement (${((ms / count / ROWS) * 1000).toFixed(1)} µs a row), CPU ${(cpu / count).toFixed(3)} ms, ÷ floor ${(ms / floor).toFixed(2)}`)
+}
+await db.close()
+rmSync(dir, { recursive: true, force: true })
