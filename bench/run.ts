@@ -237,7 +237,7 @@ async function startServer(name: string, env: Record<string, string>, floor = fa
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog), ...(floor ? ['floor'] : [])], {
     cwd: ROOT,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', ...BENCH_SERVER_ENV, ...env },
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', ...BENCH_SERVER_ENV, ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
   })
   closeSync(logFd)
@@ -567,7 +567,7 @@ async function runOverload(store: StoreHandle): Promise<CaseResult> {
 const results: CaseResult[] = []
 const started = Date.now()
 console.log(`postback-store bench: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), Node.js ${process.version}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`)
-console.log(`autocannon in this process; each server under test in its own child process, LOG_LEVEL=warn; receiver env: ${Object.entries(receiverEnv).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'}\n`)
+console.log(`autocannon in this process; each server under test in its own child process, the app's servers at LOG_LEVEL=${process.env.LOG_LEVEL ?? 'info (the default), their lines to a file'}; receiver env: ${Object.entries(receiverEnv).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'}\n`)
 
 // Interrupted: drop the database and folders made so far (the servers stop when this process goes).
 const open = new Set<StoreHandle>()

@@ -49,7 +49,7 @@ const serverEnv = envPairs(args.env)
 const spawnServer = (mode: string[], env: Record<string, string>) =>
   spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts', '511', ...mode], {
     cwd: ROOT,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'warn', DATABASE_URL: url.toString(), ...env },
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', DATABASE_URL: url.toString(), ...env },
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   })
 const server = spawnServer([], { ...BENCH_SERVER_ENV, ...serverEnv })

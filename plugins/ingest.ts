@@ -29,6 +29,7 @@ export default fp(
       queueMax: config.RECEIVER_QUEUE_MAX,
       // PGlite is one connection; on PostgreSQL leave connections for reads.
       concurrency: app.db.kind === 'pglite' ? 1 : Math.max(1, Math.floor(config.DB_POOL_MAX / 2)),
+      parallelAfterMs: config.RECEIVER_PARALLEL_AFTER_MS,
       retryAfterSeconds: config.RETRY_AFTER_SECONDS,
       onBatch: (size, error) => {
         metrics.batchSize.observe(size)

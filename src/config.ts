@@ -35,6 +35,7 @@ export const ConfigSchema = Type.Object({
   MIGRATION_LOCK_TIMEOUT_MS: Count(10_000, 100, 3_600_000, 'Longest a migration waits for a lock that another session holds before giving up'),
   RECEIVER_BATCH_MAX: Count(500, 1, 10_000, 'Most deliveries written by one batch statement'),
   RECEIVER_BATCH_WAIT_MS: Count(0, 0, 1000, 'Longest a delivery waits for others to join its batch while a connection is free (ms)'),
+  RECEIVER_PARALLEL_AFTER_MS: Count(10, 0, 60_000, 'Batch statements run one at a time per instance while quick; another starts beside them once the newest has run this long (ms), up to DB_POOL_MAX / 2'),
   RECEIVER_QUEUE_MAX: Count(5000, 1, 1_000_000, 'Most deliveries waiting for a write; beyond it the receiver answers 503'),
   ROLLUP_FOLD_INTERVAL_MS: Count(1000, 10, 3_600_000, 'How often the summary rollups take in new changes (ms); the summary is exact either way, and reads fewer rows the fresher they are'),
   RETRY_AFTER_SECONDS: Count(5, 1, 3600, 'Retry-After sent with 503 answers'),

@@ -21,8 +21,16 @@ export interface ConversionWriterOptions {
   batchWaitMs: number
   /** Most deliveries held (queued or being written); a delivery beyond it is refused with 503 at once. */
   queueMax: number
-  /** Statements in flight at once (PGlite has one connection: 1). */
+  /** Most statements in flight at once (PGlite has one connection: 1). */
   concurrency: number
+  /**
+   * One statement at a time while statements are quick: deliveries that come meanwhile wait for it
+   * and go together into the next, so batches grow with the load, and the database does less work
+   * per delivery than with several smaller statements at once. Another statement starts beside
+   * those in flight once the newest of them has run this long (ms; a lock wait, a slow disk), or
+   * when a full batch (batchMax) is waiting, up to `concurrency`.
+   */
+  parallelAfterMs: number
   retryAfterSeconds: number
   onBatch?: (size: number, error?: unknown) => void
   /** A delivery was refused because the queue was full. */
@@ -51,6 +59,9 @@ export class ConversionWriter {
   #writingRows = 0
   #idle: Array<() => void> = []
   #timer: NodeJS.Immediate | NodeJS.Timeout | undefined
+  /** When the newest statement in flight started (performance.now()). */
+  #newestStart = 0
+  #parallelTimer: NodeJS.Timeout | undefined
 
   // One error for every delivery refused: under overload, refusing must stay cheap, and a new error
   // per request would capture (and its log line format) a stack trace each time.
@@ -91,6 +102,17 @@ export class ConversionWriter {
    */
   #schedule(arriving: boolean): void {
     if (this.#queue.length === 0 || this.#inFlight >= this.#options.concurrency) return
+    if (this.#inFlight > 0 && this.#queue.length < this.#options.batchMax) {
+      const quick = this.#newestStart + this.#options.parallelAfterMs - performance.now()
+      if (quick > 0) {
+        // Look again when the statement has run that long (its end schedules anyway).
+        this.#parallelTimer ??= setTimeout(() => {
+          this.#parallelTimer = undefined
+          this.#schedule(false)
+        }, quick)
+        return
+      }
+    }
     const wait = this.#queue[0]!.arrivedAt + this.#options.batchWaitMs - performance.now()
     if (this.#queue.length >= this.#options.batchMax || (wait <= 0 && !arriving)) {
       this.#cancelTimer()
@@ -103,7 +125,7 @@ export class ConversionWriter {
 
   #onTimer(): void {
     this.#timer = undefined
-    this.#flush()
+    this.#schedule(false)
   }
 
   #cancelTimer(): void {
@@ -114,12 +136,14 @@ export class ConversionWriter {
   }
 
   #flush(): void {
-    while (this.#queue.length > 0 && this.#inFlight < this.#options.concurrency) {
-      const batch = this.#queue.splice(0, this.#options.batchMax)
-      this.#inFlight++
-      this.#writingRows += batch.length
-      void this.#writeBatch(batch)
-    }
+    if (this.#queue.length === 0 || this.#inFlight >= this.#options.concurrency) return
+    const batch = this.#queue.splice(0, this.#options.batchMax)
+    this.#newestStart = performance.now()
+    this.#inFlight++
+    this.#writingRows += batch.length
+    void this.#writeBatch(batch)
+    // A full batch more may go beside it at once.
+    this.#schedule(false)
   }
 
   async #writeBatch(batch: Pending[]): Promise<void> {

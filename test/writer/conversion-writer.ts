@@ -13,7 +13,7 @@ const count = async (sheet: string) =>
 t.test('a row that fails on its data fails alone with a 400 naming the problem; the rest of its batch is stored', async (t) => {
   const sheet = await newSheet(app)
   const batches: number[] = []
-  const writer = new ConversionWriter({ query: (statement) => app.db.query(statement), batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
+  const writer = new ConversionWriter({ query: (statement) => app.db.query(statement), batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, parallelAfterMs: 10, retryAfterSeconds: 3, onBatch: (size) => batches.push(size) })
   // 'not-a-number' cannot pass the receiver's validation; here it stands for any row the database refuses.
   const deliveries: Delivery[] = Array.from({ length: 9 }, (_, i) => ({ sheet_id: sheet, transaction_id: `t${i}`, payout: i === 4 ? 'not-a-number' : `${i}` }))
   const results = await Promise.allSettled(deliveries.map((delivery) => writer.write(delivery)))
@@ -55,6 +55,7 @@ function countingWriter(options: { batchMax?: number; batchWaitMs?: number; conc
     batchWaitMs: options.batchWaitMs ?? 0,
     queueMax: 1000,
     concurrency: options.concurrency ?? 1,
+    parallelAfterMs: 10,
     retryAfterSeconds: 3,
     onBatch: (size) => batches.push(size),
   })
@@ -65,7 +66,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** A writer on the test app's store whose statements go through `query` (to hold or fail them). */
 function writerThrough(query: ConversionWriterOptions['query'], options: Partial<ConversionWriterOptions> = {}) {
-  return new ConversionWriter({ query, batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, retryAfterSeconds: 3, ...options })
+  return new ConversionWriter({ query, batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, parallelAfterMs: 10, retryAfterSeconds: 3, ...options })
 }
 
 t.test('a batch of new rows and unknown sheets is one statement; a repeat of a stored row adds one lookup; a repeat within the batch shares its first answer', async (t) => {
@@ -124,6 +125,47 @@ t.test('a batch waits up to RECEIVER_BATCH_WAIT_MS for deliveries to join it, an
   t.same(immediate.batches, [1, 1], 'without a wait, each delivery that finds the writer idle is written at once')
 })
 
+t.test('one statement at a time while it is quick: another starts beside it after parallelAfterMs, or at once for a full batch', async (t) => {
+  const sheet = await newSheet(app)
+  // Statements are held until released, to make "quick" and "stalled" happen on demand.
+  const started: Array<{ at: number; size: number; release: () => void }> = []
+  const writer = new ConversionWriter({
+    query: async (statement) => {
+      if (statement.name) await new Promise<void>((resolve) => started.push({ at: Date.now(), size: (statement.values[0] as unknown[]).length, release: resolve }))
+      return app.db.query(statement)
+    },
+    batchMax: 4,
+    batchWaitMs: 0,
+    queueMax: 1000,
+    concurrency: 3,
+    parallelAfterMs: 300,
+    retryAfterSeconds: 3,
+  })
+  const begin = Date.now()
+  const writes = [writer.write({ sheet_id: sheet, transaction_id: 'q0' })]
+  await sleep(20)
+  writes.push(...['q1', 'q2'].map((transaction_id) => writer.write({ sheet_id: sheet, transaction_id })))
+  await sleep(100)
+  t.same(started.map((s) => s.size), [1], 'while the first statement is young, the deliveries after it wait')
+  await sleep(400)
+  t.same(started.map((s) => s.size), [1, 2], 'once it has run parallelAfterMs, the next starts beside it')
+  t.ok(started[1]!.at - begin >= 290, `not before (${started[1]!.at - begin} ms)`)
+
+  writes.push(...['q3', 'q4', 'q5', 'q6'].map((transaction_id) => writer.write({ sheet_id: sheet, transaction_id })))
+  await sleep(50)
+  t.same(started.map((s) => s.size), [1, 2, 4], 'a full batch starts at once, up to concurrency')
+  writes.push(writer.write({ sheet_id: sheet, transaction_id: 'q7' }))
+  await sleep(400)
+  t.equal(started.length, 3, 'no more than concurrency statements in flight')
+  for (const statement of started.splice(0)) statement.release()
+  await sleep(50)
+  t.same(started.map((s) => s.size), [1], 'the delivery that waited goes when a connection frees')
+  started[0]!.release()
+  const results = await Promise.all(writes)
+  t.same(results.map((r) => r.status), Array(8).fill('stored'))
+  t.equal(await count(sheet), 8)
+})
+
 t.test('deliveries that arrive during a write go into the next statement, sent before the first batch is answered', async (t) => {
   const sheet = await newSheet(app)
   const events: string[] = []
@@ -140,6 +182,7 @@ t.test('deliveries that arrive during a write go into the next statement, sent b
     batchWaitMs: 0,
     queueMax: 1000,
     concurrency: 1,
+    parallelAfterMs: 10,
     retryAfterSeconds: 3,
     onBatch: (size) => events.push(`batch of ${size} committed`),
   })
