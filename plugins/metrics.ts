@@ -88,10 +88,11 @@ export default fp(
     })
     app.decorate('metrics', metrics)
 
-    app.addHook('onResponse', async (request, reply) => {
+    app.addHook('onResponse', (request, reply, done) => {
       // The route pattern, never the raw URL, so that labels stay few; unrouted requests share one.
       const route = request.routeOptions.url ?? 'unmatched'
       requestDuration.observe({ method: request.method, route, status_code: reply.statusCode }, reply.elapsedTime / 1000)
+      done()
     })
     // Storage trouble met by a request (a management read, say). Typed errors are counted where
     // they arise (the writer's batch), so a failed batch is not counted again per request.

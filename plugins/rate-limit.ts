@@ -19,7 +19,9 @@ const RESET_HEADER = 'x-ratelimit-reset'
 
 /** A client address as a counter key: an IPv6 client counts by its /64, as one host usually holds one. */
 export function clientKey(request: FastifyRequest): string {
-  return normalizeIP(request.ip, 64)
+  const ip = request.ip
+  // An IPv4 address (no colon) is its own key: normalizeIP's IPv6 test is a long regular expression.
+  return ip.indexOf(':') === -1 ? ip : normalizeIP(ip, 64)
 }
 
 export interface LimiterOptions {

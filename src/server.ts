@@ -1,5 +1,6 @@
 // Server entry: reads the config, builds the app, listens, and shuts down cleanly on a signal.
 import { ConfigError, loadConfig } from './config.ts'
+import { bufferedStdout } from './logging.ts'
 
 async function main(): Promise<void> {
   let config
@@ -36,6 +37,8 @@ async function main(): Promise<void> {
   process.on('SIGTERM', () => shutdown('SIGTERM'))
   process.on('SIGINT', () => shutdown('SIGINT'))
   await app.listen({ host: config.HOST, port: config.PORT })
+  // The log is buffered: whoever waits for "Server listening" sees it now.
+  bufferedStdout().flush()
 }
 
 main().catch((error: unknown) => {

@@ -74,6 +74,8 @@ t.test('secret query values and authorization headers never reach the log', asyn
   app.log.info({ request: { headers: { authorization: 'Bearer SEKRET10', cookie: 'sid=SEKRET11' } }, apiKey: 'SEKRET12' }, 'headers nested')
   const failure = Object.assign(new TypeError('upstream refused'), { headers: { authorization: 'Bearer SEKRET13' }, password: 'SEKRET14', status: 401 })
   app.log.error({ err: failure }, 'error with secrets')
+  // A request or reply logged under req / res goes through its serializer, which keeps no headers.
+  app.log.info({ req: { method: 'GET', url: '/x?token=SEKRET15', headers: { authorization: 'Bearer SEKRET16' } }, res: { statusCode: 200, headers: { 'set-cookie': 'SEKRET17' } } }, 'request object')
   const logged = lines()
   t.match(logged.find((line) => line.msg === 'error with secrets'), {
     err: { type: 'TypeError', message: 'upstream refused', stack: /upstream refused/, status: 401, password: '[REDACTED]', headers: { authorization: '[REDACTED]' } },
