@@ -14,10 +14,12 @@
 //   with the id of the stored row.
 // The insert is bare; the ids of repeats (keys it returned no row for) are read by a second
 // statement, only when there are any.
-// PostgreSQL: `pg` directly, named prepared statements, as many statements in flight as the
-// receiver (DB_POOL_MAX / 2, 5 by default), so that neither is ahead for that.
+// PostgreSQL: `pg` directly, named prepared statements, up to as many statements in flight as the
+// receiver may have (DB_POOL_MAX / 2, 5 by default), each started at once. (The receiver runs one
+// at a time while they are quick, RECEIVER_PARALLEL_AFTER_MS: its batching policy, part of what is
+// measured against this one.)
 // PGlite: its own query API on its one connection, one statement at a time.
-// (Until 2026-11-30 the insert on PostgreSQL also read the repeats' ids in its round trip, a UNION ALL
+// (Until 2026-11-29 (late) the insert on PostgreSQL also read the repeats' ids in its round trip, a UNION ALL
 // probing the key of every row: that made its backends spend 2 to 3 times the receiver's CPU a
 // delivery with unique ids, and put the receiver ahead of the floor.)
 //
@@ -209,7 +211,7 @@ class FloorWriter {
     })
     const ids = new Map<string, { id: string; stored: boolean }>()
     for (const row of written) ids.set(keyOf(row), { id: row.id, stored: row.stored === true })
-    // No row: a repeat on PGlite, or one whose first delivery a concurrent statement committed after
+    // No row: a repeat, or one whose first delivery a concurrent statement committed after
     // this statement's snapshot (the insert waited for it). A new statement sees the committed row.
     const repeats = rows.filter((row) => !ids.has(keyOf(row)))
     if (repeats.length > 0) {

@@ -59,7 +59,7 @@ export class ConversionWriter {
   #writingRows = 0
   #idle: Array<() => void> = []
   #timer: NodeJS.Immediate | NodeJS.Timeout | undefined
-  /** When the newest statement in flight started (performance.now()). */
+  /** When the newest statement started (performance.now()); it may have ended while an older one runs on. */
   #newestStart = 0
   #parallelTimer: NodeJS.Timeout | undefined
 
@@ -106,10 +106,11 @@ export class ConversionWriter {
       const quick = this.#newestStart + this.#options.parallelAfterMs - performance.now()
       if (quick > 0) {
         // Look again when the statement has run that long (its end schedules anyway).
+        // Unref'd: it never holds a process open (a statement in flight does).
         this.#parallelTimer ??= setTimeout(() => {
           this.#parallelTimer = undefined
           this.#schedule(false)
-        }, quick)
+        }, quick).unref()
         return
       }
     }

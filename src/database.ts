@@ -50,7 +50,7 @@ export interface Database {
    * PGlite's own query, not through Prisma (whose raw query costs about 0.7 ms more per batch
    * statement): PGlite runs it between Prisma's transactions, never inside one.
    * Rows come back as the driver gives them: numeric columns as strings; cast bigint to text (pg
-   * gives a string, PGlite a number).
+   * gives a string, PGlite a number, or a BigInt past 2^53).
    */
   query<Row>(statement: Statement): Promise<Row[]>
   /**
@@ -172,13 +172,24 @@ async function openPGlite(dataDir: string): Promise<Database> {
 function sessionFunctions(pglite: PGlite): Database['query'] {
   const created = new Map<string, Promise<unknown>>()
   return async <Row>(statement: Statement) => {
+    try {
+      return await run<Row>(statement)
+    } catch (error) {
+      // PGlite's errors carry the statement's values (a whole batch's) and, from a function, its
+      // body: not for the log.
+      if (error && typeof error === 'object') for (const field of ['params', 'where', 'queryOptions']) delete (error as Record<string, unknown>)[field]
+      throw error
+    }
+  }
+
+  async function run<Row>(statement: Statement): Promise<Row[]> {
     const { name, signature, values } = statement
     if (!name || !signature) return (await pglite.query<Row>(statement.text, values)).rows
     let creating = created.get(name)
     if (!creating) {
       // RETURNS TABLE's columns are variables of the function; its queries mean the tables' columns.
       creating = pglite.exec(`
-        CREATE FUNCTION pg_temp.${name}(${signature.parameters.join(', ')}) RETURNS TABLE (${signature.returns})
+        CREATE OR REPLACE FUNCTION pg_temp.${name}(${signature.parameters.join(', ')}) RETURNS TABLE (${signature.returns})
         LANGUAGE plpgsql AS $function$
         #variable_conflict use_column
         BEGIN

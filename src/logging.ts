@@ -1,12 +1,10 @@
-// Logger and request-id settings for the app factory: pino JSON lines, each request's lines carrying
-// its id (`reqId`), and secrets kept out: Authorization-like headers and API-key fields are redacted,
-// and a logged URL has the values of secret-looking query parameters replaced by [REDACTED].
-// Fastify logging: https://fastify.dev/docs/latest/Reference/Logging/
+// Request ids and secrets in logs: each request's lines carry its id (`reqId`); Authorization-like
+// headers and API-key fields are redacted, and a logged URL has the values of secret-looking query
+// parameters replaced by [REDACTED]. No runtime dependency: the config loads it (src/logger.ts has
+// the logger itself).
 import { randomUUID } from 'node:crypto'
 import type { IncomingMessage } from 'node:http'
-import { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions, type LogLevel } from 'fastify'
-import pino from 'pino'
-import type { Config } from './config.ts'
+import type { LogLevel } from 'fastify'
 
 export const REQUEST_ID_HEADER = 'x-request-id'
 export const REDACTED = '[REDACTED]'
@@ -69,18 +67,6 @@ export function probeLogLevel(level: string): LogLevel {
   return level === 'info' ? 'warn' : (level as LogLevel)
 }
 
-/** Fastify's request serializer, with the query's secrets redacted. */
-function serializeRequest(request: FastifyRequest) {
-  return {
-    method: request.method,
-    url: typeof request.url === 'string' ? redactQueryValues(request.url) : undefined,
-    version: request.headers?.['accept-version'] as string | undefined,
-    host: request.host,
-    remoteAddress: request.ip,
-    remotePort: request.socket?.remotePort,
-  }
-}
-
 /**
  * A log line's object with its secret fields' values replaced by [REDACTED]: SECRET_FIELDS and the
  * SECRET_HEADERS of a `headers` object, at the top and one level down. Objects are copied where
@@ -109,83 +95,34 @@ function redactFields<T extends object>(object: T, descend: boolean): T {
     else if (descend) redacted = redactFields(value, false)
     if (redacted === value) continue
     copy ??= copyOf(object)
-    copy[key] = redacted
+    replace(copy, key, redacted)
   }
   return (copy as T | undefined) ?? object
 }
+
+// Defined rather than assigned: the field may be read-only in the copy (a frozen object's).
+const replace = (object: Record<string, unknown>, key: string, value: unknown) =>
+  Object.defineProperty(object, key, { value, enumerable: true, writable: true, configurable: true })
 
 function redactHeaders(headers: object): object {
   let copy: Record<string, unknown> | undefined
   for (const name of SECRET_HEADERS) {
     if ((headers as Record<string, unknown>)[name] === undefined) continue
     copy ??= copyOf(headers)
-    copy[name] = REDACTED
+    replace(copy, name, REDACTED)
   }
   return copy ?? headers
 }
 
-/** A shallow copy with the same prototype and own properties (an Error's message and stack too). */
+/** A shallow, extensible copy with the same prototype and own properties (an Error's message and stack too). */
 function copyOf(object: object): Record<string, unknown> {
   if (Array.isArray(object)) return object.slice() as unknown as Record<string, unknown>
-  return Object.create(Object.getPrototypeOf(object), Object.getOwnPropertyDescriptors(object))
-}
-
-const FLUSH_INTERVAL_MS = 250
-let stdout: ReturnType<typeof pino.destination> | undefined
-
-/**
- * The process's stdout for log lines, buffered: lines are written in chunks of at least 4 KB, and
- * whatever is waiting at least every FLUSH_INTERVAL_MS, instead of one write(2) per line on the
- * request's path (one access line per request cost the receiver about 4.5 µs of CPU in writes
- * alone). Pino writes out what is left when the process exits, also after an uncaught error; a
- * process killed outright (SIGKILL) loses at most the last quarter second of lines.
- */
-export function bufferedStdout(): ReturnType<typeof pino.destination> {
-  if (stdout) return stdout
-  const stream = pino.destination({ sync: false, minLength: 4096 })
-  setInterval(() => {
-    try {
-      stream.flush()
-    } catch {
-      // A destroyed stdout (the reader went away) has nothing left to write to.
-    }
-  }, FLUSH_INTERVAL_MS).unref()
-  return (stdout = stream)
-}
-
-/**
- * Each request's one line, `request completed` (or `request errored`), with the request, the
- * status and the time taken, written when it has been answered. Fastify's own `incoming request`
- * line is left out: two lines per request cost the receiver about a fifth of its throughput at
- * `info` (BENCHMARKS.md). Written with the request's logger, at its route's level (probes and
- * scrapes: warn at info).
- */
-class AccessLog extends LogController {
-  override incomingRequest(): void {}
-
-  override requestCompleted(error: Error | null | undefined, request: FastifyRequest, reply: FastifyReply): void {
-    if (error) reply.log.error({ req: request, res: reply, err: error, responseTime: reply.elapsedTime }, 'request errored')
-    else reply.log.info({ req: request, res: reply, responseTime: reply.elapsedTime }, 'request completed')
+  const descriptors = Object.getOwnPropertyDescriptors(object)
+  for (const [key, descriptor] of Object.entries(descriptors)) {
+    // An accessor reads the original's internals (an Error's `stack` on Node.js 24): its value is copied.
+    if (descriptor.get || descriptor.set) {
+      descriptors[key] = { value: (object as Record<string, unknown>)[key], enumerable: descriptor.enumerable, writable: true, configurable: true }
+    } else descriptor.configurable = true
   }
-}
-
-/**
- * Logger and request-id options for Fastify. A caller's logger options (tests pass a `stream` to
- * capture lines) are merged over these, so redaction applies to them too.
- */
-export function loggingOptions(
-  level: Config['LOG_LEVEL'],
-  logger?: FastifyServerOptions['logger'],
-): Pick<FastifyServerOptions, 'logger' | 'genReqId' | 'logController'> {
-  const defaults = {
-    level,
-    formatters: { log: redactSecrets },
-    serializers: { req: serializeRequest },
-    stream: bufferedStdout(),
-  }
-  return {
-    logger: logger === undefined ? defaults : typeof logger === 'object' ? { ...defaults, ...logger } : logger,
-    genReqId: requestId,
-    logController: new AccessLog(),
-  }
+  return Object.create(Object.getPrototypeOf(object), descriptors)
 }

@@ -1,6 +1,5 @@
 // Server entry: reads the config, builds the app, listens, and shuts down cleanly on a signal.
 import { ConfigError, loadConfig } from './config.ts'
-import { bufferedStdout } from './logging.ts'
 
 async function main(): Promise<void> {
   let config
@@ -15,7 +14,17 @@ async function main(): Promise<void> {
   }
   // Loaded once the config is valid: a bad setting is reported at once, without loading the service.
   const { buildApp } = await import('./app.ts')
+  const { bufferedStdout } = await import('./logger.ts')
   const app = await buildApp(config)
+  // The log is buffered: what is waiting is written out before the process ends.
+  const exit = (code: number) => {
+    setTimeout(() => process.exit(code), 2000)
+    try {
+      bufferedStdout().flush(() => process.exit(code))
+    } catch {
+      process.exit(code)
+    }
+  }
   let closing = false
   const shutdown = (signal: string) => {
     if (closing) return
@@ -27,10 +36,10 @@ async function main(): Promise<void> {
     }, 15_000)
     timer.unref()
     app.close().then(
-      () => process.exit(0),
+      () => exit(0),
       (error: unknown) => {
         app.log.error({ err: error }, 'shutdown failed')
-        process.exit(1)
+        exit(1)
       },
     )
   }

@@ -91,6 +91,20 @@ t.test('secret query values and authorization headers never reach the log', asyn
   t.notMatch(raw.join('\n'), /SEKRET/, 'no secret anywhere in the log')
 })
 
+t.test("a read-only object and a failed statement's error: no secret either", async (t) => {
+  app.log.info({ user: Object.freeze({ name: 'ann', password: 'SEKRET22' }) }, 'frozen')
+  // A store's error may carry the statement's values (PGlite's does); the batch's are deliveries.
+  const failed = await app.db
+    .query({ name: 'logging_test_statement', signature: { parameters: ['text[]'], returns: 'n int' }, text: 'SELECT 1 / 0 WHERE $1::text[] IS NOT NULL', values: [['SEKRET23']] })
+    .catch((error: unknown) => error)
+  t.match(failed, { code: '22012' }, 'the statement failed')
+  app.log.error({ err: failed }, 'statement failed')
+  const logged = lines()
+  t.match(logged.find((line) => line.msg === 'frozen'), { user: { name: 'ann', password: '[REDACTED]' } })
+  t.ok(logged.find((line) => line.msg === 'statement failed'), 'the failure is logged')
+  t.notMatch(raw.join('\n'), /SEKRET2[23]/, 'no secret anywhere in the log')
+})
+
 t.test('one info line per rejected postback, with its reason, also when no sheet is named', async (t) => {
   const cases: Array<[Record<string, string>, string, string]> = [
     [{ sheet_id: sheet, transaction_id: '', payout: '1' }, 'missing_parameter', 'transaction_id'],

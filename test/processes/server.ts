@@ -38,8 +38,16 @@ t.test('starts, answers, and exits 0 on SIGTERM', async (t) => {
   const anonymous = await fetch(`http://127.0.0.1:${port}/api/v1/postback/conversions`)
   t.equal(anonymous.status, 401)
   server.kill('SIGTERM')
-  const { code, signal } = await server.output
+  const { code, signal, stdout } = await server.output
   t.same([code, signal], [0, null])
+  // The log is buffered: the last lines are written out before the process ends.
+  const logged = stdout.trim().split('\n').map((line) => JSON.parse(line) as { msg: string; req?: { url: string }; res?: { statusCode: number } })
+  t.match(
+    logged.filter((line) => line.msg === 'request completed' && line.req?.url.includes('over-http')),
+    [{ res: { statusCode: 200 } }],
+    'one access line per request',
+  )
+  t.ok(logged.some((line) => line.msg === 'shutting down'), 'the lines of the shutdown too')
 })
 
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
