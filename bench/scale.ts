@@ -117,6 +117,7 @@ const SHAPES: Array<[string, string]> = [
   ['list, filtered by ad', '/conversions?sheet_id=busy&ad_id=a7'],
   ['list, global key, no sheet_id', '/conversions'],
   ['list, global key, by currency', '/conversions?currency=EUR'],
+  ['list, a status no row has', '/conversions?sheet_id=busy&status=rejected'],
 ]
 
 const results: string[][] = [['rows', 'import lines/s', 'fold changes/s', ...SHAPES.map(([name]) => `${name} (ms)`), 'list, page 21 (ms)', 'batch statement rows/s (vs empty)']]

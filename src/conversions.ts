@@ -53,21 +53,22 @@ export function parseTime(name: string, value: string): Date {
   return date
 }
 
-/** The WHERE conditions of the list and summary filters, within the caller's sheets. */
-function conditions(scope: SheetScope, query: Omit<ConversionQuery, 'limit' | 'cursor' | 'order'>): Prisma.Sql[] {
+/** The WHERE conditions of the list and summary filters, within the caller's sheets (columns of `alias`). */
+function conditions(scope: SheetScope, query: Omit<ConversionQuery, 'limit' | 'cursor' | 'order'>, alias = ''): Prisma.Sql[] {
+  const column = (name: string) => Prisma.raw(alias ? `${alias}.${name}` : name)
   const where: Prisma.Sql[] = []
-  if (query.sheet_id !== undefined) where.push(Prisma.sql`sheet_id = ${query.sheet_id}`)
-  if (scope !== null) where.push(Prisma.sql`sheet_id = ANY(${[...scope]}::text[])`)
-  if (query.from !== undefined) where.push(Prisma.sql`received_at >= ${parseTime('from', query.from)}`)
-  if (query.to !== undefined) where.push(Prisma.sql`received_at < ${parseTime('to', query.to)}`)
+  if (query.sheet_id !== undefined) where.push(Prisma.sql`${column('sheet_id')} = ${query.sheet_id}`)
+  if (scope !== null) where.push(Prisma.sql`${column('sheet_id')} = ANY(${[...scope]}::text[])`)
+  if (query.from !== undefined) where.push(Prisma.sql`${column('received_at')} >= ${parseTime('from', query.from)}`)
+  if (query.to !== undefined) where.push(Prisma.sql`${column('received_at')} < ${parseTime('to', query.to)}`)
   for (const name of ['campaign_id', 'adset_id', 'ad_id', 'transaction_id'] as const) {
     const value = query[name]
-    if (value !== undefined) where.push(Prisma.sql`${Prisma.raw(name)} = ${value}`)
+    if (value !== undefined) where.push(Prisma.sql`${column(name)} = ${value}`)
   }
-  if (query.currency !== undefined) where.push(Prisma.sql`currency = ${query.currency.toUpperCase()}`)
-  if (query.status !== undefined) where.push(Prisma.sql`status = ${query.status}`)
+  if (query.currency !== undefined) where.push(Prisma.sql`${column('currency')} = ${query.currency.toUpperCase()}`)
+  if (query.status !== undefined) where.push(Prisma.sql`${column('status')} = ${query.status}`)
   // The base conversion is stored with event '': `event=` selects it.
-  if (query.event !== undefined) where.push(Prisma.sql`event = ${query.event}`)
+  if (query.event !== undefined) where.push(Prisma.sql`${column('event')} = ${query.event}`)
   return where
 }
 
@@ -122,37 +123,36 @@ export async function listConversions(
 ): Promise<{ data: Conversion[]; next_cursor: string | null }> {
   const order = query.order ?? 'desc'
   const limit = query.limit ?? 50
-  const where = conditions(scope, query)
-  if (query.cursor !== undefined) {
-    const after = decodeCursor(query.cursor, order)
+  const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor, order)
+  const where = conditions(scope, query, 'c')
+  if (after) {
     // Keyset: strictly past the last row seen, so a row is never read twice, and rows stored while
     // paging can not shift the rows that were there before.
     where.push(
       order === 'desc'
-        ? Prisma.sql`(received_at, id) < (${after.at}, ${after.id}::bigint)`
-        : Prisma.sql`(received_at, id) > (${after.at}, ${after.id}::bigint)`,
+        ? Prisma.sql`(c.received_at, c.id) < (${after.at}, ${after.id}::bigint)`
+        : Prisma.sql`(c.received_at, c.id) > (${after.at}, ${after.id}::bigint)`,
     )
   }
   const direction = Prisma.raw(order === 'desc' ? 'DESC' : 'ASC')
-  if (query.sheet_id !== undefined) {
-    const rows = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
-      ${SELECT_CONVERSION} ${whereClause(where)}
-      ORDER BY received_at ${direction}, id ${direction}
-      LIMIT ${limit + 1}`)
-    return keysetPage(rows, limit, order, toConversion)
-  }
-  // Several sheets (a multi-sheet or global key without sheet_id): each sheet's first rows from its
-  // index (sheet_id, received_at, id), then merged, so that a page costs the same whatever the table
-  // holds; one ORDER BY over every sheet's rows would read and sort them all.
-  const sheets = scope === null ? Prisma.sql`SELECT sheet_id FROM sheets` : Prisma.sql`SELECT unnest(${[...scope]}::text[]) AS sheet_id`
+  // Each sheet's first rows from its index (sheet_id, received_at, id), then merged, so that a page
+  // costs the same whatever the table holds; one ORDER BY over every sheet's rows would read and
+  // sort them all.
+  const sheets =
+    query.sheet_id !== undefined
+      ? Prisma.sql`SELECT ${query.sheet_id}::text AS sheet_id`
+      : scope === null
+        ? Prisma.sql`SELECT sheet_id FROM sheets`
+        : Prisma.sql`SELECT unnest(${[...scope]}::text[]) AS sheet_id`
+  const plain = Prisma.sql`
+    SELECT ${CONVERSION_COLUMNS_OF_C}, c.id AS sort_id FROM conversions c WHERE c.sheet_id = s.sheet_id AND ${and(where)}
+    ORDER BY c.received_at ${direction}, c.id ${direction}
+    LIMIT ${limit + 1}`
+  const page = guidedByRollups(query) ? guidedPage(query, where, plain, order, limit, after?.at) : plain
   const rows = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
-    SELECT c.* FROM (${sheets}) s
-    CROSS JOIN LATERAL (
-      SELECT ${CONVERSION_COLUMNS}, id AS sort_id FROM conversions ${whereClause([Prisma.sql`sheet_id = s.sheet_id`, ...where])}
-      ORDER BY received_at ${direction}, id ${direction}
-      LIMIT ${limit + 1}
-    ) c
-    ORDER BY c.received_at ${direction}, c.sort_id ${direction}
+    SELECT p.* FROM (${sheets}) s
+    CROSS JOIN LATERAL (${page}) p
+    ORDER BY p.received_at ${direction}, p.sort_id ${direction}
     LIMIT ${limit + 1}`)
   return keysetPage(
     rows.map(({ sort_id: _, ...row }: ConversionRow & { sort_id?: unknown }) => row),
@@ -160,6 +160,99 @@ export async function listConversions(
     order,
     toConversion,
   )
+}
+
+const and = (where: Prisma.Sql[]) => (where.length ? Prisma.join(where, ' AND ') : Prisma.sql`true`)
+
+const CONVERSION_COLUMNS_OF_C = Prisma.sql`c.id::text AS id_text, c.sheet_id, c.transaction_id, c.payout::text AS payout_text,
+  c.currency::text AS currency_text, c.campaign_id, c.adset_id, c.ad_id, NULLIF(c.event, '') AS event, c.status, c.network_status,
+  c.received_at, c.updated_at`
+
+/** Filters the summary's pre-aggregates can count: a list filtered by one of them is guided by them. */
+const ROLLUP_FILTERS = ['campaign_id', 'adset_id', 'ad_id', 'event', 'currency', 'status'] as const
+
+// A transaction id is found through its own index; a list without a filter finds its rows at once.
+const guidedByRollups = (query: ConversionQuery) => query.transaction_id === undefined && ROLLUP_FILTERS.some((name) => query[name] !== undefined)
+
+/**
+ * One sheet's page (`s.sheet_id`) of a list filtered by columns without an index (currency, status,
+ * campaign, ad set, ad, event), guided by the summary's UTC day rollups, so that the time does not
+ * grow with the rows that do not match: a scan from the newest row would read every non-matching row
+ * newer than the page (a campaign that ended a month ago: a month of the sheet's rows).
+ *
+ * - `bound`: walking the sheet's day rollups from the cursor in the page's order, the day at which
+ *   the matching conversions they count reach the page size (limit + 1). One pass down the
+ *   rollups' key, stopped there.
+ * - The rows: those of the days between the cursor and `bound` whose rollups count a match (each
+ *   day's first limit + 1 from the sheet's index), and those changed since the rollups' watermark
+ *   (stored or moved since; read by their change keys), filtered as the list asks.
+ * - Exact whatever the rollups hold: every conversion that matches now either was folded with the
+ *   values it has now (its day counts it) or changed since the watermark. So when the page fills
+ *   with rows of `bound`'s side, it is the page; when the sheet's rollups never reach the page size,
+ *   every match was read. Otherwise (conversions counted by the rollups have moved away since) the
+ *   sheet's page is read by the plain scan (`plain`).
+ * What it does not bound: a day with few matches among many rows is read whole.
+ */
+function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.Sql, order: 'asc' | 'desc', limit: number, cursorAt: Date | undefined): Prisma.Sql {
+  const desc = order === 'desc'
+  const direction = Prisma.raw(desc ? 'DESC' : 'ASC')
+  const count = Prisma.raw(query.status !== undefined ? `r.${query.status}` : 'r.approved + r.pending + r.rejected')
+  // Days that may hold rows of the page: within the cursor and the range.
+  const days: Prisma.Sql[] = []
+  for (const name of ['campaign_id', 'adset_id', 'ad_id', 'event'] as const) {
+    const value = query[name]
+    if (value !== undefined) days.push(Prisma.sql`${Prisma.raw(`r.${name}`)} = ${value}`)
+  }
+  if (query.currency !== undefined) days.push(Prisma.sql`r.currency = ${query.currency.toUpperCase()}`)
+  if (query.from !== undefined) days.push(Prisma.sql`r.bucket > ${parseTime('from', query.from)}::timestamptz - interval '1 day'`)
+  if (query.to !== undefined) days.push(Prisma.sql`r.bucket < ${parseTime('to', query.to)}`)
+  if (cursorAt) days.push(desc ? Prisma.sql`r.bucket <= ${cursorAt}` : Prisma.sql`r.bucket > ${cursorAt}::timestamptz - interval '1 day'`)
+  const rollups = Prisma.sql`conversion_rollups r WHERE r.sheet_id = s.sheet_id AND r.level = 1440 AND r.phase = 0 AND ${and(days)} AND ${count} > 0`
+  const beyondBound = desc ? Prisma.sql`>=` : Prisma.sql`<=`
+  // The rows on bound's side: for desc those of its day and later, for asc of its day and earlier.
+  const onBoundSide = desc
+    ? Prisma.sql`g.received_at >= (SELECT day FROM bound)`
+    : Prisma.sql`g.received_at < (SELECT day FROM bound) + interval '1 day'`
+  return Prisma.sql`
+    WITH st AS MATERIALIZED (SELECT watermark AS w FROM rollup_state),
+    bound AS MATERIALIZED (
+      SELECT day FROM (
+        SELECT r.bucket AS day, sum(${count}) OVER (ORDER BY r.bucket ${direction} ROWS UNBOUNDED PRECEDING) AS seen
+        FROM ${rollups}
+      ) x
+      WHERE seen >= ${limit + 1}
+      ORDER BY day ${direction}
+      LIMIT 1
+    ),
+    matched_days AS MATERIALIZED (
+      SELECT DISTINCT r.bucket AS day FROM ${rollups}
+        AND (NOT EXISTS (SELECT FROM bound) OR r.bucket ${beyondBound} (SELECT day FROM bound))
+    ),
+    guided AS MATERIALIZED (
+      SELECT * FROM (
+        SELECT x.* FROM matched_days d
+        CROSS JOIN LATERAL (
+          SELECT ${CONVERSION_COLUMNS_OF_C}, c.id AS sort_id FROM conversions c
+          WHERE c.sheet_id = s.sheet_id AND c.received_at >= d.day AND c.received_at < d.day + interval '1 day' AND ${and(where)}
+          ORDER BY c.received_at ${direction}, c.id ${direction}
+          LIMIT ${limit + 1}
+        ) x
+        UNION
+        SELECT ${CONVERSION_COLUMNS_OF_C}, c.id FROM conversions c
+        WHERE c.stored_key >= (SELECT w FROM st) AND c.sheet_id = s.sheet_id AND ${and(where)}
+        UNION
+        SELECT ${CONVERSION_COLUMNS_OF_C}, c.id FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id
+        WHERE h.change_key >= (SELECT w FROM st) AND h.sheet_id = s.sheet_id AND c.sheet_id = s.sheet_id AND ${and(where)}
+      ) u
+      ORDER BY u.received_at ${direction}, u.sort_id ${direction}
+      LIMIT ${limit + 1}
+    ),
+    complete AS MATERIALIZED (
+      SELECT NOT EXISTS (SELECT FROM bound) OR (SELECT count(*) FROM guided g WHERE ${onBoundSide}) >= ${limit + 1} AS yes
+    )
+    SELECT g.* FROM guided g WHERE (SELECT yes FROM complete)
+    UNION ALL
+    (SELECT p.* FROM (${plain}) p WHERE NOT (SELECT yes FROM complete))`
 }
 
 export async function getConversion(prisma: PrismaClient, scope: SheetScope, id: string): Promise<Conversion | null> {

@@ -2,12 +2,14 @@
 // lifecycle moves, imported in batches with folds at random points between them (so that some changes
 // are folded and some are not, and folded conversions move after their fold), and random filters,
 // ranges and IANA zones, it equals the numbers computed here from the stored rows, to the last digit.
+// The list, which the same pre-aggregates guide when it is filtered, gives every matching row once,
+// in order, page after page.
 import { Readable } from 'node:stream'
 import fc from 'fast-check'
 import pg from 'pg'
 import t from 'tap'
 import { loadConfig } from '../../src/config.ts'
-import { summarize, summarizeRows } from '../../src/conversions.ts'
+import { listConversions, summarize, summarizeRows } from '../../src/conversions.ts'
 import { openDatabase } from '../../src/database.ts'
 import { importCsv } from '../../src/import.ts'
 import { foldAll, foldRollups } from '../../src/rollups.ts'
@@ -60,6 +62,9 @@ const queryArb = fc.record({
   currency: fc.option(fc.constantFrom('usd', 'EUR'), { nil: undefined }),
   campaign_id: fc.option(fc.constantFrom('c1', 'c2'), { nil: undefined }),
   event: fc.option(fc.constantFrom('', 'sale'), { nil: undefined }),
+  // For the list of the same filters.
+  order: fc.constantFrom('asc', 'desc') as fc.Arbitrary<'asc' | 'desc'>,
+  limit: fc.integer({ min: 1, max: 2 }),
 })
 
 const caseArb = fc.record({
@@ -177,7 +182,7 @@ async function check(testCase: Case): Promise<void> {
     SELECT count(*)::int AS count FROM conversions c, rollup_state s WHERE c.sheet_id = ${sheet} AND c.stored_key < s.watermark AND c.change_key >= s.watermark`
   if (moved!.count > 0) movedAfterFold++
   for (const generated of testCase.queries) {
-    const { from: fromAt, to: toAt, ...filters } = generated
+    const { from: fromAt, to: toAt, order, limit, ...filters } = generated
     const from = fromAt === undefined ? undefined : new Date(testCase.window + near(testCase.anchors, fromAt))
     const to = toAt === undefined ? undefined : new Date(testCase.window + near(testCase.anchors, toAt))
     const query: SummaryQuery & { tz: string } = {
@@ -198,12 +203,54 @@ async function check(testCase: Case): Promise<void> {
         if (!REVENUE.test(revenue)) throw new Error(`revenue ${revenue} is not written with two to six fraction digits`)
       }
     }
+    const { group_by: _, interval: __, tz: ___, ...listFilters } = query
+    // With all of the filters, and with the first of them alone (more rows, more pages).
+    const only = (['status', 'currency', 'campaign_id', 'event'] as const).find((name) => listFilters[name] !== undefined)
+    for (const filters of [listFilters, { sheet_id: sheet, from: listFilters.from, to: listFilters.to, ...(only && { [only]: listFilters[only] }) }]) {
+      const listed: string[] = []
+      let cursor: string | undefined
+      for (let pages = 0; ; pages++) {
+        const page = await listConversions(prisma, [sheet], { ...filters, order, limit, ...(cursor && { cursor }) })
+        listed.push(...page.data.map((conversion) => conversion.id))
+        if (!page.next_cursor || pages > 100) break
+        cursor = page.next_cursor
+      }
+      const wanted = await expectedList(sheet, filters as SummaryQuery, order, from, to)
+      if (JSON.stringify(listed) !== JSON.stringify(wanted)) {
+        t.same(listed, wanted, `list ${JSON.stringify({ ...filters, order, limit })}`)
+        throw new Error(`list differs from the rows for ${JSON.stringify({ ...filters, order, limit })}`)
+      }
+      listsChecked++
+      if (wanted.length > limit) listsPaged++
+    }
   }
+}
+
+let listsChecked = 0
+let listsPaged = 0
+
+/** The ids of the sheet's conversions that the list's filters select, in its order, computed here. */
+async function expectedList(sheet: string, query: SummaryQuery, order: 'asc' | 'desc', from?: Date, to?: Date): Promise<string[]> {
+  const rows = await prisma.$queryRaw<Array<StoredRow & { id: string }>>`
+    SELECT id::text AS id, campaign_id, adset_id, ad_id, event, currency::text AS currency, status, received_at FROM conversions WHERE sheet_id = ${sheet}`
+  const selected = rows.filter(
+    (row) =>
+      !(from && row.received_at < from) &&
+      !(to && row.received_at >= to) &&
+      (query.status === undefined || row.status === query.status) &&
+      (query.currency === undefined || row.currency === query.currency.toUpperCase()) &&
+      (query.campaign_id === undefined || row.campaign_id === query.campaign_id) &&
+      (query.event === undefined || row.event === query.event),
+  )
+  const sign = order === 'asc' ? 1 : -1
+  selected.sort((a, b) => sign * (a.received_at.getTime() - b.received_at.getTime() || Number(BigInt(a.id) - BigInt(b.id))))
+  return selected.map((row) => row.id)
 }
 
 t.test('the summary equals the figures computed from the rows, folded or not, in any zone and range', async (t) => {
   await fc.assert(fc.asyncProperty(caseArb, check), { numRuns: 50 })
   t.ok(movedAfterFold >= 3, `conversions moved after their fold in ${movedAfterFold} of 50 cases`)
+  t.ok(listsPaged >= 20, `lists over several pages: ${listsPaged} of ${listsChecked}`)
 })
 
 t.test('a conversion moved after its fold, or stored and moved within one, counts once in its new state', async (t) => {
