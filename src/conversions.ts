@@ -148,7 +148,13 @@ export async function listConversions(
     SELECT ${CONVERSION_COLUMNS_OF_C}, c.id AS sort_id FROM conversions c WHERE c.sheet_id = s.sheet_id AND ${and(where)}
     ORDER BY c.received_at ${direction}, c.id ${direction}
     LIMIT ${limit + 1}`
-  const page = guidedByRollups(query) ? guidedPage(query, where, plain, order, limit, after?.at) : plain
+  let page = plain
+  if (guidedByRollups(query)) {
+    // The watermark as a value too, so that PostgreSQL plans the rows changed since it from the
+    // statistics (a range of the change keys' indexes), as the summary does (src/rollups.ts).
+    const [state] = await prisma.$queryRaw<Array<{ w: string }>>`SELECT watermark::text AS w FROM rollup_state`
+    page = guidedPage(query, where, plain, order, limit, after?.at, state!.w)
+  }
   const rows = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
     SELECT p.* FROM (${sheets}) s
     CROSS JOIN LATERAL (${page}) p
@@ -180,12 +186,15 @@ const guidedByRollups = (query: ConversionQuery) => query.transaction_id === und
  * grow with the rows that do not match: a scan from the newest row would read every non-matching row
  * newer than the page (a campaign that ended a month ago: a month of the sheet's rows).
  *
- * - `bound`: walking the sheet's day rollups from the cursor in the page's order, the day at which
- *   the matching conversions they count reach the page size (limit + 1). One pass down the
- *   rollups' key, stopped there.
+ * - `bound`: walking the sheet's days from the cursor in the page's order (a recursive query, one
+ *   probe of the rollups' key per day), the day at which the matching conversions their rollups
+ *   count reach the page size (limit + 1). A window over the rollups did the same in one statement,
+ *   but at 10^7 conversions PostgreSQL planned it as a scan of the whole rollup table (0.5 to 1 s)
+ *   whenever it expected few matches.
  * - The rows: those of the days between the cursor and `bound` whose rollups count a match (each
  *   day's first limit + 1 from the sheet's index), and those changed since the rollups' watermark
- *   (stored or moved since; read by their change keys), filtered as the list asks.
+ *   (stored or moved since; read by their change keys, with the watermark read just before as a
+ *   value, so that they are planned as the few rows they are), filtered as the list asks.
  * - Exact whatever the rollups hold: every conversion that matches now either was folded with the
  *   values it has now (its day counts it) or changed since the watermark. So when the page fills
  *   with rows of `bound`'s side, it is the page; when the sheet's rollups never reach the page size,
@@ -193,41 +202,46 @@ const guidedByRollups = (query: ConversionQuery) => query.transaction_id === und
  *   sheet's page is read by the plain scan (`plain`).
  * What it does not bound: a day with few matches among many rows is read whole.
  */
-function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.Sql, order: 'asc' | 'desc', limit: number, cursorAt: Date | undefined): Prisma.Sql {
+function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.Sql, order: 'asc' | 'desc', limit: number, cursorAt: Date | undefined, watermark: string): Prisma.Sql {
   const desc = order === 'desc'
   const direction = Prisma.raw(desc ? 'DESC' : 'ASC')
   const count = Prisma.raw(query.status !== undefined ? `r.${query.status}` : 'r.approved + r.pending + r.rejected')
-  // Days that may hold rows of the page: within the cursor and the range.
-  const days: Prisma.Sql[] = []
+  const dims: Prisma.Sql[] = []
   for (const name of ['campaign_id', 'adset_id', 'ad_id', 'event'] as const) {
     const value = query[name]
-    if (value !== undefined) days.push(Prisma.sql`${Prisma.raw(`r.${name}`)} = ${value}`)
+    if (value !== undefined) dims.push(Prisma.sql`${Prisma.raw(`r.${name}`)} = ${value}`)
   }
-  if (query.currency !== undefined) days.push(Prisma.sql`r.currency = ${query.currency.toUpperCase()}`)
-  if (query.from !== undefined) days.push(Prisma.sql`r.bucket > ${parseTime('from', query.from)}::timestamptz - interval '1 day'`)
-  if (query.to !== undefined) days.push(Prisma.sql`r.bucket < ${parseTime('to', query.to)}`)
-  if (cursorAt) days.push(desc ? Prisma.sql`r.bucket <= ${cursorAt}` : Prisma.sql`r.bucket > ${cursorAt}::timestamptz - interval '1 day'`)
-  const rollups = Prisma.sql`conversion_rollups r WHERE r.sheet_id = s.sheet_id AND r.level = 1440 AND r.phase = 0 AND ${and(days)} AND ${count} > 0`
-  const beyondBound = desc ? Prisma.sql`>=` : Prisma.sql`<=`
+  if (query.currency !== undefined) dims.push(Prisma.sql`r.currency = ${query.currency.toUpperCase()}`)
+  // Days that may hold rows of the page: within the range and past the cursor.
+  const range: Prisma.Sql[] = []
+  if (query.from !== undefined) range.push(Prisma.sql`r.bucket > ${parseTime('from', query.from)}::timestamptz - interval '1 day'`)
+  if (query.to !== undefined) range.push(Prisma.sql`r.bucket < ${parseTime('to', query.to)}`)
+  if (cursorAt) range.push(desc ? Prisma.sql`r.bucket <= ${cursorAt}` : Prisma.sql`r.bucket > ${cursorAt}::timestamptz - interval '1 day'`)
+  const dayOf = Prisma.sql`r.sheet_id = s.sheet_id AND r.level = 1440 AND r.phase = 0`
+  // The sheet's next day in the page's order (after `day`, or the first): one probe of the rollups' key.
+  const next = (day?: Prisma.Sql) =>
+    Prisma.sql`(SELECT ${Prisma.raw(desc ? 'max' : 'min')}(r.bucket) FROM conversion_rollups r WHERE ${dayOf} AND ${and(range)}${
+      day ? Prisma.sql` AND r.bucket ${Prisma.raw(desc ? '<' : '>')} ${day}` : Prisma.empty
+    })`
+  // The matches that a day's rollups count.
+  const matches = (day: Prisma.Sql) => Prisma.sql`(SELECT COALESCE(sum(${count}), 0) FROM conversion_rollups r WHERE ${dayOf} AND r.bucket = ${day} AND ${and(dims)})`
+  const bound = Prisma.sql`(SELECT day FROM walk WHERE seen >= ${limit + 1})`
   // The rows on bound's side: for desc those of its day and later, for asc of its day and earlier.
-  const onBoundSide = desc
-    ? Prisma.sql`g.received_at >= (SELECT day FROM bound)`
-    : Prisma.sql`g.received_at < (SELECT day FROM bound) + interval '1 day'`
+  const onBoundSide = desc ? Prisma.sql`g.received_at >= ${bound}` : Prisma.sql`g.received_at < ${bound} + interval '1 day'`
   return Prisma.sql`
-    WITH st AS MATERIALIZED (SELECT watermark AS w FROM rollup_state),
-    bound AS MATERIALIZED (
-      SELECT day FROM (
-        SELECT r.bucket AS day, sum(${count}) OVER (ORDER BY r.bucket ${direction} ROWS UNBOUNDED PRECEDING) AS seen
-        FROM ${rollups}
-      ) x
-      WHERE seen >= ${limit + 1}
-      ORDER BY day ${direction}
-      LIMIT 1
+    WITH RECURSIVE st AS MATERIALIZED (SELECT watermark AS w FROM rollup_state),
+    -- The sheet's days from the cursor, one probe each, with the matches counted so far; it stops
+    -- at the day where they reach the page size (a plan that cannot turn into a scan of the table).
+    walk (day, n, seen) AS (
+      SELECT f.day, m.n, m.n FROM (SELECT ${next()} AS day) f CROSS JOIN LATERAL (SELECT ${matches(Prisma.sql`f.day`)} AS n) m
+      WHERE f.day IS NOT NULL
+      UNION ALL
+      SELECT f.day, m.n, walk.seen + m.n FROM walk
+      CROSS JOIN LATERAL (SELECT ${next(Prisma.sql`walk.day`)} AS day) f
+      CROSS JOIN LATERAL (SELECT ${matches(Prisma.sql`f.day`)} AS n) m
+      WHERE walk.seen < ${limit + 1} AND f.day IS NOT NULL
     ),
-    matched_days AS MATERIALIZED (
-      SELECT DISTINCT r.bucket AS day FROM ${rollups}
-        AND (NOT EXISTS (SELECT FROM bound) OR r.bucket ${beyondBound} (SELECT day FROM bound))
-    ),
+    matched_days AS MATERIALIZED (SELECT day FROM walk WHERE n > 0),
     guided AS MATERIALIZED (
       SELECT * FROM (
         SELECT x.* FROM matched_days d
@@ -239,16 +253,16 @@ function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.S
         ) x
         UNION
         SELECT ${CONVERSION_COLUMNS_OF_C}, c.id FROM conversions c
-        WHERE c.stored_key >= (SELECT w FROM st) AND c.sheet_id = s.sheet_id AND ${and(where)}
+        WHERE c.stored_key >= ${watermark}::xid8 AND c.stored_key >= (SELECT w FROM st) AND c.sheet_id = s.sheet_id AND ${and(where)}
         UNION
         SELECT ${CONVERSION_COLUMNS_OF_C}, c.id FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id
-        WHERE h.change_key >= (SELECT w FROM st) AND h.sheet_id = s.sheet_id AND c.sheet_id = s.sheet_id AND ${and(where)}
+        WHERE h.change_key >= ${watermark}::xid8 AND h.change_key >= (SELECT w FROM st) AND h.sheet_id = s.sheet_id AND c.sheet_id = s.sheet_id AND ${and(where)}
       ) u
       ORDER BY u.received_at ${direction}, u.sort_id ${direction}
       LIMIT ${limit + 1}
     ),
     complete AS MATERIALIZED (
-      SELECT NOT EXISTS (SELECT FROM bound) OR (SELECT count(*) FROM guided g WHERE ${onBoundSide}) >= ${limit + 1} AS yes
+      SELECT NOT EXISTS (SELECT FROM walk WHERE seen >= ${limit + 1}) OR (SELECT count(*) FROM guided g WHERE ${onBoundSide}) >= ${limit + 1} AS yes
     )
     SELECT g.* FROM guided g WHERE (SELECT yes FROM complete)
     UNION ALL
