@@ -89,21 +89,18 @@ interface FloorStore {
 
 const UNNEST = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
   AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)`
-/** The INSERT of the rows from `source` (aliased i), up to its RETURNING list. */
-const insertFrom = (source: string) => `
-  INSERT INTO conversions (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)
-  SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
-    COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
-    i.campaign_id, i.adset_id, i.ad_id, i.status
-  FROM ${source}
-  ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
-  RETURNING`
-
 // The insert alone, on both stores: the statement the issue names (INSERT ... ON CONFLICT DO
 // NOTHING RETURNING). Exported for bench/pglite-statement.ts.
 export const FLOOR_INSERT = {
   name: 'bench_floor_insert',
-  text: `${insertFrom(UNNEST)} id::text AS id, sheet_id, transaction_id, event, true AS stored`,
+  text: `
+    INSERT INTO conversions (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)
+    SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
+      COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
+      i.campaign_id, i.adset_id, i.ad_id, i.status
+    FROM ${UNNEST}
+    ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
+    RETURNING id::text AS id, sheet_id, transaction_id, event, true AS stored`,
 }
 
 // LATERAL with OFFSET 0, as in the receiver: a cached generic plan of a plain join can turn into a

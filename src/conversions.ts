@@ -4,7 +4,7 @@
 import type { Database } from './database.ts'
 import { InputError } from './errors.ts'
 import { Prisma, type PrismaClient } from './generated/prisma/client.ts'
-import { GROUP_COLUMNS, statusColumns, summarizeFromRollups } from './rollups.ts'
+import { and, dimensionConditions, GROUP_COLUMNS, statusColumns, summarizeFromRollups } from './rollups.ts'
 import type { Conversion, ConversionQuery, HistoryEntry, SummaryQuery, SummaryRow } from './schemas/management.ts'
 
 /** The sheets a caller may see: a list, or null for every sheet (a global key). */
@@ -76,10 +76,9 @@ const whereClause = (where: Prisma.Sql[]) => (where.length ? Prisma.sql`WHERE ${
 
 // Output columns are renamed (id_text): ORDER BY resolves a bare name to an output column first, and
 // ordering by the text of an id ("9" > "10") would break the keyset order.
-const CONVERSION_COLUMNS = Prisma.sql`id::text AS id_text, sheet_id, transaction_id, payout::text AS payout_text,
-  currency::text AS currency_text, campaign_id, adset_id, ad_id, NULLIF(event, '') AS event, status, network_status,
-  received_at, updated_at`
-const SELECT_CONVERSION = Prisma.sql`SELECT ${CONVERSION_COLUMNS} FROM conversions`
+const CONVERSION_COLUMNS = Prisma.sql`c.id::text AS id_text, c.sheet_id, c.transaction_id, c.payout::text AS payout_text,
+  c.currency::text AS currency_text, c.campaign_id, c.adset_id, c.ad_id, NULLIF(c.event, '') AS event, c.status, c.network_status,
+  c.received_at, c.updated_at`
 
 // A cursor names the last row of a page by its position (received_at, id) and the order it was read in.
 interface Position {
@@ -145,7 +144,7 @@ export async function listConversions(
         ? Prisma.sql`SELECT sheet_id FROM sheets`
         : Prisma.sql`SELECT unnest(${[...scope]}::text[]) AS sheet_id`
   const plain = Prisma.sql`
-    SELECT ${CONVERSION_COLUMNS_OF_C}, c.id AS sort_id FROM conversions c WHERE c.sheet_id = s.sheet_id AND ${and(where)}
+    SELECT ${CONVERSION_COLUMNS}, c.id AS sort_id FROM conversions c WHERE c.sheet_id = s.sheet_id AND ${and(where)}
     ORDER BY c.received_at ${direction}, c.id ${direction}
     LIMIT ${limit + 1}`
   let page = plain
@@ -167,12 +166,6 @@ export async function listConversions(
     toConversion,
   )
 }
-
-const and = (where: Prisma.Sql[]) => (where.length ? Prisma.join(where, ' AND ') : Prisma.sql`true`)
-
-const CONVERSION_COLUMNS_OF_C = Prisma.sql`c.id::text AS id_text, c.sheet_id, c.transaction_id, c.payout::text AS payout_text,
-  c.currency::text AS currency_text, c.campaign_id, c.adset_id, c.ad_id, NULLIF(c.event, '') AS event, c.status, c.network_status,
-  c.received_at, c.updated_at`
 
 /** Filters the summary's pre-aggregates can count: a list filtered by one of them is guided by them. */
 const ROLLUP_FILTERS = ['campaign_id', 'adset_id', 'ad_id', 'event', 'currency', 'status'] as const
@@ -206,12 +199,7 @@ function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.S
   const desc = order === 'desc'
   const direction = Prisma.raw(desc ? 'DESC' : 'ASC')
   const count = Prisma.raw(query.status !== undefined ? `r.${query.status}` : 'r.approved + r.pending + r.rejected')
-  const dims: Prisma.Sql[] = []
-  for (const name of ['campaign_id', 'adset_id', 'ad_id', 'event'] as const) {
-    const value = query[name]
-    if (value !== undefined) dims.push(Prisma.sql`${Prisma.raw(`r.${name}`)} = ${value}`)
-  }
-  if (query.currency !== undefined) dims.push(Prisma.sql`r.currency = ${query.currency.toUpperCase()}`)
+  const dims = dimensionConditions(query, 'r')
   // Days that may hold rows of the page: within the range and past the cursor.
   const range: Prisma.Sql[] = []
   if (query.from !== undefined) range.push(Prisma.sql`r.bucket > ${parseTime('from', query.from)}::timestamptz - interval '1 day'`)
@@ -246,16 +234,16 @@ function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.S
       SELECT * FROM (
         SELECT x.* FROM matched_days d
         CROSS JOIN LATERAL (
-          SELECT ${CONVERSION_COLUMNS_OF_C}, c.id AS sort_id FROM conversions c
+          SELECT ${CONVERSION_COLUMNS}, c.id AS sort_id FROM conversions c
           WHERE c.sheet_id = s.sheet_id AND c.received_at >= d.day AND c.received_at < d.day + interval '1 day' AND ${and(where)}
           ORDER BY c.received_at ${direction}, c.id ${direction}
           LIMIT ${limit + 1}
         ) x
         UNION
-        SELECT ${CONVERSION_COLUMNS_OF_C}, c.id FROM conversions c
+        SELECT ${CONVERSION_COLUMNS}, c.id FROM conversions c
         WHERE c.stored_key >= ${watermark}::xid8 AND c.stored_key >= (SELECT w FROM st) AND c.sheet_id = s.sheet_id AND ${and(where)}
         UNION
-        SELECT ${CONVERSION_COLUMNS_OF_C}, c.id FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id
+        SELECT ${CONVERSION_COLUMNS}, c.id FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id
         WHERE h.change_key >= ${watermark}::xid8 AND h.change_key >= (SELECT w FROM st) AND h.sheet_id = s.sheet_id AND c.sheet_id = s.sheet_id AND ${and(where)}
       ) u
       ORDER BY u.received_at ${direction}, u.sort_id ${direction}
@@ -271,9 +259,9 @@ function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.S
 
 export async function getConversion(prisma: PrismaClient, scope: SheetScope, id: string): Promise<Conversion | null> {
   if (!isStorableId(id)) return null
-  const where = [Prisma.sql`id = ${id}::bigint`]
-  if (scope !== null) where.push(Prisma.sql`sheet_id = ANY(${[...scope]}::text[])`)
-  const [row] = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`${SELECT_CONVERSION} ${whereClause(where)}`)
+  const where = [Prisma.sql`c.id = ${id}::bigint`]
+  if (scope !== null) where.push(Prisma.sql`c.sheet_id = ANY(${[...scope]}::text[])`)
+  const [row] = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`SELECT ${CONVERSION_COLUMNS} FROM conversions c WHERE ${and(where)}`)
   return row ? toConversion(row) : null
 }
 

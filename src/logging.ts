@@ -13,10 +13,11 @@ export const REDACTED = '[REDACTED]'
 const SANE_REQUEST_ID = /^[A-Za-z0-9._:-]{1,64}$/
 // Query parameters whose values are secrets: key, api_key, apiKey, access_token, secret, password, ...
 // (`key` as a word only, so a tracker's `keyword` stays readable).
-const SECRET_PARAMETER = /(^|[^a-z])key($|[^a-z])|(api|private|access|secret)key|token|secret|passw|auth|signature|credential|session/i
+const SECRET_WORDS = 'token|secret|passw|auth|signature|credential|session'
+const SECRET_PARAMETER = new RegExp(`(^|[^a-z])key($|[^a-z])|(api|private|access|secret)key|${SECRET_WORDS}`, 'i')
 // A URL none of whose text could name a secret parameter (after decoding, which only '%' and '+'
 // can change) is logged as it is, without looking at each name.
-const MAYBE_SECRET = /key|token|secret|passw|auth|signature|credential|session|[%+]/i
+const MAYBE_SECRET = new RegExp(`key|${SECRET_WORDS}|[%+]`, 'i')
 
 // Fields whose values are secrets, wherever a line includes them at its top or one level down
 // (`apiKey`, `err.password`, `headers.authorization`, `req.headers.cookie`).

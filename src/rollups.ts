@@ -206,7 +206,7 @@ export const GROUP_COLUMNS = {
 } as const
 
 /** The filters the rollups hold (all but status and transaction id), on an alias; `state` gives the currency. */
-function dimensionConditions(query: SummaryQuery, alias: string, state = alias): Prisma.Sql[] {
+export function dimensionConditions(query: Pick<SummaryQuery, 'campaign_id' | 'adset_id' | 'ad_id' | 'event' | 'currency'>, alias: string, state = alias): Prisma.Sql[] {
   const where: Prisma.Sql[] = []
   const values = { campaign_id: query.campaign_id, adset_id: query.adset_id, ad_id: query.ad_id, event: query.event, currency: query.currency?.toUpperCase() }
   for (const [name, value] of Object.entries(values)) {
@@ -223,7 +223,8 @@ function scopeConditions(scope: SheetScope, query: SummaryQuery, alias: string):
   return where
 }
 
-const and = (where: Prisma.Sql[]) => (where.length ? Prisma.join(where, ' AND ') : Prisma.sql`true`)
+/** Conditions joined by AND; none is `true`. */
+export const and = (where: Prisma.Sql[]) => (where.length ? Prisma.join(where, ' AND ') : Prisma.sql`true`)
 
 // The zones whose day phases this process has registered, per client.
 const registeredZones = new WeakMap<PrismaClient, Set<string>>()
