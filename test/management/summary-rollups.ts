@@ -382,3 +382,56 @@ t.test('summaries taken while folds commit read each fold whole or not at all (o
   t.ok(folded > 0 && taken > 5, `${taken} summaries while ${folded} changes were folded`)
   t.same(wrong, [], 'every one equals the rows')
 })
+
+t.test('filtered list pages taken while folds commit give every matching row once (the rollups guide them mid-fold)', async (t) => {
+  const sheet = uniqueId('rollup')
+  await createSheet(prisma, { sheetId: sheet, currency: 'USD' })
+  // 150 imports over five days (as many transactions, so as many steps for the fold), none folded
+  // yet; some later moved to rejected.
+  for (let batch = 0; batch < 150; batch++) {
+    const rows = Array.from({ length: 2 }, (_, i) => `l${batch}-${i},${batch % 7}.25,c${i % 2},${i % 3 ? 'sale' : 'lead'},2026-06-0${1 + ((batch + i) % 5)}T1${i}:00:00Z`)
+    await importCsv(store, { sheetId: sheet, input: Readable.from([['transaction_id,payout,campaign_id,status,received_at', ...rows].join('\n')]), onRejected: () => t.fail('rejected') })
+  }
+  await importCsv(store, { sheetId: sheet, input: Readable.from([['transaction_id,status', ...Array.from({ length: 20 }, (_, i) => `l${i * 7}-1,rejected`)].join('\n')]), onRejected: () => t.fail('rejected') })
+  const lists: Array<{ filters: SummaryQuery; order: 'asc' | 'desc' }> = [
+    { filters: { sheet_id: sheet, group_by: 'campaign', campaign_id: 'c1' }, order: 'desc' },
+    { filters: { sheet_id: sheet, group_by: 'campaign', status: 'approved' }, order: 'asc' },
+    { filters: { sheet_id: sheet, group_by: 'campaign', status: 'rejected' }, order: 'desc' },
+  ]
+  const walk = async ({ filters: { group_by: _, ...filters }, order }: (typeof lists)[number]) => {
+    const ids: string[] = []
+    let cursor: string | undefined
+    do {
+      const page = await listConversions(prisma, [sheet], { ...filters, order, limit: 7, ...(cursor && { cursor }) })
+      ids.push(...page.data.map((conversion) => conversion.id))
+      cursor = page.next_cursor ?? undefined
+    } while (cursor)
+    return ids
+  }
+  const expected = await Promise.all(lists.map((list) => expectedList(sheet, list.filters, list.order)))
+  const state = { folding: true }
+  let folded = 0
+  const folds = (async () => {
+    try {
+      for (;;) {
+        const step = await foldRollups(prisma, 1)
+        folded += step.changes
+        if (!step.more && !step.busy) break
+      }
+    } finally {
+      state.folding = false
+    }
+  })()
+  const wrong: unknown[] = []
+  let taken = 0
+  while (state.folding) {
+    const index = taken++ % lists.length
+    const ids = await walk(lists[index]!)
+    if (JSON.stringify(ids) !== JSON.stringify(expected[index])) wrong.push({ list: lists[index], ids })
+  }
+  await folds
+  t.ok(folded > 0 && taken >= 2 * lists.length, `${taken} lists walked while ${folded} changes were folded`)
+  t.ok(expected.every((ids) => ids.length > 7), 'each list takes several pages')
+  t.same(wrong, [], 'every one gives the rows a scan gives')
+  t.same(await Promise.all(lists.map(walk)), expected, 'and after the fold')
+})
