@@ -11,7 +11,7 @@ import { openDatabase, type Database } from './database.ts'
 import { ImportFileError } from './file-lines.ts'
 import { importCsv, parseFileTime, type ImportCounts } from './import.ts'
 import { reconcile } from './reconcile.ts'
-import { openDifferencesFile, reconcileSummary, writeDifferences } from './reconcile-output.ts'
+import { openDifferencesFile, reasonText, reconcileSummary, writeDifferences } from './reconcile-output.ts'
 import { foldAll } from './rollups.ts'
 import { migrate, MigrationError, pendingMigrations } from './migrations.ts'
 import { AppError, type InputError } from './errors.ts'
@@ -246,7 +246,7 @@ async function requireCurrentSchema(db: Database): Promise<void> {
 }
 
 /** A line of a file refused (import, reconcile), as stderr reports it. */
-const badLine = (line: number, error: InputError) => `line ${line}: ${error.code}${error.parameter ? ` (${error.parameter})` : ''}: ${error.message}\n`
+const badLine = (line: number, error: InputError) => `line ${line}: ${reasonText(error.code, error.parameter)}: ${error.message}\n`
 
 /** The import's progress on a terminal: one line, rewritten after each chunk. */
 function progressLine(stderr: { write(text: string): unknown }) {

@@ -33,8 +33,9 @@ function typedCall(method: (...args: unknown[]) => unknown, self: unknown, args:
 /**
  * A statement whose text begins with this comment runs without the pool's client-side read timeout
  * (`query_timeout`): background work that may run for minutes (the first fold of the rollups after an
- * upgrade takes every row that shares the migration's transaction at once), under a server-side
- * `statement_timeout` of its own. Prisma's adapter cannot pass pg per-query options; the text can.
+ * upgrade takes every row that shares the migration's transaction at once); its transaction also
+ * lifts the server's `statement_timeout` (`SET LOCAL`, src/rollups.ts). Prisma's adapter cannot pass
+ * pg per-query options; the text can.
  */
 export const LONG_RUNNING = '/* long-running */'
 // pg takes 0 as "the connection's default": the longest timer Node.js keeps instead (24.8 days).

@@ -33,7 +33,7 @@ function field(value: string | number | null | undefined): string {
 
 function csvLine(difference: Difference): string {
   const { here, there } = difference
-  const evidence = (difference.evidence ?? []).map((entry) => `${entry.received_at} ${entry.reason}${entry.parameter ? ` (${entry.parameter})` : ''}`).join('; ')
+  const evidence = (difference.evidence ?? []).map((entry) => `${entry.received_at} ${reasonText(entry.reason, entry.parameter)}`).join('; ')
   const values = [
     difference.kind,
     difference.transaction_id,
@@ -56,6 +56,9 @@ function csvLine(difference: Difference): string {
 }
 
 /** Opens the file the differences go to, before any work: a path that cannot be written is a clear error. */
+/** A refusal's reason for a person: `unreplaced_macro (payout)`. */
+export const reasonText = (reason: string, parameter?: string | null) => (parameter ? `${reason} (${parameter})` : reason)
+
 export async function openDifferencesFile(path: string): Promise<FileHandle> {
   try {
     return await open(path, 'w')
@@ -103,7 +106,7 @@ export function reconcileSummary(report: ReconcileReport, out: string | undefine
     const since = report.missing_here_evidence.log_since
     lines.push(`missing here: ${report.missing_here_evidence.no_delivery_received} never received (no rejected delivery of them in the rejection log${since ? `, kept since ${since}` : ''})`)
     for (const cause of report.missing_here_evidence.rejected) {
-      lines.push(`  ${cause.conversions} rejected by the receiver: ${cause.reason}${cause.parameter ? ` (${cause.parameter})` : ''}`)
+      lines.push(`  ${cause.conversions} rejected by the receiver: ${reasonText(cause.reason, cause.parameter)}`)
     }
   }
   if (out) lines.push(`every difference: ${out}`)

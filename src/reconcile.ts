@@ -35,6 +35,7 @@ import { ChunkWriter, readFileLines, type FileFormat } from './file-lines.ts'
 import { parseFileTime } from './import.ts'
 import { MalformedValue, parseQueryString } from './query-string.ts'
 import { STATUSES, type ConversionStatus, type StatusMapping } from './lifecycle.ts'
+import { reasonText } from './reconcile-output.ts'
 import { revenueText } from './rollups.ts'
 import { DIFFERENCE_KINDS, type Difference, type DifferenceKind, type ReconcileReport } from './schemas/reconcile.ts'
 
@@ -414,7 +415,7 @@ function explain(kind: DifferenceKind, evidence: Difference['evidence'], logSinc
         const log = logSince ? `the rejection log, kept since ${logSince}, has none` : 'the rejection log is empty'
         return `no delivery received: none was stored and ${log}; most likely the network never sent it to this sheet`
       }
-      return `its deliveries were rejected: ${[...new Set(evidence.map((entry) => `${entry.reason}${entry.parameter ? ` (${entry.parameter})` : ''}`))].join(', ')}; see evidence`
+      return `its deliveries were rejected: ${[...new Set(evidence.map((entry) => reasonText(entry.reason, entry.parameter)))].join(', ')}; see evidence`
     case 'missing_there':
       return 'stored here, not in the export'
     case 'status_differs':

@@ -15,6 +15,12 @@ import { parseTime } from '../../src/conversions.ts'
 import { principalOf } from '../auth.ts'
 
 const FORMATS: Record<string, FileFormat> = { 'text/csv': 'csv', 'application/x-ndjson': 'jsonl', 'application/jsonl': 'jsonl' }
+
+/** A request's export as it arrives, and its format (from its content type). */
+interface Upload {
+  stream: Readable
+  format: FileFormat
+}
 const DEFAULT_LIMIT = 10_000
 const IDLE_MS = 60_000
 
@@ -54,9 +60,9 @@ export default async function reconcileRoutes(fastify: FastifyInstance) {
   const app = fastify.withTypeProvider<TypeBoxTypeProvider>()
   // The export is read by the handler as it arrives, not buffered: the parser keeps the stream aside
   // and leaves an empty body for the schema (which only documents the content types).
-  const uploads = new WeakMap<FastifyRequest, Readable>()
+  const uploads = new WeakMap<FastifyRequest, Upload>()
   app.addContentTypeParser(Object.keys(FORMATS), (request, payload, done) => {
-    uploads.set(request, payload)
+    uploads.set(request, { stream: payload, format: FORMATS[request.headers['content-type']!.split(';')[0]!.trim().toLowerCase()]! })
     done(null, '')
   })
 
@@ -73,17 +79,17 @@ export default async function reconcileRoutes(fastify: FastifyInstance) {
     const { from, to, limit = DEFAULT_LIMIT, ...mapping } = request.query
     running++
     try {
-      return await reconcileRequest(sheetId, upload, { from, to, limit, mapping }, reply)
+      return await reconcileRequest(sheetId, upload, maxBytes, { from, to, limit, mapping }, reply)
     } finally {
       running--
     }
   })
 
-  async function reconcileRequest(sheetId: string, upload: Readable, query: { from?: string; to?: string; limit: number; mapping: StatusMapping }, reply: FastifyReply) {
+  async function reconcileRequest(sheetId: string, upload: Upload, maxBytes: number, query: { from?: string; to?: string; limit: number; mapping: StatusMapping }, reply: FastifyReply) {
     // The rejection log as of now: the receiver's buffered entries are evidence too.
     await app.deliveryLog.flush()
-    const input = Readable.from(limitBytes(upload, app.config.RECONCILE_BODY_MAX_BYTES), { objectMode: false })
-    const format = FORMATS[reply.request.headers['content-type']!.split(';')[0]!.trim().toLowerCase()]!
+    const input = Readable.from(limitBytes(upload.stream, maxBytes), { objectMode: false })
+    const { format } = upload
     const { from, to, limit, mapping } = query
     return reconcile(
       app.db,
