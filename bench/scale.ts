@@ -17,7 +17,7 @@ import { run } from '../src/cli.ts'
 import { writeDeliveries } from '../src/conversion-batch.ts'
 import { loadConfig } from '../src/config.ts'
 import { foldAll } from '../src/rollups.ts'
-import { scratchDatabase, table } from './support.ts'
+import { LIST_SHAPES, scratchDatabase, table } from './support.ts'
 
 const { values } = parseArgs({
   options: { sizes: { type: 'string', default: '100000,1000000' }, keep: { type: 'boolean', default: false }, 'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' } },
@@ -113,11 +113,7 @@ const SHAPES: Array<[string, string]> = [
   ['campaign x day, 30 days, Asia/Kathmandu', '/summary?sheet_id=busy&group_by=campaign&interval=day&tz=Asia/Kathmandu&from=2026-09-01T00:00:00%2B05:45&to=2026-10-01T00:00:00%2B05:45'],
   ['campaign, all time', '/summary?sheet_id=busy&group_by=campaign'],
   ['small sheet, campaign', '/summary?sheet_id=small-1&group_by=campaign'],
-  ['list, first page', '/conversions?sheet_id=busy'],
-  ['list, filtered by ad', '/conversions?sheet_id=busy&ad_id=a7'],
-  ['list, global key, no sheet_id', '/conversions'],
-  ['list, global key, by currency', '/conversions?currency=EUR'],
-  ['list, a status no row has', '/conversions?sheet_id=busy&status=rejected'],
+  ...LIST_SHAPES,
 ]
 
 const results: string[][] = [['rows', 'import lines/s', 'fold changes/s', ...SHAPES.map(([name]) => `${name} (ms)`), 'list, page 21 (ms)', 'batch statement rows/s (vs empty)']]

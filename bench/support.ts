@@ -15,6 +15,24 @@ export const BENCH_SERVER_ENV: Record<string, string> = {
   RECEIVER_FLOOD_LIMIT: '100000000',
 }
 
+/**
+ * List pages timed on the database of bench:scale (bench/scale.ts, bench/list-pages.ts): a busy sheet
+ * (300 ads a0..a299, campaigns c0..c9, a seventh of the conversions in EUR, none rejected) and five
+ * small sheets; paths under /api/v1/postback, read with a global key.
+ */
+export const LIST_SHAPES: Array<[string, string]> = [
+  ['list, first page', '/conversions?sheet_id=busy'],
+  ['list, filtered by ad', '/conversions?sheet_id=busy&ad_id=a7'],
+  ['list, a status no row has', '/conversions?sheet_id=busy&status=rejected'],
+  ['list, an ad no row has', '/conversions?sheet_id=busy&ad_id=a300'],
+  ['list, global key, no sheet_id', '/conversions'],
+  ['list, global key, by currency', '/conversions?currency=EUR'],
+  ['list, global key, by ad', '/conversions?ad_id=a7'],
+  ['list, global key, by campaign and status', '/conversions?campaign_id=c3&status=pending'],
+  ['list, a campaign and status no row has', '/conversions?sheet_id=busy&campaign_id=c3&status=approved'],
+  ['list, global key, a status no row has', '/conversions?status=rejected'],
+]
+
 /** A Markdown table; the first row is the header. */
 export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)))

@@ -143,22 +143,15 @@ export async function listConversions(
       : scope === null
         ? Prisma.sql`SELECT sheet_id FROM sheets`
         : Prisma.sql`SELECT unnest(${[...scope]}::text[]) AS sheet_id`
-  const plain = Prisma.sql`
-    SELECT ${CONVERSION_COLUMNS}, c.id AS sort_id FROM conversions c WHERE c.sheet_id = s.sheet_id AND ${and(where)}
-    ORDER BY c.received_at ${direction}, c.id ${direction}
-    LIMIT ${limit + 1}`
-  let page = plain
+  const page: Page = { where, order, direction, limit }
+  let statement = scanned(Prisma.sql`(${sheets})`, page)
   if (guidedByRollups(query)) {
     // The watermark as a value too, so that PostgreSQL plans the rows changed since it from the
     // statistics (a range of the change keys' indexes), as the summary does (src/rollups.ts).
     const [state] = await prisma.$queryRaw<Array<{ w: string }>>`SELECT watermark::text AS w FROM rollup_state`
-    page = guidedPage(query, where, plain, order, limit, after?.at, state!.w)
+    statement = guided(query, sheets, page, after?.at, state!.w)
   }
-  const rows = await prisma.$queryRaw<ConversionRow[]>(Prisma.sql`
-    SELECT p.* FROM (${sheets}) s
-    CROSS JOIN LATERAL (${page}) p
-    ORDER BY p.received_at ${direction}, p.sort_id ${direction}
-    LIMIT ${limit + 1}`)
+  const rows = await prisma.$queryRaw<ConversionRow[]>(statement)
   return keysetPage(
     rows.map(({ sort_id: _, ...row }: ConversionRow & { sort_id?: unknown }) => row),
     limit,
@@ -167,6 +160,25 @@ export async function listConversions(
   )
 }
 
+/** A list page's conditions (the caller's sheets, the filters, past the cursor) and order. */
+interface Page {
+  where: Prisma.Sql[]
+  order: 'asc' | 'desc'
+  direction: Prisma.Sql
+  limit: number
+}
+
+/** The page read from each sheet's time index (sheets: a relation of sheet_id), merged. */
+const scanned = (sheets: Prisma.Sql, { where, direction, limit }: Page) => Prisma.sql`
+  SELECT p.* FROM ${sheets} s
+  CROSS JOIN LATERAL (
+    SELECT ${CONVERSION_COLUMNS}, c.id AS sort_id FROM conversions c WHERE c.sheet_id = s.sheet_id AND ${and(where)}
+    ORDER BY c.received_at ${direction}, c.id ${direction}
+    LIMIT ${limit + 1}
+  ) p
+  ORDER BY p.received_at ${direction}, p.sort_id ${direction}
+  LIMIT ${limit + 1}`
+
 /** Filters the summary's pre-aggregates can count: a list filtered by one of them is guided by them. */
 const ROLLUP_FILTERS = ['campaign_id', 'adset_id', 'ad_id', 'event', 'currency', 'status'] as const
 
@@ -174,77 +186,81 @@ const ROLLUP_FILTERS = ['campaign_id', 'adset_id', 'ad_id', 'event', 'currency',
 const guidedByRollups = (query: ConversionQuery) => query.transaction_id === undefined && ROLLUP_FILTERS.some((name) => query[name] !== undefined)
 
 /**
- * One sheet's page (`s.sheet_id`) of a list filtered by columns without an index (currency, status,
- * campaign, ad set, ad, event), guided by the summary's UTC day rollups, so that the time does not
- * grow with the rows that do not match: a scan from the newest row would read every non-matching row
- * newer than the page (a campaign that ended a month ago: a month of the sheet's rows).
+ * A page of a list filtered by columns without an index (currency, status, campaign, ad set, ad,
+ * event), guided by the summary's UTC day rollups, so that the time grows neither with the rows
+ * that do not match nor with the sheets that hold none: a scan from the newest row would read every
+ * non-matching row newer than the page (a campaign that ended a month ago: a month of rows), in
+ * every sheet of the caller's.
  *
- * - `bound`: walking the sheet's days from the cursor in the page's order (a recursive query, one
- *   probe of the rollups' key per day), the day at which the matching conversions their rollups
- *   count reach the page size (limit + 1). A window over the rollups did the same in one statement,
- *   but at 10^7 conversions PostgreSQL planned it as a scan of the whole rollup table (0.5 to 1 s)
- *   whenever it expected few matches.
- * - The rows: those of the days between the cursor and `bound` whose rollups count a match (each
- *   day's first limit + 1 from the sheet's index), and those changed since the rollups' watermark
- *   (stored or moved since; read by their change keys, with the watermark read just before as a
- *   value, so that they are planned as the few rows they are), filtered as the list asks.
+ * - `walk`: the days from the cursor in the page's order that hold a match in one of the caller's
+ *   sheets (each found by one probe per sheet of an index over the day rollups that holds the
+ *   filter's column or status, however many days without one lie between: the migration
+ *   20261130100000_rollup_day_indexes), with the sheets it is in and the matches counted so far; it
+ *   stops at the day (`bound`) where they reach the page size (limit + 1). A recursive query cannot
+ *   be planned as a scan of the whole rollup table, as a window over it was (0.5 to 1 s at 10^7).
+ * - The rows: each walked day's in each sheet whose rollups count a match (its first limit + 1 from
+ *   the sheet's index), and those changed since the rollups' watermark (stored or moved since; read
+ *   by their change keys, with the watermark read just before as a value, so that they are planned
+ *   as the few rows they are), filtered as the list asks.
  * - Exact whatever the rollups hold: every conversion that matches now either was folded with the
  *   values it has now (its day counts it) or changed since the watermark. So when the page fills
- *   with rows of `bound`'s side, it is the page; when the sheet's rollups never reach the page size,
- *   every match was read. Otherwise (conversions counted by the rollups have moved away since) the
- *   sheet's page is read by the plain scan (`plain`).
- * What it does not bound: a day with few matches among many rows is read whole.
+ *   with rows of `bound`'s side, it is the page; when the rollups never reach the page size, every
+ *   match was read. Otherwise (conversions counted by the rollups have moved away since) the page is
+ *   read by the scan.
+ * What it does not bound: a day with few matches among many rows is read until the page fills.
  */
-function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.Sql, order: 'asc' | 'desc', limit: number, cursorAt: Date | undefined, watermark: string): Prisma.Sql {
+function guided(query: ConversionQuery, sheets: Prisma.Sql, page: Page, cursorAt: Date | undefined, watermark: string): Prisma.Sql {
+  const { where, order, direction, limit } = page
   const desc = order === 'desc'
-  const direction = Prisma.raw(desc ? 'DESC' : 'ASC')
+  // The matches a rollup row counts, and its condition (an index's predicate for a status).
   const count = Prisma.raw(query.status !== undefined ? `r.${query.status}` : 'r.approved + r.pending + r.rejected')
-  const dims = dimensionConditions(query, 'r')
+  const dims = [...dimensionConditions(query, 'r'), Prisma.sql`${count} > 0`]
   // Days that may hold rows of the page: within the range and past the cursor.
   const range: Prisma.Sql[] = []
   if (query.from !== undefined) range.push(Prisma.sql`r.bucket > ${parseTime('from', query.from)}::timestamptz - interval '1 day'`)
   if (query.to !== undefined) range.push(Prisma.sql`r.bucket < ${parseTime('to', query.to)}`)
   if (cursorAt) range.push(desc ? Prisma.sql`r.bucket <= ${cursorAt}` : Prisma.sql`r.bucket > ${cursorAt}::timestamptz - interval '1 day'`)
-  const dayOf = Prisma.sql`r.sheet_id = s.sheet_id AND r.level = 1440 AND r.phase = 0`
-  // The sheet's next day in the page's order (after `day`, or the first): one probe of the rollups' key.
-  const next = (day?: Prisma.Sql) =>
-    Prisma.sql`(SELECT ${Prisma.raw(desc ? 'max' : 'min')}(r.bucket) FROM conversion_rollups r WHERE ${dayOf} AND ${and(range)}${
-      day ? Prisma.sql` AND r.bucket ${Prisma.raw(desc ? '<' : '>')} ${day}` : Prisma.empty
-    })`
-  // The matches that a day's rollups count.
-  const matches = (day: Prisma.Sql) => Prisma.sql`(SELECT COALESCE(sum(${count}), 0) FROM conversion_rollups r WHERE ${dayOf} AND r.bucket = ${day} AND ${and(dims)})`
+  const dayOf = Prisma.sql`r.sheet_id = s.sheet_id AND r.level = 1440 AND r.phase = 0 AND ${and(dims)}`
+  // The next day with a match in the page's order (after `day`, or the first): one probe per sheet.
+  const next = (day?: Prisma.Sql) => Prisma.sql`(
+    SELECT ${Prisma.raw(desc ? 'max' : 'min')}(x.day) FROM scope s CROSS JOIN LATERAL (
+      SELECT ${Prisma.raw(desc ? 'max' : 'min')}(r.bucket) AS day FROM conversion_rollups r WHERE ${dayOf} AND ${and(range)}${
+        day ? Prisma.sql` AND r.bucket ${Prisma.raw(desc ? '<' : '>')} ${day}` : Prisma.empty
+      }) x)`
+  // A day's matches that the rollups count, and the sheets that hold them.
+  const matches = Prisma.sql`
+    SELECT COALESCE(sum(m.n), 0) AS n, array_agg(s.sheet_id) FILTER (WHERE m.n > 0) AS sheets FROM scope s
+    CROSS JOIN LATERAL (SELECT sum(${count}) AS n FROM conversion_rollups r WHERE ${dayOf} AND r.bucket = f.day) m`
   const bound = Prisma.sql`(SELECT day FROM walk WHERE seen >= ${limit + 1})`
   // The rows on bound's side: for desc those of its day and later, for asc of its day and earlier.
   const onBoundSide = desc ? Prisma.sql`g.received_at >= ${bound}` : Prisma.sql`g.received_at < ${bound} + interval '1 day'`
   return Prisma.sql`
     WITH RECURSIVE st AS MATERIALIZED (SELECT watermark AS w FROM rollup_state),
-    -- The sheet's days from the cursor, one probe each, with the matches counted so far; it stops
-    -- at the day where they reach the page size (a plan that cannot turn into a scan of the table).
-    walk (day, n, seen) AS (
-      SELECT f.day, m.n, m.n FROM (SELECT ${next()} AS day) f CROSS JOIN LATERAL (SELECT ${matches(Prisma.sql`f.day`)} AS n) m
+    scope AS MATERIALIZED (${sheets}),
+    walk (day, sheets, seen) AS (
+      SELECT f.day, m.sheets, m.n FROM (SELECT ${next()} AS day) f CROSS JOIN LATERAL (${matches}) m
       WHERE f.day IS NOT NULL
       UNION ALL
-      SELECT f.day, m.n, walk.seen + m.n FROM walk
+      SELECT f.day, m.sheets, walk.seen + m.n FROM walk
       CROSS JOIN LATERAL (SELECT ${next(Prisma.sql`walk.day`)} AS day) f
-      CROSS JOIN LATERAL (SELECT ${matches(Prisma.sql`f.day`)} AS n) m
+      CROSS JOIN LATERAL (${matches}) m
       WHERE walk.seen < ${limit + 1} AND f.day IS NOT NULL
     ),
-    matched_days AS MATERIALIZED (SELECT day FROM walk WHERE n > 0),
     guided AS MATERIALIZED (
       SELECT * FROM (
-        SELECT x.* FROM matched_days d
+        SELECT x.* FROM walk w CROSS JOIN LATERAL unnest(w.sheets) AS d (sheet_id)
         CROSS JOIN LATERAL (
           SELECT ${CONVERSION_COLUMNS}, c.id AS sort_id FROM conversions c
-          WHERE c.sheet_id = s.sheet_id AND c.received_at >= d.day AND c.received_at < d.day + interval '1 day' AND ${and(where)}
+          WHERE c.sheet_id = d.sheet_id AND c.received_at >= w.day AND c.received_at < w.day + interval '1 day' AND ${and(where)}
           ORDER BY c.received_at ${direction}, c.id ${direction}
           LIMIT ${limit + 1}
         ) x
         UNION
         SELECT ${CONVERSION_COLUMNS}, c.id FROM conversions c
-        WHERE c.stored_key >= ${watermark}::xid8 AND c.stored_key >= (SELECT w FROM st) AND c.sheet_id = s.sheet_id AND ${and(where)}
+        WHERE c.stored_key >= ${watermark}::xid8 AND c.stored_key >= (SELECT w FROM st) AND ${and(where)}
         UNION
         SELECT ${CONVERSION_COLUMNS}, c.id FROM conversion_history h JOIN conversions c ON c.id = h.conversion_id
-        WHERE h.change_key >= ${watermark}::xid8 AND h.change_key >= (SELECT w FROM st) AND h.sheet_id = s.sheet_id AND c.sheet_id = s.sheet_id AND ${and(where)}
+        WHERE h.change_key >= ${watermark}::xid8 AND h.change_key >= (SELECT w FROM st) AND ${and(where)}
       ) u
       ORDER BY u.received_at ${direction}, u.sort_id ${direction}
       LIMIT ${limit + 1}
@@ -254,7 +270,8 @@ function guidedPage(query: ConversionQuery, where: Prisma.Sql[], plain: Prisma.S
     )
     SELECT g.* FROM guided g WHERE (SELECT yes FROM complete)
     UNION ALL
-    (SELECT p.* FROM (${plain}) p WHERE NOT (SELECT yes FROM complete))`
+    (SELECT p.* FROM (${scanned(Prisma.sql`scope`, page)}) p WHERE NOT (SELECT yes FROM complete))
+    ORDER BY received_at ${direction}, sort_id ${direction}`
 }
 
 export async function getConversion(prisma: PrismaClient, scope: SheetScope, id: string): Promise<Conversion | null> {

@@ -42,6 +42,8 @@ const lineArb = fc.record({
   campaign: fc.constantFrom('', 'c1', 'c2'),
   adset: fc.constantFrom('', 's1', 's2'),
   ad: fc.constantFrom('', 'a1', 'a2', 'a3'),
+  // In the case's second sheet (one in four): lists over both sheets merge them.
+  second: fc.constantFrom(false, false, false, true),
   at: fc.tuple(fc.nat(), fc.integer({ min: -1_200_000, max: 1_200_000 })),
 })
 
@@ -150,13 +152,13 @@ let movedAfterFold = 0
  * Folds until every change of the sheet is folded. On PostgreSQL a transaction open anywhere on the
  * server (another test's) holds the fold back until it ends: then wait for it, 30 s at most.
  */
-async function foldPast(sheet: string): Promise<void> {
+async function foldPast(...sheets: string[]): Promise<void> {
   const deadline = Date.now() + 30_000
   for (;;) {
     while ((await foldRollups(prisma)).more);
     const [state] = await prisma.$queryRaw<Array<{ done: boolean }>>`
       SELECT coalesce(max(greatest(c.stored_key, coalesce(c.change_key, c.stored_key))) < (SELECT watermark FROM rollup_state), true) AS done
-      FROM conversions c WHERE c.sheet_id = ${sheet}`
+      FROM conversions c WHERE c.sheet_id = ANY(${sheets}::text[])`
     if (state?.done || Date.now() > deadline) return
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
@@ -189,16 +191,21 @@ const REVENUE = /^-?\d+\.\d{2}(\d*[1-9])?$/
 
 async function check(testCase: Case): Promise<void> {
   const sheet = uniqueId('rollup')
-  await createSheet(prisma, { sheetId: sheet, currency: 'USD' })
+  const second = `${sheet}-2`
+  for (const sheetId of [sheet, second]) await createSheet(prisma, { sheetId, currency: 'USD' })
   for (const batch of [...testCase.batches, testCase.last]) {
-    const lines = batch.lines.map((line) =>
-      [`t${line.tx}`, line.event, line.status, line.payout, line.currency, line.campaign, line.adset, line.ad, new Date(testCase.window + near(testCase.anchors, line.at)).toISOString()].join(','),
-    )
-    const csv = ['transaction_id,event,status,payout,currency,campaign_id,adset_id,ad_id,received_at', ...lines].join('\n')
-    const result = await importCsv(store, { sheetId: sheet, input: Readable.from([csv]), onRejected: (line, error) => t.fail(`line ${line}: ${error.message}`) })
-    t.equal(result.rejected, 0)
+    for (const sheetId of [sheet, second]) {
+      const lines = batch.lines
+        .filter((line) => line.second === (sheetId === second))
+        .map((line) =>
+          [`t${line.tx}`, line.event, line.status, line.payout, line.currency, line.campaign, line.adset, line.ad, new Date(testCase.window + near(testCase.anchors, line.at)).toISOString()].join(','),
+        )
+      const csv = ['transaction_id,event,status,payout,currency,campaign_id,adset_id,ad_id,received_at', ...lines].join('\n')
+      const result = await importCsv(store, { sheetId, input: Readable.from([csv]), onRejected: (line, error) => t.fail(`line ${line}: ${error.message}`) })
+      t.equal(result.rejected, 0)
+    }
     if (batch.fold === 'one step') await foldRollups(prisma, 3)
-    if (batch.fold === 'all') await foldPast(sheet)
+    if (batch.fold === 'all') await foldPast(sheet, second)
   }
   // Conversions folded and moved since: the summary takes their folded state back.
   const [moved] = await prisma.$queryRaw<Array<{ count: number }>>`
@@ -229,20 +236,23 @@ async function check(testCase: Case): Promise<void> {
     const { group_by: _, interval: __, tz: ___, ...listFilters } = query
     // With all of the filters, and with the first of them alone (more rows, more pages).
     const only = (['status', 'currency', 'campaign_id', 'event'] as const).find((name) => listFilters[name] !== undefined)
-    // The second a page at a time, so that most of them take several pages.
-    for (const [filters, limit] of [
-      [listFilters, pageSize],
-      [{ sheet_id: sheet, from: listFilters.from, to: listFilters.to, ...(only && { [only]: listFilters[only] }) }, 1],
+    // The second a page at a time, so that most of them take several pages; the third over both
+    // sheets (a key for both, without sheet_id).
+    const { sheet_id: ____, ...bothFilters } = listFilters
+    for (const [filters, limit, sheets] of [
+      [listFilters, pageSize, [sheet]],
+      [{ sheet_id: sheet, from: listFilters.from, to: listFilters.to, ...(only && { [only]: listFilters[only] }) }, 1, [sheet]],
+      [bothFilters, pageSize, [sheet, second]],
     ] as const) {
       const listed: string[] = []
       let cursor: string | undefined
       for (let pages = 0; ; pages++) {
-        const page = await listConversions(prisma, [sheet], { ...filters, order, limit, ...(cursor && { cursor }) })
+        const page = await listConversions(prisma, sheets, { ...filters, order, limit, ...(cursor && { cursor }) })
         listed.push(...page.data.map((conversion) => conversion.id))
         if (!page.next_cursor || pages > 100) break
         cursor = page.next_cursor
       }
-      const wanted = await expectedList(sheet, filters as SummaryQuery, order, from, to)
+      const wanted = await expectedList(sheets, filters as SummaryQuery, order, from, to)
       if (JSON.stringify(listed) !== JSON.stringify(wanted)) {
         t.same(listed, wanted, `list ${JSON.stringify({ ...filters, order, limit })}`)
         throw new Error(`list differs from the rows for ${JSON.stringify({ ...filters, order, limit })}`)
@@ -257,9 +267,9 @@ let listsChecked = 0
 let listsPaged = 0
 
 /** The ids of the sheet's conversions that the list's filters select, in its order, computed here. */
-async function expectedList(sheet: string, query: SummaryQuery, order: 'asc' | 'desc', from?: Date, to?: Date): Promise<string[]> {
+async function expectedList(sheets: readonly string[], query: SummaryQuery, order: 'asc' | 'desc', from?: Date, to?: Date): Promise<string[]> {
   const rows = await prisma.$queryRaw<Array<StoredRow & { id: string }>>`
-    SELECT id::text AS id, campaign_id, adset_id, ad_id, event, currency::text AS currency, status, received_at FROM conversions WHERE sheet_id = ${sheet}`
+    SELECT id::text AS id, campaign_id, adset_id, ad_id, event, currency::text AS currency, status, received_at FROM conversions WHERE sheet_id = ANY(${sheets}::text[])`
   const selected = rows.filter(
     (row) =>
       !(from && row.received_at < from) &&
@@ -419,7 +429,7 @@ t.test('filtered list pages taken while folds commit give every matching row onc
     } while (cursor)
     return ids
   }
-  const expected = await Promise.all(lists.map((list) => expectedList(sheet, list.filters, list.order)))
+  const expected = await Promise.all(lists.map((list) => expectedList([sheet], list.filters, list.order)))
   const folds = foldInSteps(1)
   const wrong: unknown[] = []
   let taken = 0
