@@ -193,11 +193,14 @@ const guidedByRollups = (query: ConversionQuery) => query.transaction_id === und
  * every sheet of the caller's.
  *
  * - `walk`: the days from the cursor in the page's order that hold a match in one of the caller's
- *   sheets (each found by one probe per sheet of an index over the day rollups that holds the
- *   filter's column or status, however many days without one lie between: the migration
- *   20261130100000_rollup_day_indexes), with the sheets it is in and the matches counted so far; it
- *   stops at the day (`bound`) where they reach the page size (limit + 1). A recursive query cannot
- *   be planned as a scan of the whole rollup table, as a window over it was (0.5 to 1 s at 10^7).
+ *   sheets, with the sheets it is in and the matches counted so far; it stops at the day (`bound`)
+ *   where they reach the page size (limit + 1). A sheet's next day with a match is one probe of an
+ *   index over the day rollups that holds the filter's column or status (migration
+ *   20261130100000_rollup_day_indexes), however many days without one lie between. Every sheet is
+ *   probed once (`heads`); a step takes the next day of all and probes again only the sheets that
+ *   held it, so a page costs a probe per sheet plus two per (sheet, day) it walks, whatever the
+ *   days and sheets without matches. A recursive query cannot be planned as a scan of the whole
+ *   rollup table, as a window over it was (0.5 to 1 s at 10^7).
  * - The rows: each walked day's in each sheet whose rollups count a match (its first limit + 1 from
  *   the sheet's index), and those changed since the rollups' watermark (stored or moved since; read
  *   by their change keys, with the watermark read just before as a value, so that they are planned
@@ -220,31 +223,50 @@ function guided(query: ConversionQuery, sheets: Prisma.Sql, page: Page, cursorAt
   if (query.from !== undefined) range.push(Prisma.sql`r.bucket > ${parseTime('from', query.from)}::timestamptz - interval '1 day'`)
   if (query.to !== undefined) range.push(Prisma.sql`r.bucket < ${parseTime('to', query.to)}`)
   if (cursorAt) range.push(desc ? Prisma.sql`r.bucket <= ${cursorAt}` : Prisma.sql`r.bucket > ${cursorAt}::timestamptz - interval '1 day'`)
-  const dayOf = Prisma.sql`r.sheet_id = s.sheet_id AND r.level = 1440 AND r.phase = 0 AND ${and(dims)}`
-  // The next day with a match in the page's order (after `day`, or the first): one probe per sheet.
-  const next = (day?: Prisma.Sql) => Prisma.sql`(
-    SELECT ${Prisma.raw(desc ? 'max' : 'min')}(x.day) FROM scope s CROSS JOIN LATERAL (
-      SELECT ${Prisma.raw(desc ? 'max' : 'min')}(r.bucket) AS day FROM conversion_rollups r WHERE ${dayOf} AND ${and(range)}${
-        day ? Prisma.sql` AND r.bucket ${Prisma.raw(desc ? '<' : '>')} ${day}` : Prisma.empty
-      }) x)`
-  // A day's matches that the rollups count, and the sheets that hold them.
-  const matches = Prisma.sql`
-    SELECT COALESCE(sum(m.n), 0) AS n, array_agg(s.sheet_id) FILTER (WHERE m.n > 0) AS sheets FROM scope s
-    CROSS JOIN LATERAL (SELECT sum(${count}) AS n FROM conversion_rollups r WHERE ${dayOf} AND r.bucket = f.day) m`
+  const dayRows = Prisma.sql`r.level = 1440 AND r.phase = 0 AND ${and(dims)}`
+  const [latest, before] = desc ? [Prisma.raw('max'), Prisma.raw('<')] : [Prisma.raw('min'), Prisma.raw('>')]
+  // A sheet's next day with a match in the page's order (after `day`, or the first): one probe.
+  const probe = (sheet: Prisma.Sql, day?: Prisma.Sql) => Prisma.sql`(
+    SELECT ${latest}(r.bucket) FROM conversion_rollups r WHERE r.sheet_id = ${sheet} AND ${dayRows} AND ${and(range)}${
+      day ? Prisma.sql` AND r.bucket ${before} ${day}` : Prisma.empty
+    })::timestamptz`
+  // One step from the sheets' next days (heads: sheet ids `hs`, days `hd`, of relation `h`): the next
+  // day of all, the sheets whose next day it is and the matches the rollups count there, and the
+  // heads after it (those sheets probed again, past it; the others' next days stay as they were).
+  const step = (h: string) => {
+    const heads = Prisma.raw(`unnest(${h}.hs, ${h}.hd) AS x (s, d)`)
+    return Prisma.sql`
+      SELECT t.day, t.sheets, m.n, nh.hs, nh.hd
+      FROM (SELECT ${latest}(x.d) AS day FROM ${heads}) t0
+      CROSS JOIN LATERAL (SELECT t0.day, array_agg(x.s) AS sheets FROM ${heads} WHERE x.d = t0.day) t
+      CROSS JOIN LATERAL (SELECT COALESCE(sum(${count}), 0) AS n FROM conversion_rollups r WHERE r.sheet_id = ANY(t.sheets) AND ${dayRows} AND r.bucket = t.day) m
+      CROSS JOIN LATERAL (
+        SELECT array_agg(y.s)::text[] AS hs, array_agg(y.d)::timestamptz[] AS hd FROM (
+          SELECT x.s, x.d FROM ${heads} WHERE x.d <> t.day
+          UNION ALL
+          SELECT p.s, p.d FROM (SELECT z.s, ${probe(Prisma.sql`z.s`, Prisma.sql`t.day`)} AS d FROM unnest(t.sheets) AS z (s)) p WHERE p.d IS NOT NULL
+        ) y
+      ) nh
+      WHERE t0.day IS NOT NULL`
+  }
   const bound = Prisma.sql`(SELECT day FROM walk WHERE seen >= ${limit + 1})`
   // The rows on bound's side: for desc those of its day and later, for asc of its day and earlier.
   const onBoundSide = desc ? Prisma.sql`g.received_at >= ${bound}` : Prisma.sql`g.received_at < ${bound} + interval '1 day'`
   return Prisma.sql`
     WITH RECURSIVE st AS MATERIALIZED (SELECT watermark AS w FROM rollup_state),
     scope AS MATERIALIZED (${sheets}),
-    walk (day, sheets, seen) AS (
-      SELECT f.day, m.sheets, m.n FROM (SELECT ${next()} AS day) f CROSS JOIN LATERAL (${matches}) m
-      WHERE f.day IS NOT NULL
+    -- Each sheet's first day with a match.
+    heads AS MATERIALIZED (
+      SELECT array_agg(p.s)::text[] AS hs, array_agg(p.d)::timestamptz[] AS hd
+      FROM (SELECT s.sheet_id AS s, ${probe(Prisma.sql`s.sheet_id`)} AS d FROM scope s) p WHERE p.d IS NOT NULL
+    ),
+    -- The days with a match from the cursor, in the page's order, with the sheets that hold one and
+    -- the matches counted so far; it stops at the day where they reach the page size.
+    walk (day, sheets, seen, hs, hd) AS (
+      SELECT w.day, w.sheets, w.n, w.hs, w.hd FROM heads CROSS JOIN LATERAL (${step('heads')}) w
       UNION ALL
-      SELECT f.day, m.sheets, walk.seen + m.n FROM walk
-      CROSS JOIN LATERAL (SELECT ${next(Prisma.sql`walk.day`)} AS day) f
-      CROSS JOIN LATERAL (${matches}) m
-      WHERE walk.seen < ${limit + 1} AND f.day IS NOT NULL
+      SELECT w.day, w.sheets, walk.seen + w.n, w.hs, w.hd FROM walk CROSS JOIN LATERAL (${step('walk')}) w
+      WHERE walk.seen < ${limit + 1}
     ),
     guided AS MATERIALIZED (
       SELECT * FROM (

@@ -444,3 +444,20 @@ t.test('filtered list pages taken while folds commit give every matching row onc
   t.same(wrong, [], 'every one gives the rows a scan gives')
   t.same(await Promise.all(lists.map(walk)), expected, 'and after the fold')
 })
+
+t.test('a filtered list reads the days and sheets that the day rollups name (shown by taking one out of them by hand)', async (t) => {
+  const sheets = [uniqueId('guide'), uniqueId('guide')]
+  const csv = 'transaction_id,campaign_id,received_at\nt1,c1,2026-06-01T10:00:00Z\nt2,c1,2026-06-03T10:00:00Z\nt3,c2,2026-06-03T11:00:00Z'
+  for (const sheetId of sheets) {
+    await createSheet(prisma, { sheetId, currency: 'USD' })
+    await importCsv(store, { sheetId, input: Readable.from([csv]), onRejected: () => t.fail('rejected') })
+  }
+  await foldPast(...sheets)
+  const listed = async (filters: { campaign_id?: string }) =>
+    (await listConversions(prisma, sheets, { ...filters, limit: 50 })).data.map((conversion) => `${conversion.sheet_id === sheets[0] ? 'first' : 'second'} ${conversion.transaction_id}`)
+  t.same(await listed({ campaign_id: 'c1' }), ['second t2', 'first t2', 'second t1', 'first t1'])
+  // The second sheet's day rollups of June 3 gone: a guided page does not read that (sheet, day).
+  await prisma.$executeRaw`DELETE FROM conversion_rollups WHERE sheet_id = ${sheets[1]} AND level = 1440 AND phase = 0 AND bucket = '2026-06-03T00:00:00Z'`
+  t.same(await listed({ campaign_id: 'c1' }), ['first t2', 'second t1', 'first t1'], 'the filtered list is read from the days the rollups name')
+  t.same((await listed({})).length, 6, 'the rows are there: the list without a filter scans them')
+})
