@@ -1,10 +1,13 @@
-// Rate limits with @fastify/rate-limit (https://github.com/fastify/fastify-rate-limit). Registered
-// once with no global hook; the receiver and the management plugins take limiters from
-// `app.limiter(...)` for their own keys, and answers carry the plugin's x-ratelimit-* headers. With
-// REDIS_URL the counters live in Redis (through our own ioredis client) and are shared by every
-// instance; when Redis fails, requests are let through, logged and counted.
+// Rate limits. The receiver and the management plugins take limiters from `app.limiter(...)` for
+// their own keys, and answers carry x-ratelimit-* headers. With REDIS_URL the counters live in Redis
+// through @fastify/rate-limit (https://github.com/fastify/fastify-rate-limit; registered once with
+// no global hook, on our own ioredis client) and are shared by every instance; when Redis fails,
+// requests are let through, logged and counted. Without it each instance counts in its own memory
+// (`LocalCounters`, the plugin's local store's windows), checked synchronously: the plugin's check
+// (several awaits per limit, then one for both) cost the receiver 6 to 10 µs of CPU a delivery,
+// about a tenth of what the floor of its design spends (BENCHMARKS.md, "Receiver efficiency").
 import fastifyRateLimit, { normalizeIP } from '@fastify/rate-limit'
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyError, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import { once } from 'node:events'
 import { setTimeout as delay } from 'node:timers/promises'
 import fp from 'fastify-plugin'
@@ -40,7 +43,53 @@ declare module 'fastify' {
      * in x-ratelimit-* headers (also across several hooks of one request), and answers 429 with
      * Retry-After once the request is over any of them.
      */
-    limiter: (limits: LimiterOptions[]) => (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+    limiter: (limits: LimiterOptions[]) => onRequestHookHandler
+  }
+}
+
+/** A limit's count for a request: as @fastify/rate-limit's check answers. */
+interface Counted {
+  max: number
+  remaining: number
+  ttlInSeconds: number
+  isExceeded: boolean
+}
+
+/**
+ * Per-instance counters, as @fastify/rate-limit's local store keeps them: a key's window starts at
+ * its first request and lasts WINDOW_MS; at most `capacity` keys are kept (the oldest windows are
+ * dropped first when more come; the plugin's store keeps 5,000 by default).
+ */
+export class LocalCounters {
+  private readonly windows = new Map<string, { count: number; endsAt: number }>()
+  private sweepAt = 0
+
+  constructor(private readonly capacity = 50_000) {}
+
+  count(key: string, max: number, now = Date.now()): Counted {
+    if (now >= this.sweepAt || this.windows.size >= this.capacity) this.sweep(now)
+    let window = this.windows.get(key)
+    if (window === undefined || window.endsAt <= now) {
+      // Inserted anew, so that the map's order stays the order in which windows end.
+      this.windows.delete(key)
+      window = { count: 0, endsAt: now + WINDOW_MS }
+      this.windows.set(key, window)
+    }
+    window.count++
+    return { max, remaining: Math.max(0, max - window.count), ttlInSeconds: Math.ceil((window.endsAt - now) / 1000), isExceeded: window.count > max }
+  }
+
+  get size(): number {
+    return this.windows.size
+  }
+
+  // Windows end in insertion order: drop the ended ones from the front, then the oldest beyond capacity.
+  private sweep(now: number): void {
+    for (const [key, window] of this.windows) {
+      if (window.endsAt > now && this.windows.size < this.capacity) break
+      this.windows.delete(key)
+    }
+    this.sweepAt = now + 1000
   }
 }
 
@@ -89,16 +138,54 @@ export default fp(
       timeout.abort()
       if (!up) app.log.warn('rate-limit store (Redis) not reachable at start-up; limits are not enforced until it is')
     }
-    await app.register(fastifyRateLimit, {
-      global: false,
-      timeWindow: WINDOW_MS,
-      // A store error reaches our hook, which lets the request through: the plugin's own skipOnError
-      // would hide it, and the request would look counted.
-      skipOnError: false,
-      ...(redis ? { redis, nameSpace: config.REDIS_KEY_PREFIX } : {}),
-    })
+    if (redis) {
+      await app.register(fastifyRateLimit, {
+        global: false,
+        timeWindow: WINDOW_MS,
+        // A store error reaches our hook, which lets the request through: the plugin's own skipOnError
+        // would hide it, and the request would look counted.
+        skipOnError: false,
+        redis,
+        nameSpace: config.REDIS_KEY_PREFIX,
+      })
+    }
 
-    app.decorate('limiter', function limiter(limits: LimiterOptions[]) {
+    /** Answers 429 for the limit a request is over, if any, after showing the closest one in headers. */
+    function decide(reply: FastifyReply, names: string[], results: Array<Counted | undefined>): void {
+      let refusal: { name: string; max: number; ttlInSeconds: number } | undefined
+      for (const [index, result] of results.entries()) {
+        // Not counted (the store failed): no header claims a count.
+        if (!result) continue
+        showLimit(reply, result)
+        // Over several limits, the one that frees up last says when to retry.
+        if (result.isExceeded && result.ttlInSeconds >= (refusal?.ttlInSeconds ?? 0)) {
+          refusal = { name: names[index]!, max: result.max, ttlInSeconds: result.ttlInSeconds }
+        }
+      }
+      if (!refusal) return
+      const retryAfter = Math.max(1, refusal.ttlInSeconds)
+      reply.header(LIMIT_HEADER, refusal.max).header(REMAINING_HEADER, 0).header(RESET_HEADER, retryAfter).header('retry-after', retryAfter)
+      metrics.rateLimited.inc({ limit: refusal.name })
+      throw new AppError(429, 'rate_limited', `rate limit of ${refusal.max} requests per minute exceeded; retry in ${retryAfter} s`)
+    }
+
+    const local = new LocalCounters()
+    app.decorate('limiter', function limiter(limits: LimiterOptions[]): onRequestHookHandler {
+      const names = limits.map(({ name }) => name)
+      if (!redis) {
+        return function localRateLimitHook(request, reply, done) {
+          try {
+            decide(
+              reply,
+              names,
+              limits.map(({ name, max, key }) => local.count(`${name}:${key(request)}`, max)),
+            )
+          } catch (error) {
+            return done(error as FastifyError)
+          }
+          done()
+        }
+      }
       const checks = limits.map(({ name, max, key }) => ({
         name,
         max,
@@ -115,21 +202,11 @@ export default fp(
             }),
           ),
         )
-        let refusal: { name: string; max: number; ttlInSeconds: number } | undefined
-        for (const [index, result] of results.entries()) {
-          // Not counted (the store failed): no header claims a count.
-          if (!result || result.isAllowed) continue
-          showLimit(reply, result)
-          // Over several limits, the one that frees up last says when to retry.
-          if (result.isExceeded && result.ttlInSeconds >= (refusal?.ttlInSeconds ?? 0)) {
-            refusal = { name: checks[index]!.name, max: result.max, ttlInSeconds: result.ttlInSeconds }
-          }
-        }
-        if (!refusal) return
-        const retryAfter = Math.max(1, refusal.ttlInSeconds)
-        reply.header(LIMIT_HEADER, refusal.max).header(REMAINING_HEADER, 0).header(RESET_HEADER, retryAfter).header('retry-after', retryAfter)
-        metrics.rateLimited.inc({ limit: refusal.name })
-        throw new AppError(429, 'rate_limited', `rate limit of ${refusal.max} requests per minute exceeded; retry in ${retryAfter} s`)
+        decide(
+          reply,
+          names,
+          results.map((result) => (result && !result.isAllowed ? result : undefined)),
+        )
       }
     })
   },

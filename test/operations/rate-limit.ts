@@ -9,6 +9,7 @@ import { Writable } from 'node:stream'
 import type { LightMyRequestResponse } from 'fastify'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
+import { LocalCounters } from '../../plugins/rate-limit.ts'
 import { createSheet } from '../../src/sheets.ts'
 import { newKeyHeader, newSheet, receiverUrl, testApp, testConfig } from '../helpers.ts'
 
@@ -138,26 +139,50 @@ t.test('when Redis is unreachable, requests are let through, logged and counted'
   t.ok(errors >= 6, `${errors} store errors counted (two limits per request)`)
 })
 
-t.test('receiver: x-ratelimit-* headers show the limit closest to being reached', async (t) => {
-  const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '4', RECEIVER_RATE_LIMIT: '3' })
-  const [a, b] = [await newSheet(app), await newSheet(app)]
-  const send = (sheet: string, id: string) => app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: id }), remoteAddress: '198.51.100.20' })
-  const answers = [await send(a, '1'), await send(a, '2'), await send(b, '3'), await send(b, '4'), await send(b, '5')]
-  t.same(
-    answers.map((response) => [response.statusCode, shownLimit(response).limit]),
-    [
-      [200, [3, 2]], // sheet a: 2 of 3 left; address: 3 of 4
-      [200, [3, 1]],
-      [200, [4, 1]], // sheet b: 2 of 3 left; address: 1 of 4
-      [200, [4, 0]],
-      [429, [4, 0]], // over the address limit
-    ],
-  )
-  for (const response of answers) {
-    const { reset } = shownLimit(response)
-    t.ok(reset >= 1 && reset <= 60, `x-ratelimit-reset ${reset} s, within the minute`)
-  }
-  t.equal(answers[4]!.headers['retry-after'], answers[4]!.headers['x-ratelimit-reset'], 'Retry-After is the reset of the limit that refused')
+// Counted in the instance's memory and in Redis: two implementations, one behaviour.
+for (const [store, settings] of [
+  ['in memory', {}],
+  ['in Redis', { REDIS_URL, REDIS_KEY_PREFIX: `postback-test:${randomBytes(6).toString('hex')}:` }],
+] as const) {
+  t.test(`receiver: x-ratelimit-* headers show the limit closest to being reached (counted ${store})`, async (t) => {
+    const app = await testApp(t, { RECEIVER_FLOOD_LIMIT: '4', RECEIVER_RATE_LIMIT: '3', ...settings })
+    const [a, b] = [await newSheet(app), await newSheet(app)]
+    const send = (sheet: string, id: string) => app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: id }), remoteAddress: '198.51.100.20' })
+    const answers = [await send(a, '1'), await send(a, '2'), await send(b, '3'), await send(b, '4'), await send(b, '5')]
+    t.same(
+      answers.map((response) => [response.statusCode, shownLimit(response).limit]),
+      [
+        [200, [3, 2]], // sheet a: 2 of 3 left; address: 3 of 4
+        [200, [3, 1]],
+        [200, [4, 1]], // sheet b: 2 of 3 left; address: 1 of 4
+        [200, [4, 0]],
+        [429, [4, 0]], // over the address limit
+      ],
+    )
+    for (const response of answers) {
+      const { reset } = shownLimit(response)
+      t.ok(reset >= 1 && reset <= 60, `x-ratelimit-reset ${reset} s, within the minute`)
+    }
+    t.equal(answers[4]!.headers['retry-after'], answers[4]!.headers['x-ratelimit-reset'], 'Retry-After is the reset of the limit that refused')
+  })
+}
+
+t.test('in-memory counters: a window per key from its first request, the oldest windows dropped beyond capacity', async (t) => {
+  const counters = new LocalCounters(3)
+  const start = 1_000_000
+  t.same(counters.count('a', 2, start), { max: 2, remaining: 1, ttlInSeconds: 60, isExceeded: false })
+  t.same(counters.count('a', 2, start + 30_500), { max: 2, remaining: 0, ttlInSeconds: 30, isExceeded: false }, 'the same window, half a minute later')
+  t.same(counters.count('a', 2, start + 59_999), { max: 2, remaining: 0, ttlInSeconds: 1, isExceeded: true }, 'over the limit within the window')
+  t.same(counters.count('a', 2, start + 60_000), { max: 2, remaining: 1, ttlInSeconds: 60, isExceeded: false }, 'a new window once the minute is over')
+  counters.count('b', 2, start + 60_000)
+  counters.count('c', 2, start + 60_000)
+  t.equal(counters.size, 3)
+  counters.count('d', 2, start + 60_001)
+  t.equal(counters.size, 3, 'no more keys than the capacity')
+  t.same(counters.count('a', 2, start + 60_002).remaining, 1, 'the oldest window (a) was dropped: counted anew')
+  t.same(counters.count('d', 2, start + 60_002).remaining, 0, 'a newer one (d) was kept')
+  counters.count('e', 2, start + 121_000)
+  t.equal(counters.size, 1, 'ended windows are dropped')
 })
 
 t.test('management: x-ratelimit-* headers over the per-address limit and the per-key limit', async (t) => {
