@@ -41,13 +41,22 @@ function isStorableTime(date: Date): boolean {
   return !Number.isNaN(date.getTime()) && year >= 1 && year <= 9999
 }
 
+const DAYS_IN_MONTH = [31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+function daysInMonth(year: number, month: number): number {
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0)
+  return month === 2 && leap ? 29 : DAYS_IN_MONTH[month - 1]!
+}
+
 /** Parses an ISO 8601 filter value (its pattern is checked by the route schema). */
 export function parseTime(name: string, value: string): Date {
   const date = new Date(value.length === 10 ? `${value}T00:00:00Z` : value)
-  // A day that does not exist (2024-02-30) must not roll over into the next month.
-  const [year = 0, month = 0, day = 0] = value.slice(0, 10).split('-').map(Number)
-  const daysInMonth = new Date(Date.UTC(year, month, 0)).getUTCDate()
-  if (!isStorableTime(date) || month < 1 || month > 12 || day < 1 || day > daysInMonth) {
+  // A day that does not exist (2024-02-30) must not roll over into the next month. (Read without
+  // splitting: the import parses a time per line.)
+  const year = Number(value.slice(0, 4))
+  const month = Number(value.slice(5, 7))
+  const day = Number(value.slice(8, 10))
+  if (!isStorableTime(date) || !(month >= 1 && month <= 12 && day >= 1 && day <= daysInMonth(year, month))) {
     throw new InputError('invalid_parameter', name, `${name} ${JSON.stringify(value)} is not a valid ISO 8601 time`)
   }
   return date

@@ -132,7 +132,8 @@ async function stageExport(session: SqlSession, table: string, options: Reconcil
         else if (date !== undefined) widen(staged.date, parseFileTime('date', date))
         const delivery = parseDelivery({ sheet_id: 'export', ...fields, ...options.mapping })
         const status = fields.status !== undefined ? delivery.status! : null
-        await writer.push([line, delivery.transaction_id, delivery.event ?? '', status, delivery.network_status ?? null, delivery.payout ?? null, delivery.currency ?? null, false])
+        const full = writer.push([line, delivery.transaction_id, delivery.event ?? '', status, delivery.network_status ?? null, delivery.payout ?? null, delivery.currency ?? null, false])
+        if (full) await full
       } catch (failure) {
         if (!(failure instanceof InputError)) throw failure
         staged.rejected++
@@ -143,7 +144,8 @@ async function stageExport(session: SqlSession, table: string, options: Reconcil
         // Its key, as written, when it has one.
         const id = values.transaction_id
         if (id !== undefined && failure.parameter !== 'transaction_id') {
-          await writer.push([line, id, failure.parameter === 'event' ? '' : (values.event ?? ''), null, null, null, null, true])
+          const full = writer.push([line, id, failure.parameter === 'event' ? '' : (values.event ?? ''), null, null, null, null, true])
+          if (full) await full
         }
       }
     }

@@ -243,6 +243,10 @@ t.test('out-of-range ids, times and cursors, NUL characters and zone abbreviatio
     ['/conversions?from=0000-01-01', 400, 'from'],
     ['/conversions?from=2024-02-30', 400, 'from'],
     ['/conversions?to=2024-02-30T10:00:00Z', 400, 'to'],
+    ['/conversions?from=2023-02-29', 400, 'from'],
+    ['/conversions?from=1900-02-29T00:00:00Z', 400, 'from'],
+    ['/conversions?from=2026-04-31', 400, 'from'],
+    ['/conversions?from=2026-13-01', 400, 'from'],
     ['/conversions?campaign_id=%00', 400, 'campaign_id'],
     ['/conversions?transaction_id=a%00b', 400, 'transaction_id'],
     ['/sheets/a%00b/status', 400, 'sheet_id'],
@@ -252,6 +256,10 @@ t.test('out-of-range ids, times and cursors, NUL characters and zone abbreviatio
   for (const [path, status, parameter] of cases) {
     const response = await rawGet(path)
     t.same([response.status, response.body.parameter], [status, parameter], `${path}: ${response.body.message}`)
+  }
+  // Leap days that exist, and month ends.
+  for (const path of ['/conversions?from=2024-02-29', '/conversions?from=2000-02-29T12:00:00Z', '/conversions?to=2026-12-31', '/conversions?to=2026-04-30T23:59:59Z']) {
+    t.equal((await rawGet(path)).status, 200, path)
   }
   const nulBody = await fetch(`${baseUrl}/api/v1/postback/admin/sheets`, {
     method: 'POST',

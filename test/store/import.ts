@@ -85,12 +85,18 @@ t.test('a bad line is reported with its number and reason and skipped; the rest 
     'bad-time,1,,,yesterday', // 8
     'short,1', // 9: too few fields
     'ok2,2.00,,,', // 10
+    '', // 11: empty, skipped
+    '"two', // 12 and 13: one record, a quoted line break in its transaction_id
+    'lines",1.2.3,,,',
+    'bad-last,x,,,', // 14
   ].join('\n'))
   const result = await admin('import', '--sheet', sheet, file)
   t.equal(result.code, 0, result.stderr)
-  t.match(result.result, { lines: 9, imported: 2, rejected: 7, duplicate: 0, updated: 0 })
+  t.match(result.result, { lines: 11, imported: 2, rejected: 9, duplicate: 0, updated: 0 })
   const reported = result.stderr.trim().split('\n')
-  t.equal(reported.length, 7)
+  t.equal(reported.length, 9)
+  t.match(reported[7], /^line 13: invalid_parameter \(transaction_id\): /, 'a record over two lines is reported at its last')
+  t.match(reported[8], /^line 14: invalid_parameter \(payout\): /, 'the lines after it keep their numbers')
   t.match(reported[0], /^line 3: unreplaced_macro \(transaction_id\): /)
   t.match(reported[1], /^line 4: invalid_parameter \(payout\): /)
   t.match(reported[2], /^line 5: unknown_currency \(currency\): /)
