@@ -3,7 +3,8 @@
 // through @fastify/rate-limit (https://github.com/fastify/fastify-rate-limit; registered once with
 // no global hook, on our own ioredis client) and are shared by every instance; when Redis fails,
 // requests are let through, logged and counted. Without it each instance counts in its own memory
-// (`LocalCounters`, the plugin's local store's windows), checked synchronously: the plugin's check
+// (`LocalCounters`: the plugin's local store's windows, a store per limit, the key used longest ago
+// dropped first beyond capacity), checked synchronously: the plugin's check
 // (several awaits per limit, then one for both) cost the receiver 6 to 10 µs of CPU a delivery,
 // about a tenth of what the floor of its design spends (BENCHMARKS.md, "Receiver efficiency").
 import fastifyRateLimit, { normalizeIP } from '@fastify/rate-limit'
@@ -56,25 +57,24 @@ interface Counted {
 }
 
 /**
- * Per-instance counters, as @fastify/rate-limit's local store keeps them: a key's window starts at
- * its first request and lasts WINDOW_MS; at most `capacity` keys are kept (the oldest windows are
- * dropped first when more come; the plugin's store keeps 5,000 by default).
+ * One limit's per-instance counters, as @fastify/rate-limit's local store keeps them: a key's window
+ * starts at its first request and lasts WINDOW_MS; at most `capacity` keys, the one used longest ago
+ * dropped first when a new one comes (so a key in use, a flooding address, is never the one dropped,
+ * and keys of one limit never push out another's: each limit has its own).
  */
 export class LocalCounters {
+  // In order of last use, oldest first (a hit moves its key to the end).
   private readonly windows = new Map<string, { count: number; endsAt: number }>()
-  private sweepAt = 0
 
-  constructor(private readonly capacity = 50_000) {}
+  constructor(private readonly capacity = 10_000) {}
 
   count(key: string, max: number, now = Date.now()): Counted {
-    if (now >= this.sweepAt || this.windows.size >= this.capacity) this.sweep(now)
     let window = this.windows.get(key)
-    if (window === undefined || window.endsAt <= now) {
-      // Inserted anew, so that the map's order stays the order in which windows end.
-      this.windows.delete(key)
-      window = { count: 0, endsAt: now + WINDOW_MS }
-      this.windows.set(key, window)
-    }
+    if (window === undefined) {
+      if (this.windows.size >= this.capacity) this.makeRoom(now)
+    } else this.windows.delete(key)
+    if (window === undefined || window.endsAt <= now) window = { count: 0, endsAt: now + WINDOW_MS }
+    this.windows.set(key, window)
     window.count++
     return { max, remaining: Math.max(0, max - window.count), ttlInSeconds: Math.ceil((window.endsAt - now) / 1000), isExceeded: window.count > max }
   }
@@ -83,13 +83,12 @@ export class LocalCounters {
     return this.windows.size
   }
 
-  // Windows end in insertion order: drop the ended ones from the front, then the oldest beyond capacity.
-  private sweep(now: number): void {
+  // The ended windows among the least recently used, and at least the least recently used one.
+  private makeRoom(now: number): void {
     for (const [key, window] of this.windows) {
       if (window.endsAt > now && this.windows.size < this.capacity) break
       this.windows.delete(key)
     }
-    this.sweepAt = now + 1000
   }
 }
 
@@ -169,16 +168,18 @@ export default fp(
       throw new AppError(429, 'rate_limited', `rate limit of ${refusal.max} requests per minute exceeded; retry in ${retryAfter} s`)
     }
 
-    const local = new LocalCounters()
+    // Per limit name, as the plugin keeps a store per limit.
+    const local = new Map<string, LocalCounters>()
     app.decorate('limiter', function limiter(limits: LimiterOptions[]): onRequestHookHandler {
       const names = limits.map(({ name }) => name)
       if (!redis) {
+        const counters = limits.map(({ name }) => local.get(name) ?? local.set(name, new LocalCounters()).get(name)!)
         return function localRateLimitHook(request, reply, done) {
           try {
             decide(
               reply,
               names,
-              limits.map(({ name, max, key }) => local.count(`${name}:${key(request)}`, max)),
+              limits.map(({ max, key }, index) => counters[index]!.count(key(request), max)),
             )
           } catch (error) {
             return done(error as FastifyError)

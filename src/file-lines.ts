@@ -167,7 +167,7 @@ export class ChunkWriter<Row> {
     await this.#writing
   }
 
-  /** Waits for the write under way, whatever its outcome: before its session is given up after a failure. */
+  /** Waits for the writes queued, whatever their outcome (after a failure none runs): before the session is given up. */
   settled(): Promise<void> {
     return this.#writing.catch(() => {})
   }

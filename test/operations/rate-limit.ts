@@ -167,7 +167,7 @@ for (const [store, settings] of [
   })
 }
 
-t.test('in-memory counters: a window per key from its first request, the oldest windows dropped beyond capacity', async (t) => {
+t.test('in-memory counters: a window per key from its first request; beyond capacity the key used longest ago goes, never one in use', async (t) => {
   const counters = new LocalCounters(3)
   const start = 1_000_000
   t.same(counters.count('a', 2, start), { max: 2, remaining: 1, ttlInSeconds: 60, isExceeded: false })
@@ -176,13 +176,20 @@ t.test('in-memory counters: a window per key from its first request, the oldest 
   t.same(counters.count('a', 2, start + 60_000), { max: 2, remaining: 1, ttlInSeconds: 60, isExceeded: false }, 'a new window once the minute is over')
   counters.count('b', 2, start + 60_000)
   counters.count('c', 2, start + 60_000)
-  t.equal(counters.size, 3)
+  counters.count('a', 2, start + 60_000)
+  t.equal(counters.size, 3, 'a key counted again takes no room of another')
   counters.count('d', 2, start + 60_001)
   t.equal(counters.size, 3, 'no more keys than the capacity')
-  t.same(counters.count('a', 2, start + 60_002).remaining, 1, 'the oldest window (a) was dropped: counted anew')
-  t.same(counters.count('d', 2, start + 60_002).remaining, 0, 'a newer one (d) was kept')
-  counters.count('e', 2, start + 121_000)
-  t.equal(counters.size, 1, 'ended windows are dropped')
+  t.equal(counters.count('b', 2, start + 60_002).remaining, 1, 'the key used longest ago (b) was dropped: counted anew')
+  t.ok(counters.count('a', 2, start + 60_002).isExceeded, 'a, used since, was kept: its third request in the window is over the limit')
+  // A client making a new key with every request (a new sheet id) while one key of its own counts on.
+  const flooded = new LocalCounters(3)
+  for (let request = 1; request <= 20; request++) {
+    flooded.count(`sheet-${request}`, 100, start)
+    t.equal(flooded.count('address', 100, start).remaining, 100 - request, `request ${request}: the address's count goes on`)
+  }
+  flooded.count('x', 2, start + 61_000)
+  t.equal(flooded.size, 1, 'ended windows are dropped when room is made')
 })
 
 t.test('management: x-ratelimit-* headers over the per-address limit and the per-key limit', async (t) => {
