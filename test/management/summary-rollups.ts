@@ -237,13 +237,12 @@ async function check(testCase: Case): Promise<void> {
     const { group_by: _, interval: __, tz: ___, ...listFilters } = query
     // With all of the filters, and with the first of them alone (more rows, more pages).
     const only = (['status', 'currency', 'campaign_id', 'event'] as const).find((name) => listFilters[name] !== undefined)
-    // The second a page at a time, so that most of them take several pages; the third over both
+    // The second a page at a time, so that most of them take several pages; the third too, over both
     // sheets (a key for both, without sheet_id).
-    const { sheet_id: ____, ...bothFilters } = listFilters
     for (const [filters, limit, sheets] of [
       [listFilters, pageSize, [sheet]],
       [{ sheet_id: sheet, from: listFilters.from, to: listFilters.to, ...(only && { [only]: listFilters[only] }) }, 1, [sheet]],
-      [bothFilters, pageSize, [sheet, second]],
+      [{ from: listFilters.from, to: listFilters.to, ...(only && { [only]: listFilters[only] }) }, 1, [sheet, second]],
     ] as const) {
       const listed: string[] = []
       let cursor: string | undefined
@@ -293,8 +292,9 @@ async function expectedList(sheets: readonly string[], query: SummaryQuery, orde
 t.test('the summary equals the figures computed from the rows, folded or not, in any zone and range', async (t) => {
   await fc.assert(fc.asyncProperty(caseArb, check), { numRuns: 50 })
   t.ok(movedAfterFold >= 3, `conversions moved after their fold in ${movedAfterFold} of 50 cases`)
-  t.ok(listsPaged >= 20, `lists of one sheet over several pages: ${listsPaged} of ${listsChecked}`)
-  t.ok(bothPaged >= 5, `lists of two sheets over several pages: ${bothPaged}`)
+  t.ok(listsPaged >= 15, `lists of one sheet over several pages: ${listsPaged} of ${listsChecked}`)
+  t.ok(bothPaged >= 15, `lists of two sheets over several pages: ${bothPaged}`)
+  t.comment(`paged lists: ${listsPaged} of one sheet, ${bothPaged} of two`)
 })
 
 t.test('a conversion moved after its fold, or stored and moved within one, counts once in its new state', async (t) => {
