@@ -50,6 +50,20 @@ t.test('starts, answers, and exits 0 on SIGTERM', async (t) => {
   t.ok(logged.some((line) => line.msg === 'shutting down'), 'the lines of the shutdown too')
 })
 
+t.test('the buffered log is written out when the process dies of an uncaught error', async (t) => {
+  const { code, stdout, stderr } = await run(['--import=tsx', 'test/fixtures/log-then-crash.ts'], {})
+  t.equal(code, 1)
+  t.match(stderr, /Error: crash/)
+  t.same(
+    stdout
+      .trim()
+      .split('\n')
+      .map((line) => (JSON.parse(line) as { line: number }).line),
+    [1, 2, 3],
+    'every line logged before the crash',
+  )
+})
+
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
   const result = await run(['--import=tsx', 'src/server.ts'], { PORT: 'eighty' })
   t.equal(result.code, 2)
