@@ -1,8 +1,14 @@
 // The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
+import { spawnSync } from 'node:child_process'
+import { closeSync, openSync, readFileSync } from 'node:fs'
 import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import t from 'tap'
-import { admin, storeEnv, uniqueId } from '../helpers.ts'
+import { admin, scratchDir, storeEnv, uniqueId } from '../helpers.ts'
 import { run, start, waitForOutput } from '../processes.ts'
+
+const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -50,18 +56,24 @@ t.test('starts, answers, and exits 0 on SIGTERM', async (t) => {
   t.ok(logged.some((line) => line.msg === 'shutting down'), 'the lines of the shutdown too')
 })
 
-t.test('the buffered log is written out when the process dies of an uncaught error', async (t) => {
-  const { code, stdout, stderr } = await run(['--import=tsx', 'test/fixtures/log-then-crash.ts'], {})
-  t.equal(code, 1)
-  t.match(stderr, /Error: crash/)
-  t.same(
-    stdout
+t.test('the buffered log is written out when the process dies of an uncaught error, to a pipe and to a file', async (t) => {
+  const lines = (text: string) =>
+    text
       .trim()
       .split('\n')
-      .map((line) => (JSON.parse(line) as { line: number }).line),
-    [1, 2, 3],
-    'every line logged before the crash',
-  )
+      .map((line) => (JSON.parse(line) as { line: number }).line)
+  // stdout a pipe: written asynchronously.
+  const piped = await run(['--import=tsx', 'test/fixtures/log-then-crash.ts'], {})
+  t.equal(piped.code, 1)
+  t.match(piped.stderr, /Error: crash/)
+  t.same(lines(piped.stdout), [1, 2, 3], 'to a pipe: every line logged before the crash')
+  // stdout a file: written in place.
+  const file = join(scratchDir(t), 'stdout.log')
+  const fd = openSync(file, 'w')
+  const written = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-then-crash.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'] })
+  closeSync(fd)
+  t.equal(written.status, 1)
+  t.same(lines(readFileSync(file, 'utf8')), [1, 2, 3], 'to a file: every line logged before the crash')
 })
 
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
