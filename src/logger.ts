@@ -29,11 +29,11 @@ let stdout: ReturnType<typeof pino.destination> | undefined
  * alone). What is left is written out when the process exits, also after an uncaught error; a
  * process killed outright (SIGKILL) loses at most the last quarter second of lines.
  *
- * A file or a terminal is written in place (as Node.js writes its own stdout to them): an
- * asynchronous write goes through the thread pool, and with both cores busy the hand-off cost the
- * request path 4.4 to 4.9 µs a line against 0.7 to 1.0 written in place (100,000 lines at the
- * receiver's pace beside two busy processes, the profile's time in the write call). A pipe or a
- * socket (a container's log collector) is written asynchronously, so that a slow reader never
+ * A regular file is written in place: an asynchronous write goes through the thread pool, and
+ * with both cores busy the hand-off cost the request path 4.4 to 4.9 µs a line against 0.7 to 1.0
+ * written in place (100,000 lines at the receiver's pace beside two busy processes, the profile's
+ * time in the write call). Anything else (a pipe or socket: a container's log collector; a
+ * terminal, which can stop reading) is written asynchronously, so that a reader that stalls never
  * holds up requests.
  */
 export function bufferedStdout(): ReturnType<typeof pino.destination> {
@@ -42,7 +42,18 @@ export function bufferedStdout(): ReturnType<typeof pino.destination> {
   const stream = pino.destination({ sync, minLength: 4096 })
   // Pino writes out an asynchronous destination's buffer at exit; a synchronous one's is ours to.
   if (sync) {
+    // A failed write (a full disk) ends the process, as it does from an asynchronous write's
+    // callback, instead of throwing from whichever log call wrote next.
+    let failed = false
+    stream.on('error', (error) => {
+      failed = true
+      process.nextTick(() => {
+        throw error
+      })
+    })
     process.once('exit', () => {
+      // sonic-boom's flushSync retries a failing write forever: not after a failure.
+      if (failed) return
       try {
         stream.flushSync()
       } catch {
@@ -60,11 +71,10 @@ export function bufferedStdout(): ReturnType<typeof pino.destination> {
   return (stdout = stream)
 }
 
-/** Whether a file descriptor is a file or a terminal (or /dev/null): written without blocking for long. */
+/** Whether a file descriptor is a regular file: written without blocking for long. */
 function writtenInPlace(fd: number): boolean {
   try {
-    const stat = fstatSync(fd)
-    return stat.isFile() || stat.isCharacterDevice()
+    return fstatSync(fd).isFile()
   } catch {
     return false
   }

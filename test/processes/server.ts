@@ -1,6 +1,6 @@
 // The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
 import { spawnSync } from 'node:child_process'
-import { closeSync, openSync, readFileSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -70,10 +70,21 @@ t.test('the buffered log is written out when the process dies of an uncaught err
   // stdout a file: written in place.
   const file = join(scratchDir(t), 'stdout.log')
   const fd = openSync(file, 'w')
-  const written = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-then-crash.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'] })
+  const written = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-then-crash.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'], timeout: 20_000 })
   closeSync(fd)
   t.equal(written.status, 1)
   t.same(lines(readFileSync(file, 'utf8')), [1, 2, 3], 'to a file: every line logged before the crash')
+})
+
+t.test('a log file that cannot be written ends the process, as an asynchronous write did, instead of failing a log call', async (t) => {
+  const file = join(scratchDir(t), 'read-only.log')
+  writeFileSync(file, '')
+  const fd = openSync(file, 'r')
+  const result = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-write-fails.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'], timeout: 20_000 })
+  closeSync(fd)
+  t.equal(result.status, 1)
+  t.match(result.stderr.toString(), /EBADF/)
+  t.notMatch(result.stderr.toString(), /thrown from a log call/)
 })
 
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
