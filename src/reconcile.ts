@@ -310,8 +310,9 @@ function decode(text: string): string {
   }
 }
 
-// `transaction_id=` in the decoded query, after its start or a separator, and its value up to the next one.
-const TRANSACTION_ID = /(?:^|[&?;\s])transaction_id=([^&?;#\s]+)/gi
+// `transaction_id=` in a decoded part of the query (between two of its raw '&'), after the part's
+// start or a separator, and its value up to the next one: a '&' there was encoded, part of the value.
+const TRANSACTION_ID = /(?:^|[?;\s])transaction_id=([^?;#\s]+)/gi
 
 /** The transaction ids a rejected delivery's query carried (see the top of this file). */
 export function idsInQuery(rawQuery: string): Set<string> {
@@ -322,8 +323,11 @@ export function idsInQuery(rawQuery: string): Set<string> {
     const text = (value instanceof MalformedValue ? decode(value.raw) : value).trim()
     if (text) ids.add(text)
   }
-  // And where the receiver could not read it: an encoded '=', '&amp;', a second '?'.
-  for (const match of decode(rawQuery).matchAll(TRANSACTION_ID)) ids.add(match[1]!)
+  // And where the receiver could not read it: an encoded '=', '&amp;', a second '?'. Each part decoded
+  // on its own, so that `transaction_id=a%26b` names a&b (as the receiver reads it), not also a.
+  for (const part of rawQuery.split('&')) {
+    for (const match of decode(part).matchAll(TRANSACTION_ID)) ids.add(match[1]!)
+  }
   return ids
 }
 

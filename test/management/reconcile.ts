@@ -9,6 +9,7 @@ import { parse } from 'csv-parse/sync'
 import t from 'tap'
 import { createClient, reconcile } from '../../client/src/index.ts'
 import { importCsv } from '../../src/import.ts'
+import { idsInQuery } from '../../src/reconcile.ts'
 import type { ReconcileResult } from '../../src/schemas/reconcile.ts'
 import { adminOn, deliverAll, listen, newKeyHeader, newSheet, scratchDir, testApp } from '../helpers.ts'
 
@@ -310,4 +311,15 @@ t.test('postback-admin reconcile: a summary, the JSON report, every difference i
   const narrowed = await run('reconcile', '--sheet', sheet, '--from', '2026-11-05', '--to', '2026-11-06', exportFile)
   t.equal(narrowed.result.window.source, 'parameters')
   t.equal(narrowed.result.counts.missing_there, 1, 'a5 is the one stored conversion of that day the export lacks')
+})
+
+t.test("the transaction ids a rejected delivery's query is evidence for", async (t) => {
+  const ids = (query: string) => [...idsInQuery(query)].sort()
+  t.same(ids('sheet_id=s&transaction_id=m1&payout=abc'), ['m1'])
+  t.same(ids('transaction_id=m2&transaction_id=m3'), ['m2', 'm3'], 'each of several')
+  t.same(ids('sheet_id=s&transaction_id%3Dm3&payout=1'), ['m3'], "an encoded '='")
+  t.same(ids('sheet_id=s&amp;transaction_id=m4'), ['m4'], "'&amp;'")
+  t.same(ids('sheet_id=s?transaction_id=m5'), ['m5'], "a second '?'")
+  t.same(ids('transaction_id=a%26b'), ['a&b'], "an encoded '&' is part of the value: not evidence for a")
+  t.same(ids('transaction_id=zz&subid=m6&offer=Sale+m6'), ['zz'], "another parameter's value is not")
 })
