@@ -12,12 +12,11 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { buildApp } from '../src/app.ts'
-import { createApiKey } from '../src/api-keys.ts'
 import { run } from '../src/cli.ts'
 import { writeDeliveries } from '../src/conversion-batch.ts'
 import { loadConfig } from '../src/config.ts'
 import { foldAll } from '../src/rollups.ts'
-import { LIST_SHAPES, scratchDatabase, table } from './support.ts'
+import { LIST_SHAPES, managementReader, scratchDatabase, table } from './support.ts'
 
 const { values } = parseArgs({
   options: { sizes: { type: 'string', default: '100000,1000000' }, keep: { type: 'boolean', default: false }, 'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' } },
@@ -62,33 +61,10 @@ async function importLines(sheet: string, prefix: string, from: number, to: numb
   return (to - from) / ((performance.now() - started) / 1000)
 }
 
-const median = (list: number[]) => [...list].sort((a, b) => a - b)[Math.floor(list.length / 2)]!
-
 const app = await buildApp(loadConfig(env))
 await app.ready()
-const { key } = await createApiKey(app.prisma, { global: true })
-const headers = { authorization: `Bearer ${key}` }
-
-async function timed(url: string): Promise<number> {
-  const times: number[] = []
-  for (let i = 0; i < 6; i++) {
-    const started = performance.now()
-    const response = await app.inject({ url: `/api/v1/postback${url}`, headers })
-    if (response.statusCode !== 200) throw new Error(`${url}: ${response.statusCode} ${response.body}`)
-    if (i > 0) times.push(performance.now() - started)
-  }
-  return median(times)
-}
-
-/** A cursor deep into the busy sheet's list: the one after 20 pages of 500. */
-async function deepCursor(): Promise<string> {
-  let cursor = ''
-  for (let page = 0; page < 20; page++) {
-    const response = await app.inject({ url: `/api/v1/postback/conversions?sheet_id=busy&limit=500${cursor ? `&cursor=${cursor}` : ''}`, headers })
-    cursor = (response.json() as { next_cursor: string }).next_cursor
-  }
-  return cursor
-}
+const reader = await managementReader(app)
+const timed = async (url: string) => (await reader.timed(url, 5)).ms
 
 /** New conversions per second through the receiver's batch statement: batches of 100, 4 in flight, 3 s. */
 async function writeRate(round: number): Promise<number> {
@@ -128,14 +104,15 @@ for (const size of sizes) {
   for (const sheet of SMALL) await importLines(sheet, `${sheet}-`, smallFrom, small, small)
   filled = size
   // A summary by day in a zone asks for its day phase (the first time); the fold fills it.
-  for (const [, url] of SHAPES.slice(0, 2)) await app.inject({ url: `/api/v1/postback${url}`, headers })
+  for (const [, url] of SHAPES.slice(0, 2)) await reader.get(url)
   const foldStarted = performance.now()
   const folded = await foldAll(app.prisma)
   const foldRate = folded / ((performance.now() - foldStarted) / 1000)
   await app.db.withSession((session) => session.exec('ANALYZE'))
   const row = [String(size), String(Math.round(rate)), String(Math.round(foldRate))]
   for (const [, url] of SHAPES) row.push((await timed(url)).toFixed(1))
-  const cursor = await deepCursor()
+  // Deep into the busy sheet's list: the cursor after 20 pages of 500.
+  const cursor = await reader.cursorAfter('/conversions?sheet_id=busy&limit=500', 20)
   row.push((await timed(`/conversions?sheet_id=busy&limit=500&cursor=${cursor}`)).toFixed(1))
   const writes = await writeRate(size)
   row.push(`${Math.round(writes)} (${(writes / emptyRate).toFixed(2)})`)

@@ -1,5 +1,7 @@
 // Helpers shared by the benchmark scripts.
+import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
+import { createApiKey } from '../src/api-keys.ts'
 import { writeDeliveries } from '../src/conversion-batch.ts'
 import type { Database } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
@@ -32,6 +34,43 @@ export const LIST_SHAPES: Array<[string, string]> = [
   ['list, a campaign and status no row has', '/conversions?sheet_id=busy&campaign_id=c3&status=approved'],
   ['list, global key, a status no row has', '/conversions?status=rejected'],
 ]
+
+/**
+ * GET requests to the management API of an app in this process (bench/scale.ts, bench/list-pages.ts),
+ * with a global key (a non-200 answer throws): a route's time (the median of `rounds` after one
+ * unmeasured request) and the cursor after some pages of a list.
+ */
+export async function managementReader(app: FastifyInstance) {
+  const { key } = await createApiKey(app.prisma, { global: true })
+  const headers = { authorization: `Bearer ${key}` }
+  const get = async (url: string) => {
+    const response = await app.inject({ url: `/api/v1/postback${url}`, headers })
+    if (response.statusCode !== 200) throw new Error(`${url}: ${response.statusCode} ${response.body}`)
+    return response
+  }
+  return {
+    get,
+    async timed(url: string, rounds: number): Promise<{ ms: number; body: unknown }> {
+      const times: number[] = []
+      let body: unknown
+      for (let i = 0; i <= rounds; i++) {
+        const started = performance.now()
+        body = (await get(url)).json()
+        if (i > 0) times.push(performance.now() - started)
+      }
+      return { ms: times.sort((a, b) => a - b)[Math.floor(times.length / 2)]!, body }
+    },
+    /** The cursor after `pages` pages of a list (`url` has a query), or null when it ends before. */
+    async cursorAfter(url: string, pages: number): Promise<string | null> {
+      let cursor: string | null = null
+      for (let page = 0; page < pages; page++) {
+        cursor = ((await get(`${url}${cursor ? `&cursor=${cursor}` : ''}`)).json() as { next_cursor: string | null }).next_cursor
+        if (!cursor) return null
+      }
+      return cursor
+    },
+  }
+}
 
 /** A Markdown table; the first row is the header. */
 export function table(rows: string[][]): string {

@@ -55,10 +55,10 @@ function csvLine(difference: Difference): string {
   return `${values.map(field).join(',')}\n`
 }
 
-/** Opens the file the differences go to, before any work: a path that cannot be written is a clear error. */
 /** A refusal's reason for a person: `unreplaced_macro (payout)`. */
 export const reasonText = (reason: string, parameter?: string | null) => (parameter ? `${reason} (${parameter})` : reason)
 
+/** Opens the file the differences go to, before any work: a path that cannot be written is a clear error. */
 export async function openDifferencesFile(path: string): Promise<FileHandle> {
   try {
     return await open(path, 'w')
