@@ -142,3 +142,26 @@ t.test('which query parameters count as secret', async (t) => {
   t.equal(redactQueryValues('/a?token=&x=1'), '/a?token=[REDACTED]&x=1')
   t.equal(redactQueryValues('/a?%ZZkey=1&key=a=b'), '/a?%ZZkey=1&key=[REDACTED]', 'a malformed name is compared as sent')
 })
+
+t.test("the access line, put together by the app's logger, is the line pino writes for it", async (t) => {
+  // Another logger option (pino's default message key, which changes nothing) makes the app log the
+  // line through pino: the two apps' lines for the same requests must be the same text.
+  const throughPino = capturedLog()
+  const other = await buildApp(testConfig(t), { logger: { level: 'info', stream: throughPino.stream, messageKey: 'msg' } })
+  t.teardown(() => other.close())
+  await other.ready()
+  const requests = [
+    { url: '/meta/postback/conversion?sheet_id=no-such-sheet&transaction_id=L-5%22%5C%C3%A9&token=SEKRET30&payout=3', headers: { host: 'h"ö\\\u0001:8080' } },
+    { url: '/nowhere?a="b"', headers: { 'accept-version': '1.x' } },
+  ]
+  const accessLines = (log: string[], id: string) =>
+    log.filter((line) => line.includes(`"reqId":"${id}"`) && line.includes('request completed')).map((line) => line.replace(/"time":\d+/, '"time":0').replace(/"responseTime":[\d.e-]+/, '"responseTime":0'))
+  for (const [index, request] of requests.entries()) {
+    const id = `access-line-${index}`
+    for (const target of [app, other]) await target.inject({ method: 'GET', ...request, headers: { ...request.headers, 'x-request-id': id } })
+    const [byHand] = accessLines(raw, id)
+    t.ok(byHand, `written: ${request.url}`)
+    t.same(accessLines(throughPino.raw, id), [byHand], request.url)
+  }
+  t.notMatch(raw.join('\n'), /SEKRET30/)
+})
