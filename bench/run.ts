@@ -15,7 +15,7 @@
 import { spawn } from 'node:child_process'
 import { closeSync, cpSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { join, resolve as resolvePath } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
@@ -48,6 +48,7 @@ const { values: args } = parseArgs({
     'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
     env: { type: 'string', multiple: true, default: [] },
     variant: { type: 'string', multiple: true, default: [] },
+    tree: { type: 'string', multiple: true, default: [] },
     'cpu-prof': { type: 'string' },
     json: { type: 'string' },
     'keep-logs': { type: 'boolean', default: false },
@@ -75,6 +76,9 @@ if (args.help) {
   --env NAME=VALUE           environment for the receiver's server (repeatable), e.g. RECEIVER_BATCH_MAX=100
   --variant LABEL:N=V,N=V    one more receiver, route "receiver:LABEL", with this environment on top,
                              measured in the same rounds (repeatable): compares settings in one run
+  --tree LABEL:PATH          one more receiver, route "receiver:LABEL", run from another checkout of this
+                             repository at PATH (a git worktree of an earlier commit, with node_modules and
+                             src/generated; the same migrations), measured in the same rounds: compares code
   --cpu-prof DIR             write V8 CPU profiles of the servers into DIR (one folder per server)
   --json FILE                also write the results as JSON
   --keep-logs                keep the servers' log files`)
@@ -100,7 +104,14 @@ const variants = new Map(
     return [`receiver:${spec.slice(0, colon)}` as Route, env] as const
   }),
 )
-const routes = [...list(args.routes), ...variants.keys()]
+// Another checkout's receiver: its code, this run's settings and rounds.
+const trees = new Map(
+  args.tree.map((spec) => {
+    const colon = spec.indexOf(':')
+    return [`receiver:${spec.slice(0, colon)}` as Route, resolvePath(spec.slice(colon + 1))] as const
+  }),
+)
+const routes = [...list(args.routes), ...variants.keys(), ...trees.keys()]
 const overloadStores = list(args.overload) as Store[]
 const receiverEnv = envPairs(args.env)
 const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : route === 'floor' ? FLOOR_PATH : RECEIVER_PATH)
@@ -230,13 +241,13 @@ interface Server {
 }
 
 /** A server under test as a child process (the app, or with `floor` the floor); resolves once it listens. Its log lines go to a file. */
-async function startServer(name: string, env: Record<string, string>, floor = false): Promise<Server> {
+async function startServer(name: string, env: Record<string, string>, floor = false, cwd = ROOT): Promise<Server> {
   const logPath = join(tmpdir(), `postback-bench-${stamp}-${name}.log`)
   const logFd = openSync(logPath, 'w')
   // One folder per server: tsx's loader thread writes a (small) profile of its own beside the main thread's.
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
   const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog), ...(floor ? ['floor'] : [])], {
-    cwd: ROOT,
+    cwd,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', ...BENCH_SERVER_ENV, ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
   })
@@ -507,7 +518,7 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
     for (const route of routes) {
       const name = `${store.kind}-${mix}-${route.replace(':', '-')}`
       const env = isReceiver(route) ? { ...receiverEnv, ...variants.get(route) } : {}
-      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }, route === 'floor'))
+      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }, route === 'floor', trees.get(route)))
       tallies.set(route, new Tally())
     }
     for (const route of routes) {
