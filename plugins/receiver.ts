@@ -131,6 +131,10 @@ export default async function receiver(fastify: FastifyInstance) {
     {
       schema: receiverRouteSchema,
       validatorCompiler: () => validateDelivery,
+      // The answers are this route's and the error handler's own objects, with only the documented
+      // fields: plain JSON writes them as the schema says. fast-json-stringify checked every 200
+      // against the union's branches with ajv to pick one (about 1 µs a delivery).
+      serializerCompiler: () => JSON.stringify,
       // No automatic HEAD route: a link checker's HEAD must not store a conversion.
       exposeHeadRoute: false,
       onRequest: rateLimit,

@@ -1,7 +1,11 @@
 import { randomUUID } from 'node:crypto'
+import { Value } from '@sinclair/typebox/value'
+import { TypeRegistry, type TObject, type TSchema } from '@sinclair/typebox'
 import t from 'tap'
+import { ErrorBody } from '../../src/schemas/common.ts'
+import { receiverRouteSchema } from '../../src/schemas/receiver.ts'
 import { disableSheet } from '../../src/sheets.ts'
-import { keysNotStoredOnce, newSheet, receiverUrl, testApp, uniqueId } from '../helpers.ts'
+import { keysNotStoredOnce, newKeyHeader, newSheet, receiverUrl, testApp, uniqueId } from '../helpers.ts'
 
 const app = await testApp(t)
 
@@ -231,4 +235,40 @@ t.test('HEAD does not store a conversion', async (t) => {
   const head = await app.inject({ method: 'HEAD', url: receiverUrl({ sheet_id: sheet, transaction_id: 'h' }) })
   t.equal(head.statusCode, 404)
   t.same(await storedRows(sheet), [])
+})
+
+t.test("every kind of answer is what the route's schema documents for its status, with no other field", async (t) => {
+  const sheet = await newSheet(app)
+  const admin = await newKeyHeader(app, { global: true })
+  const locked = await newSheet(app)
+  await app.inject({ method: 'POST', url: `/api/v1/postback/admin/sheets/${locked}/token`, headers: admin })
+  const answers: Array<[Record<string, string>, number, string]> = [
+    [{ sheet_id: sheet, transaction_id: 'S-1', status: 'lead', payout: '1.5' }, 200, 'stored'],
+    [{ sheet_id: sheet, transaction_id: 'S-1', status: 'lead' }, 200, 'duplicate'],
+    [{ sheet_id: sheet, transaction_id: 'S-1', status: 'sale' }, 200, 'updated'],
+    [{ sheet_id: sheet, transaction_id: 'S-2', test: '1' }, 200, 'test'],
+    [{ sheet_id: sheet }, 400, 'missing_parameter'],
+    [{ sheet_id: locked, transaction_id: 'S-3' }, 403, 'invalid_token'],
+    [{ sheet_id: 'no-such-sheet', transaction_id: 'S-4' }, 404, 'unknown_sheet'],
+  ]
+  const documented = receiverRouteSchema.response as Record<number, TSchema>
+  // The schemas' string lists (StringEnum) are TypeBox's Unsafe kind, which its checker leaves to us.
+  if (!TypeRegistry.Has('Unsafe')) {
+    TypeRegistry.Set<{ enum?: unknown[] }>('Unsafe', (schema, value) => {
+      if (!Array.isArray(schema.enum)) throw new Error(`no check for ${JSON.stringify(schema)}`)
+      return schema.enum.includes(value)
+    })
+  }
+  for (const [params, statusCode, kind] of answers) {
+    const response = await app.inject({ method: 'GET', url: receiverUrl(params) })
+    t.equal(response.statusCode, statusCode, kind)
+    const body = response.json() as Record<string, unknown>
+    t.equal(body.status ?? body.error, kind)
+    const schema = statusCode === 200 ? documented[200]! : ErrorBody
+    t.ok(Value.Check(schema, [ErrorBody], body), `${kind}: ${JSON.stringify(body)}`)
+    // The branch of the union (or the error body) the answer is: its fields and no others.
+    const branches = ((schema as { anyOf?: TObject[] }).anyOf ?? [schema as TObject]).filter((branch) => Value.Check(branch, body))
+    t.equal(branches.length, 1, `${kind}: one branch`)
+    t.same(Object.keys(body).filter((key) => !(key in branches[0]!.properties)), [], `${kind}: no undocumented field`)
+  }
 })
