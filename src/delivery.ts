@@ -33,6 +33,7 @@ const MACRO = new RegExp(
   ].join('|'),
 )
 const PLACEHOLDER = /^(?:REPLACE|OPTIONAL)$/i
+const PLAIN = /^[\w.-]+$/
 // eslint-disable-next-line no-control-regex -- control characters are exactly what it finds
 const CONTROL = /[\u0000-\u001F\u007F-\u009F]/
 
@@ -91,13 +92,16 @@ function readParameter(name: Parameter, input: QueryValue | undefined): string |
     if (isUnreplacedMacro(input.raw)) throw macroError(name, input.raw)
     throw new InputError('invalid_parameter', name, `${name} has an invalid percent-encoding: ${quote(input.raw)}`)
   }
-  if (input === undefined || input.trim() === '') {
+  // Most values are plain (letters, digits, '.', '_', '-'): no macro but a placeholder word can be
+  // written so, and they hold no space or control character.
+  const plain = input !== undefined && PLAIN.test(input)
+  if (input === undefined || (!plain && input.trim() === '')) {
     if (REQUIRED.has(name)) throw new InputError('missing_parameter', name, `${name} is required`)
     return undefined
   }
   if (isNoValue(input)) throw noValueError(name, input)
-  if (isUnreplacedMacro(input)) throw macroError(name, input)
-  if (CONTROL.test(input)) {
+  if (plain ? PLACEHOLDER.test(input) : isUnreplacedMacro(input)) throw macroError(name, input)
+  if (!plain && CONTROL.test(input)) {
     throw new InputError('invalid_parameter', name, `${name} contains control characters`)
   }
   const schema = DeliveryQuery.properties[name] as TString
