@@ -69,9 +69,11 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
       column('network_status'),
     ],
   })
-  const keys = rows.map(keyOf)
   const outcomes = new Map<string, KeyOutcome>()
   for (const row of written) outcomes.set(keyOf(row), row.outcome === 'unknown_sheet' ? null : { status: row.outcome, conversionId: row.id!, conversionStatus: row.status! })
+  // The keys are distinct: a row for each of them, the common case, leaves nothing to look up.
+  if (outcomes.size === rows.length) return outcomes
+  const keys = rows.map(keyOf)
   // The keys the statement neither wrote nor named unknown: repeats, refused moves, and keys whose
   // first delivery a concurrent batch committed while ours waited for it. A new statement (a new
   // snapshot) reads what is stored for them now.

@@ -48,6 +48,7 @@ interface Pending {
 // One delivery to write for a key, with every request of the batch that it answers: consecutive
 // deliveries of one key with the same status share it (the later ones are repeats).
 interface Run {
+  key: string
   delivery: Delivery
   waiting: Pending[]
 }
@@ -151,20 +152,24 @@ export class ConversionWriter {
     // Per key, the runs of its deliveries in arrival order. Statement n writes the n-th run of every
     // key, so that one key's different statuses apply one at a time, in the order they came.
     const runs = new Map<string, Run[]>()
+    let rounds = 1
     for (const pending of batch) {
       const key = keyOf(pending.delivery)
-      const keyRuns = runs.get(key) ?? []
-      const last = keyRuns.at(-1)
-      if (last && statusOf(last.delivery) === statusOf(pending.delivery)) last.waiting.push(pending)
-      else keyRuns.push({ delivery: pending.delivery, waiting: [pending] })
-      runs.set(key, keyRuns)
+      const keyRuns = runs.get(key)
+      if (keyRuns === undefined) {
+        runs.set(key, [{ key, delivery: pending.delivery, waiting: [pending] }])
+        continue
+      }
+      const last = keyRuns.at(-1)!
+      if (statusOf(last.delivery) === statusOf(pending.delivery)) last.waiting.push(pending)
+      else rounds = Math.max(rounds, keyRuns.push({ key, delivery: pending.delivery, waiting: [pending] }))
     }
     const settlements: Settlement[] = []
     let error: unknown
     try {
-      for (let round = 0; ; round++) {
-        const next = [...runs.values()].flatMap((keyRuns) => keyRuns[round] ?? [])
-        if (next.length === 0) break
+      for (let round = 0; round < rounds; round++) {
+        const next: Run[] = []
+        for (const keyRuns of runs.values()) if (keyRuns[round]) next.push(keyRuns[round]!)
         await this.#writeRuns(next, settlements)
       }
     } catch (failure) {
@@ -230,7 +235,7 @@ export class ConversionWriter {
 /** Answers the requests of the runs of a committed statement; a run whose key has no outcome is left to the batch's failure. */
 function settle(runs: Run[], outcomes: Map<string, KeyOutcome>): void {
   for (const run of runs) {
-    const outcome = outcomes.get(keyOf(run.delivery))
+    const outcome = outcomes.get(run.key)
     if (outcome === undefined) continue
     if (outcome === null) {
       // Its sheet is unknown, or was disabled meanwhile.
