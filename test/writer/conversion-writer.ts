@@ -3,6 +3,7 @@
 import pg from 'pg'
 import t from 'tap'
 import { ConversionWriter, type ConversionWriterOptions } from '../../src/conversion-writer.ts'
+import type { Statement } from '../../src/database.ts'
 import type { Delivery } from '../../src/schemas/receiver.ts'
 import { newSheet, onPostgres, receiverUrl, testApp } from '../helpers.ts'
 
@@ -63,6 +64,12 @@ function countingWriter(options: { batchMax?: number; batchWaitMs?: number; conc
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** The deliveries of a batch statement: its first parameter's elements (an array, or its literal). */
+function rowsOf(statement: Statement): number {
+  const sheets = statement.values[0] as string | string[]
+  return typeof sheets === 'string' ? (JSON.parse(`[${sheets.slice(1, -1)}]`) as unknown[]).length : sheets.length
+}
 
 /** A writer on the test app's store whose statements go through `query` (to hold or fail them). */
 function writerThrough(query: ConversionWriterOptions['query'], options: Partial<ConversionWriterOptions> = {}) {
@@ -131,7 +138,7 @@ t.test('one statement at a time while it is quick: another starts beside it afte
   const started: Array<{ at: number; size: number; release: () => void }> = []
   const writer = new ConversionWriter({
     query: async (statement) => {
-      if (statement.name) await new Promise<void>((resolve) => started.push({ at: Date.now(), size: (statement.values[0] as unknown[]).length, release: resolve }))
+      if (statement.name) await new Promise<void>((resolve) => started.push({ at: Date.now(), size: rowsOf(statement), release: resolve }))
       return app.db.query(statement)
     },
     batchMax: 4,
@@ -259,7 +266,7 @@ t.test('after a data error splits a batch, a failure that is not about data ends
   const sheet = await newSheet(app)
   const statements: number[] = []
   const writer = writerThrough(async (statement) => {
-    statements.push((statement.values[0] as unknown[]).length)
+    statements.push(rowsOf(statement))
     // The first half's statement finds the store gone.
     if (statements.length === 2) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
     return app.db.query(statement)
