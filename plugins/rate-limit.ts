@@ -169,16 +169,20 @@ export default fp(
 
     /** Answers 429 for the limit a request is over, if any, after showing the closest one in headers. */
     function decide(reply: FastifyReply, names: string[], results: Array<Counted | undefined>): void {
+      let closest: Counted | undefined
       let refusal: { name: string; max: number; ttlInSeconds: number } | undefined
-      for (const [index, result] of results.entries()) {
+      for (let index = 0; index < results.length; index++) {
+        const result = results[index]
         // Not counted (the store failed): no header claims a count.
         if (!result) continue
-        showLimit(reply, result)
+        // The first of those with the fewest requests left: the headers are written once.
+        if (!closest || result.remaining < closest.remaining) closest = result
         // Over several limits, the one that frees up last says when to retry.
         if (result.isExceeded && result.ttlInSeconds >= (refusal?.ttlInSeconds ?? 0)) {
           refusal = { name: names[index]!, max: result.max, ttlInSeconds: result.ttlInSeconds }
         }
       }
+      if (closest) showLimit(reply, closest)
       if (!refusal) return
       const retryAfter = Math.max(1, refusal.ttlInSeconds)
       reply.header(LIMIT_HEADER, refusal.max).header(REMAINING_HEADER, 0).header(RESET_HEADER, retryAfter).header('retry-after', retryAfter)
@@ -193,11 +197,12 @@ export default fp(
       if (!redis) {
         const counters = limits.map(({ name }) => local.get(name) ?? local.set(name, new LocalCounters()).get(name)!)
         return function localRateLimitHook(request, reply, done) {
+          const now = Date.now()
           try {
             decide(
               reply,
               names,
-              limits.map(({ max, key }, index) => counters[index]!.count(key(request), max)),
+              limits.map(({ max, key }, index) => counters[index]!.count(key(request), max, now)),
             )
           } catch (error) {
             return done(error as FastifyError)
