@@ -2,7 +2,7 @@
 // access line; secrets redacted (src/logging.ts) in every line's logged fields.
 // Fastify logging: https://fastify.dev/docs/latest/Reference/Logging/
 import { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
-import { fstatSync } from 'node:fs'
+import { fstatSync, writeSync } from 'node:fs'
 import pino from 'pino'
 import type { Config } from './config.ts'
 import { redactQueryValues, redactSecrets, requestId } from './logging.ts'
@@ -44,7 +44,7 @@ function quoted(text: string): string {
 
 const FLUSH_INTERVAL_MS = 250
 // Lines are handed to the file or pipe in chunks of at least this many characters.
-const CHUNK_CHARS = 16 * 1024
+const CHUNK_CHARS = 64 * 1024
 
 /** What pino writes lines into: the process's stdout, buffered (`bufferedStdout`). */
 export class ChunkedStdout {
@@ -69,16 +69,16 @@ export class ChunkedStdout {
     if (done) this.stream.flush(done)
   }
 
-  flushSync(): void {
-    this.#handOn()
-    this.stream.flushSync()
+  /** The lines gathered and not yet handed on, taken out. */
+  take(): string {
+    const chunk = this.#chunk
+    this.#chunk = ''
+    return chunk
   }
 
   #handOn(): void {
-    if (this.#chunk === '') return
-    const chunk = this.#chunk
-    this.#chunk = ''
-    this.stream.write(chunk)
+    const chunk = this.take()
+    if (chunk !== '') this.stream.write(chunk)
   }
 }
 
@@ -114,16 +114,18 @@ export function bufferedStdout(): ChunkedStdout {
       throw error
     })
   })
-  // What is waiting is written out at exit (pino does so for an asynchronous destination, but not
-  // for a synchronous one, nor for the chunk being gathered here).
   // Before pino's own handlers (registered by pino.destination for an asynchronous destination),
   // which write out and close the destination when the event loop empties.
   process.prependListener('beforeExit', () => chunked.flush())
-  process.prependOnceListener('exit', () => {
-    // sonic-boom's flushSync retries a failing write forever: not after a failure.
-    if (failed) return
+  // At exit, after pino's own handler has written out what an asynchronous destination holds (it
+  // registered with pino.destination, before this), the lines gathered here: one direct write, as a
+  // failure there must lose those lines, not the exit (sonic-boom's flushSync retries a failing
+  // write forever, EBADF and EPIPE too).
+  process.once('exit', () => {
+    const rest = chunked.take()
+    if (failed || rest === '') return
     try {
-      chunked.flushSync()
+      writeSync(1, rest)
     } catch {
       // Nothing left to write to.
     }

@@ -87,6 +87,16 @@ t.test('a log file that cannot be written ends the process, as an asynchronous w
   t.notMatch(result.stderr.toString(), /thrown from a log call/)
 })
 
+t.test('lines that cannot be written at exit are lost, not the exit: the process ends as it meant to', async (t) => {
+  const file = join(scratchDir(t), 'read-only-at-exit.log')
+  writeFileSync(file, '')
+  const fd = openSync(file, 'r')
+  const result = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-unwritable-at-exit.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'], timeout: 20_000 })
+  closeSync(fd)
+  t.equal(result.signal, null, 'not killed by the timeout')
+  t.equal(result.status, 0, result.stderr.toString())
+})
+
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
   const result = await run(['--import=tsx', 'src/server.ts'], { PORT: 'eighty' })
   t.equal(result.code, 2)
