@@ -30,19 +30,83 @@ declare module 'fastify' {
   }
 }
 
+const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+
+interface DurationSeries {
+  labels: { method: string; route: string; status_code: number }
+  /** Per bucket, the requests that took at most its bound and more than the one before. */
+  counts: number[]
+  sum: number
+  count: number
+}
+
+/**
+ * `http_request_duration_seconds`, the requests by method, route and status with their latency, a
+ * Prometheus histogram written out as prom-client writes its own: prom-client's Histogram turns a
+ * labels object into a string key at every observation (0.4 µs a request in a loop, and a fortieth
+ * of the receiver's allocations); here a request finds its series through three map lookups and
+ * allocates nothing once the series exists.
+ */
+export class RequestDurations {
+  readonly name = 'http_request_duration_seconds'
+  readonly help = 'HTTP requests by method, route and status code, with their latency in seconds'
+  readonly type = 'histogram'
+  readonly aggregator = 'sum'
+  // By route, method, then status code.
+  readonly #series = new Map<string, Map<string, Map<number, DurationSeries>>>()
+
+  observe(method: string, route: string, statusCode: number, seconds: number): void {
+    let byMethod = this.#series.get(route)
+    if (byMethod === undefined) this.#series.set(route, (byMethod = new Map()))
+    let byStatus = byMethod.get(method)
+    if (byStatus === undefined) byMethod.set(method, (byStatus = new Map()))
+    let series = byStatus.get(statusCode)
+    if (series === undefined) {
+      series = { labels: { method, route, status_code: statusCode }, counts: DURATION_BUCKETS.map(() => 0), sum: 0, count: 0 }
+      byStatus.set(statusCode, series)
+    }
+    for (let bucket = 0; bucket < DURATION_BUCKETS.length; bucket++) {
+      if (seconds <= DURATION_BUCKETS[bucket]!) {
+        series.counts[bucket]!++
+        break
+      }
+    }
+    series.sum += seconds
+    series.count++
+  }
+
+  /** The samples, as prom-client's Histogram gives them to its registry: cumulative buckets, +Inf, sum, count. */
+  get() {
+    const values: Array<{ metricName: string; labels: Record<string, string | number>; value: number }> = []
+    for (const byMethod of this.#series.values()) {
+      for (const byStatus of byMethod.values()) {
+        for (const { labels, counts, sum, count } of byStatus.values()) {
+          let below = 0
+          DURATION_BUCKETS.forEach((bound, bucket) => {
+            below += counts[bucket]!
+            values.push({ metricName: `${this.name}_bucket`, labels: { le: bound, ...labels }, value: below })
+          })
+          values.push({ metricName: `${this.name}_bucket`, labels: { le: '+Inf', ...labels }, value: count })
+          values.push({ metricName: `${this.name}_sum`, labels, value: sum }, { metricName: `${this.name}_count`, labels, value: count })
+        }
+      }
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
+  }
+
+  reset(): void {
+    this.#series.clear()
+  }
+}
+
 export default fp(
   async function metricsPlugin(app) {
     const registry = new Registry()
     const registers = [registry]
     collectDefaultMetrics({ register: registry })
 
-    const requestDuration = new Histogram({
-      name: 'http_request_duration_seconds',
-      help: 'HTTP requests by method, route and status code, with their latency in seconds',
-      labelNames: ['method', 'route', 'status_code'],
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-      registers,
-    })
+    const requestDuration = new RequestDurations()
+    registry.registerMetric(requestDuration as unknown as Histogram)
     const metrics: Metrics = {
       registry,
       postbacks: new Counter({
@@ -91,7 +155,7 @@ export default fp(
     app.addHook('onResponse', (request, reply, done) => {
       // The route pattern, never the raw URL, so that labels stay few; unrouted requests share one.
       const route = request.routeOptions.url ?? 'unmatched'
-      requestDuration.observe({ method: request.method, route, status_code: reply.statusCode }, reply.elapsedTime / 1000)
+      requestDuration.observe(request.method, route, reply.statusCode, reply.elapsedTime / 1000)
       done()
     })
     // Storage trouble met by a request (a management read, say). Typed errors are counted where

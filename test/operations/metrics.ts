@@ -1,7 +1,9 @@
 // GET /metrics as Prometheus scrapes it: requests, postback outcomes, batches, queue depth,
 // database errors and process metrics, counted per app instance.
 import { createServer, type Socket } from 'node:net'
+import { Histogram, Registry } from 'prom-client'
 import t from 'tap'
+import { RequestDurations } from '../../plugins/metrics.ts'
 import { buildApp } from '../../src/app.ts'
 import { loadConfig } from '../../src/config.ts'
 import { newSheet, receiverUrl, testApp } from '../helpers.ts'
@@ -121,4 +123,35 @@ t.test('a database that hangs: queue depth while waiting, then database errors a
   t.equal(sample(text, 'postback_batch_size_sum'), 3)
   t.equal(sample(text, 'postback_database_errors_total{operation="conversion_batch"}'), batches, 'each failed batch is one database error')
   t.equal(sample(text, 'postback_database_errors_total{operation="readiness"}'), 1)
+})
+
+t.test("the request histogram is written out as prom-client's own Histogram writes the same observations", async (t) => {
+  const ours = new Registry()
+  const durations = new RequestDurations()
+  ours.registerMetric(durations as unknown as Histogram)
+  const theirs = new Registry()
+  const histogram = new Histogram({
+    name: durations.name,
+    help: durations.help,
+    labelNames: ['method', 'route', 'status_code'],
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [theirs],
+  })
+  const observations: Array<[string, string, number, number]> = [
+    ['GET', '/meta/postback/conversion', 200, 0.0031],
+    ['GET', '/meta/postback/conversion', 200, 0.005],
+    ['GET', '/meta/postback/conversion', 200, 0.7],
+    ['GET', '/meta/postback/conversion', 400, 12],
+    ['GET', 'unmatched', 404, 0.0001],
+    ['POST', '/api/v1/postback/sheets', 201, 0.02],
+    ['GET', '/a "quoted\\" route', 200, 0.25],
+  ]
+  for (const [method, route, status, seconds] of observations) {
+    durations.observe(method, route, status, seconds)
+    histogram.observe({ method, route, status_code: status }, seconds)
+  }
+  t.equal(await ours.metrics(), await theirs.metrics())
+  durations.reset()
+  histogram.reset()
+  t.equal(await ours.metrics(), await theirs.metrics(), 'and after a reset')
 })
