@@ -43,14 +43,22 @@ function quoted(text: string): string {
 }
 
 const FLUSH_INTERVAL_MS = 250
-// Lines are handed to the file or pipe in chunks of at least this many characters.
-const CHUNK_CHARS = 64 * 1024
+// Lines are handed on in chunks of this many characters (fewer when the timer or the exit flushes):
+// larger into a file (each write can wait on the file system's journal), smaller into a pipe, whose
+// buffer (64 KB) a chunk should not fill by itself.
+const FILE_CHUNK_CHARS = 64 * 1024
+const PIPE_CHUNK_CHARS = 16 * 1024
+// How long the exit waits for a pipe's reader to take the last lines.
+const EXIT_WRITE_MS = 2000
 
 /** What pino writes lines into: the process's stdout, buffered (`bufferedStdout`). */
 export class ChunkedStdout {
   #chunk = ''
 
-  constructor(readonly stream: ReturnType<typeof pino.destination>) {}
+  constructor(
+    readonly stream: ReturnType<typeof pino.destination>,
+    private readonly chunkChars: number,
+  ) {}
 
   /**
    * Gathers lines into one chunk and hands it on when full. sonic-boom's own gathering (its
@@ -59,7 +67,7 @@ export class ChunkedStdout {
    */
   write(line: string): boolean {
     this.#chunk += line
-    if (this.#chunk.length >= CHUNK_CHARS) this.#handOn()
+    if (this.#chunk.length >= this.chunkChars) this.#handOn()
     return true
   }
 
@@ -104,31 +112,28 @@ export function bufferedStdout(): ChunkedStdout {
   // Each chunk is written at once (a minLength of 0 would make flush() call back before an
   // asynchronous write is done).
   const stream = pino.destination({ sync, minLength: 1 })
-  const chunked = new ChunkedStdout(stream)
+  const chunked = new ChunkedStdout(stream, sync ? FILE_CHUNK_CHARS : PIPE_CHUNK_CHARS)
   // A failed write (a full disk, a reader gone) ends the process: from a synchronous write, instead
   // of throwing from whichever log call wrote next.
   let failed = false
   stream.on('error', (error) => {
     failed = true
+    // pino's exit handler would retry the failing write forever (sonic-boom's flushSync retries
+    // EBADF and EPIPE too): nothing more is written.
+    stream.flushSync = () => {}
     process.nextTick(() => {
       throw error
     })
   })
-  // Before pino's own handlers (registered by pino.destination for an asynchronous destination),
-  // which write out and close the destination when the event loop empties.
+  // When the event loop empties, what is gathered is handed on, so that the process ends once it
+  // is written.
   process.prependListener('beforeExit', () => chunked.flush())
-  // At exit, after pino's own handler has written out what an asynchronous destination holds (it
-  // registered with pino.destination, before this), the lines gathered here: one direct write, as a
-  // failure there must lose those lines, not the exit (sonic-boom's flushSync retries a failing
-  // write forever, EBADF and EPIPE too).
+  // At exit, after pino's own exit handler has written out what an asynchronous destination holds
+  // (it registered with pino.destination, before this), the lines gathered here, written directly
+  // (writeOutSync).
   process.once('exit', () => {
     const rest = chunked.take()
-    if (failed || rest === '') return
-    try {
-      writeSync(1, rest)
-    } catch {
-      // Nothing left to write to.
-    }
+    if (!failed && rest !== '') writeOutSync(1, rest, EXIT_WRITE_MS)
   })
   setInterval(() => {
     try {
@@ -138,6 +143,28 @@ export function bufferedStdout(): ChunkedStdout {
     }
   }, FLUSH_INTERVAL_MS).unref()
   return (stdout = chunked)
+}
+
+/**
+ * Writes all of `text` to `fd` before returning, also when only part of it goes at a time, or the
+ * descriptor is a non-blocking pipe whose reader lags (EAGAIN: waits a little and tries again, for
+ * up to `waitMs` in all). Any other failure loses the rest of the text, not the caller's exit.
+ * Returns the bytes written.
+ */
+export function writeOutSync(fd: number, text: string, waitMs: number): number {
+  const bytes = Buffer.from(text)
+  const deadline = Date.now() + waitMs
+  const pause = new Int32Array(new SharedArrayBuffer(4))
+  let written = 0
+  while (written < bytes.length) {
+    try {
+      written += writeSync(fd, bytes, written)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN' || Date.now() >= deadline) break
+      Atomics.wait(pause, 0, 0, 5)
+    }
+  }
+  return written
 }
 
 /** Whether a file descriptor is a regular file: written without blocking for long. */
@@ -203,8 +230,14 @@ export function loggingOptions(
     serializers: { req: serializeRequest },
     stream: bufferedStdout(),
   }
-  // Any other option (a formatter, a message key, a timestamp) could change how pino writes a line.
-  const ownFormat = logger === undefined || (typeof logger === 'object' && Object.keys(logger).every((key) => key === 'level' || key === 'stream'))
+  // Any other option (a formatter, a message key, a timestamp) could change how pino writes a line;
+  // a stream that takes each line's level beside it (pino.multistream) needs pino to write it.
+  const stream = typeof logger === 'object' ? (logger as { stream?: Record<symbol, unknown> }).stream : undefined
+  const ownFormat =
+    logger === undefined ||
+    (typeof logger === 'object' &&
+      Object.keys(logger).every((key) => key === 'level' || key === 'stream') &&
+      !stream?.[pino.symbols.needsMetadataGsym])
   return {
     logger: logger === undefined ? defaults : typeof logger === 'object' ? { ...defaults, ...logger } : logger,
     genReqId: requestId,

@@ -1,5 +1,6 @@
 // Logs as an operator reads them: JSON lines, a request id on each request's lines and in the
 // x-request-id header, secrets redacted, one line per rejected postback, probes kept quiet.
+import pino from 'pino'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
 import { isSecretParameter, redactQueryValues } from '../../src/logging.ts'
@@ -168,4 +169,21 @@ t.test("the access line, put together by the app's logger, is the line pino writ
     t.same(accessLines(throughPino.raw, id), [byHand], request.url)
   }
   t.notMatch(raw.join('\n'), /SEKRET30/)
+})
+
+t.test('through a stream that takes each line with its level (pino.multistream), the access line is still written', async (t) => {
+  const captured = capturedLog<LogLine>()
+  const warnings = capturedLog<LogLine>()
+  const streams = pino.multistream([
+    { level: 'info', stream: captured.stream },
+    { level: 'warn', stream: warnings.stream },
+  ])
+  const multi = await buildApp(testConfig(t), { logger: { level: 'info', stream: streams } })
+  t.teardown(() => multi.close())
+  await multi.ready()
+  // The multistream routes a line by the level pino gives it beside the line: not the last one's.
+  multi.log.warn('a warning first')
+  await multi.inject({ method: 'GET', url: '/nowhere', headers: { 'x-request-id': 'multistream-1' } })
+  t.match(captured.lines().filter((line) => line.reqId === 'multistream-1'), [{ msg: 'request completed', level: 30, res: { statusCode: 404 } }])
+  t.same(warnings.lines().map((line) => line.msg), ['a warning first'], 'the warn stream has the warning only')
 })

@@ -1,10 +1,12 @@
 // The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
-import { spawnSync } from 'node:child_process'
-import { closeSync, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
+import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import t from 'tap'
+import { writeOutSync } from '../../src/logger.ts'
 import { admin, scratchDir, storeEnv, uniqueId } from '../helpers.ts'
 import { run, start, waitForOutput } from '../processes.ts'
 
@@ -95,6 +97,38 @@ t.test('lines that cannot be written at exit are lost, not the exit: the process
   closeSync(fd)
   t.equal(result.signal, null, 'not killed by the timeout')
   t.equal(result.status, 0, result.stderr.toString())
+})
+
+t.test("the exit's write of the last lines waits for a pipe whose reader lags, for a while", async (t) => {
+  const dir = scratchDir(t)
+  const fifo = join(dir, 'pipe')
+  execFileSync('mkfifo', [fifo])
+  // More than a pipe holds (64 KB), written without blocking: it goes in parts, with EAGAIN between.
+  const text = Array.from({ length: 3000 }, (_, line) => `line ${line} ${'x'.repeat(90)}\n`).join('')
+  const write = async (waitMs: number) => {
+    const out = join(dir, `out-${waitMs}`)
+    // The reader opens the pipe at once, then takes nothing for half a second.
+    const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; sleep 0.5; cat <&3 > "${out}"`])
+    let fd: number | undefined
+    while (fd === undefined) {
+      try {
+        fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
+    }
+    const written = writeOutSync(fd, text, waitMs)
+    closeSync(fd)
+    await once(reader, 'exit')
+    return { written, read: readFileSync(out, 'utf8') }
+  }
+  const waited = await write(5000)
+  t.equal(waited.written, Buffer.byteLength(text))
+  t.equal(waited.read, text, 'every line, whole')
+  const gaveUp = await write(50)
+  t.ok(gaveUp.written < Buffer.byteLength(text), `a reader that does not come back in time: ${gaveUp.written} bytes, then the exit goes on`)
+  t.equal(gaveUp.read, text.slice(0, gaveUp.written))
 })
 
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
