@@ -97,18 +97,29 @@ const warmup = Number(args.warmup)
 const connections = Number(args.connections)
 const stores = list(args.stores) as Store[]
 const mixes = list(args.mixes) as Mix[]
+/** `--variant` and `--tree` specs, LABEL:REST, as the route `receiver:LABEL`; a label once only. */
+const labelled = new Set<Route>()
+function receiverSpec(option: string, spec: string): [Route, string] {
+  const colon = spec.indexOf(':')
+  const route = `receiver:${spec.slice(0, colon)}` as Route
+  if (colon < 1 || labelled.has(route)) {
+    console.error(`--${option} ${spec}: give LABEL:... with a label of its own`)
+    process.exit(2)
+  }
+  labelled.add(route)
+  return [route, spec.slice(colon + 1)]
+}
 const variants = new Map(
   args.variant.map((spec) => {
-    const colon = spec.indexOf(':')
-    const env = envPairs(list(spec.slice(colon + 1)))
-    return [`receiver:${spec.slice(0, colon)}` as Route, env] as const
+    const [route, rest] = receiverSpec('variant', spec)
+    return [route, envPairs(list(rest))] as const
   }),
 )
 // Another checkout's receiver: its code, this run's settings and rounds.
 const trees = new Map(
   args.tree.map((spec) => {
-    const colon = spec.indexOf(':')
-    return [`receiver:${spec.slice(0, colon)}` as Route, resolvePath(spec.slice(colon + 1))] as const
+    const [route, path] = receiverSpec('tree', spec)
+    return [route, resolvePath(path)] as const
   }),
 )
 const routes = [...list(args.routes), ...variants.keys(), ...trees.keys()]

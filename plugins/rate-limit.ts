@@ -3,7 +3,7 @@
 // through @fastify/rate-limit (https://github.com/fastify/fastify-rate-limit; registered once with
 // no global hook, on our own ioredis client) and are shared by every instance; when Redis fails,
 // requests are let through, logged and counted. Without it each instance counts in its own memory
-// (`LocalCounters`: the plugin's local store's windows, a store per limit, the key used longest ago
+// (`LocalCounters`: the plugin's local store's windows, a store per limit, keys not counted lately
 // dropped first beyond capacity), checked synchronously: the plugin's check
 // (several awaits per limit, then one for both) cost the receiver 6 to 10 µs of CPU a delivery,
 // about a tenth of what the floor of its design spends (BENCHMARKS.md, "Receiver efficiency").
@@ -59,9 +59,10 @@ interface Counted {
 /**
  * One limit's per-instance counters, as @fastify/rate-limit's local store keeps them: a key's window
  * starts at its first request and lasts WINDOW_MS; at most `capacity` keys. When a new key needs
- * room, ended windows go first, then the keys not counted since room was last made (a "second
- * chance" order, close to least recently used): a key in use, a flooding address, is never the one
- * dropped, and keys of one limit never push out another's (each limit has its own). A count moves no
+ * room, the oldest keys go whose window has ended or that were not counted since they came or were
+ * last passed over here (a "second chance" order, close to least recently used): a key in use, a
+ * flooding address, is never the one dropped, and keys of one limit never push out another's (each
+ * limit has its own). A count moves no
  * key: moving the key on every count (a Map delete and set) made V8 rebuild a small Map's table
  * every few requests, 5 µs a request in the receiver's profile.
  */
@@ -237,7 +238,7 @@ export default fp(
   { name: 'rate-limit', dependencies: ['config', 'metrics'] },
 )
 
-/** Shows a counted limit unless the answer already shows one (of this hook or an earlier one) with fewer requests left. */
+/** Shows a counted limit unless the answer already shows one (of an earlier limiter hook of the request) with fewer requests left. */
 function showLimit(reply: FastifyReply, limit: { max: number; remaining: number; ttlInSeconds: number }): void {
   const shown = reply.getHeader(REMAINING_HEADER)
   if (shown !== undefined && Number(shown) <= limit.remaining) return
