@@ -271,4 +271,14 @@ t.test("every kind of answer is what the route's schema documents for its status
     t.equal(branches.length, 1, `${kind}: one branch`)
     t.same(Object.keys(body).filter((key) => !(key in branches[0]!.properties)), [], `${kind}: no undocumented field`)
   }
+  // A 429, from another app whose sheet limit is one delivery a minute.
+  const limited = await testApp(t, { RECEIVER_RATE_LIMIT: '1' })
+  const limitedSheet = await newSheet(limited)
+  const over = await Promise.all(['L-1', 'L-2'].map((id) => limited.inject({ method: 'GET', url: receiverUrl({ sheet_id: limitedSheet, transaction_id: id }) })))
+  const refused = over.find((response) => response.statusCode === 429)
+  t.ok(refused, 'one of two is over the limit')
+  const refusal = refused!.json() as Record<string, unknown>
+  t.equal(refusal.error, 'rate_limited')
+  t.ok(Value.Check(ErrorBody, refusal), JSON.stringify(refusal))
+  t.same(Object.keys(refusal).filter((key) => !(key in ErrorBody.properties)), [], 'rate_limited: no undocumented field')
 })
