@@ -4,13 +4,23 @@ import { once } from 'node:events'
 import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import t from 'tap'
 import { writeOutSync } from '../../src/logger.ts'
 import { admin, scratchDir, storeEnv, uniqueId } from '../helpers.ts'
-import { run, start, waitForOutput } from '../processes.ts'
+import { ROOT, run, start, waitForOutput } from '../processes.ts'
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+/**
+ * Runs a fixture (test/fixtures) with stdout a new file in the test's scratch folder, opened for
+ * writing or read-only (every write to it then fails: EBADF); stderr a pipe. Returns the run and the file.
+ */
+function runWithStdoutFile(t: Parameters<typeof scratchDir>[0], fixture: string, mode: 'w' | 'r') {
+  const file = join(scratchDir(t), `${fixture}.stdout`)
+  writeFileSync(file, '')
+  const fd = openSync(file, mode)
+  const result = spawnSync(process.execPath, ['--import=tsx', `test/fixtures/${fixture}`], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'], timeout: 20_000 })
+  closeSync(fd)
+  return { result, file }
+}
 
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
@@ -70,31 +80,20 @@ t.test('the buffered log is written out when the process dies of an uncaught err
   t.match(piped.stderr, /Error: crash/)
   t.same(lines(piped.stdout), [1, 2, 3], 'to a pipe: every line logged before the crash')
   // stdout a file: written in place.
-  const file = join(scratchDir(t), 'stdout.log')
-  const fd = openSync(file, 'w')
-  const written = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-then-crash.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'], timeout: 20_000 })
-  closeSync(fd)
+  const { result: written, file } = runWithStdoutFile(t, 'log-then-crash.ts', 'w')
   t.equal(written.status, 1)
   t.same(lines(readFileSync(file, 'utf8')), [1, 2, 3], 'to a file: every line logged before the crash')
 })
 
 t.test('a log file that cannot be written ends the process, as an asynchronous write did, instead of failing a log call', async (t) => {
-  const file = join(scratchDir(t), 'read-only.log')
-  writeFileSync(file, '')
-  const fd = openSync(file, 'r')
-  const result = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-write-fails.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'], timeout: 20_000 })
-  closeSync(fd)
+  const { result } = runWithStdoutFile(t, 'log-write-fails.ts', 'r')
   t.equal(result.status, 1)
   t.match(result.stderr.toString(), /EBADF/)
   t.notMatch(result.stderr.toString(), /thrown from a log call/)
 })
 
 t.test('lines that cannot be written at exit are lost, not the exit: the process ends as it meant to', async (t) => {
-  const file = join(scratchDir(t), 'read-only-at-exit.log')
-  writeFileSync(file, '')
-  const fd = openSync(file, 'r')
-  const result = spawnSync(process.execPath, ['--import=tsx', 'test/fixtures/log-unwritable-at-exit.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'], timeout: 20_000 })
-  closeSync(fd)
+  const { result } = runWithStdoutFile(t, 'log-unwritable-at-exit.ts', 'r')
   t.equal(result.signal, null, 'not killed by the timeout')
   t.equal(result.status, 0, result.stderr.toString())
 })
