@@ -30,7 +30,8 @@ declare module 'fastify' {
   }
 }
 
-const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+/** The request histogram's bucket bounds, in seconds. */
+export const DURATION_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
 
 interface DurationSeries {
   labels: { method: string; route: string; status_code: number }

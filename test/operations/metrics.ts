@@ -3,7 +3,7 @@
 import { createServer, type Socket } from 'node:net'
 import { Histogram, Registry } from 'prom-client'
 import t from 'tap'
-import { RequestDurations } from '../../plugins/metrics.ts'
+import { DURATION_BUCKETS, RequestDurations } from '../../plugins/metrics.ts'
 import { buildApp } from '../../src/app.ts'
 import { loadConfig } from '../../src/config.ts'
 import { newSheet, receiverUrl, testApp } from '../helpers.ts'
@@ -134,7 +134,7 @@ t.test("the request histogram is written out as prom-client's own Histogram writ
     name: durations.name,
     help: durations.help,
     labelNames: ['method', 'route', 'status_code'],
-    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    buckets: DURATION_BUCKETS,
     registers: [theirs],
   })
   const observations: Array<[string, string, number, number]> = [
