@@ -62,9 +62,8 @@ interface Counted {
  * room, the oldest keys go whose window has ended or that were not counted since they came or were
  * last passed over here (a "second chance" order, close to least recently used): a key in use, a
  * flooding address, is never the one dropped, and keys of one limit never push out another's (each
- * limit has its own). A count moves no
- * key: moving the key on every count (a Map delete and set) made V8 rebuild a small Map's table
- * every few requests, 5 µs a request in the receiver's profile.
+ * limit has its own). A count moves no key: moving the key on every count (a Map delete and set)
+ * made V8 rebuild a small Map's table every few requests, 5 µs a request in the receiver's profile.
  */
 export class LocalCounters {
   // In the order keys came, or were last given a second chance.

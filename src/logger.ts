@@ -96,9 +96,9 @@ let stdout: ChunkedStdout | undefined
  * The process's stdout for log lines, buffered: lines are written in chunks (FILE_CHUNK_CHARS into a
  * file, PIPE_CHUNK_CHARS otherwise), and whatever is waiting at least every FLUSH_INTERVAL_MS,
  * instead of one write(2) per line on the request's path (one access line per request cost the
- * receiver about 4.5 µs of CPU in writes alone). What is left is written out when the process exits, also after an uncaught error; a
- * process killed outright (SIGKILL) loses at most the last quarter second of lines; at exit a
- * pipe whose reader lags is waited for up to EXIT_WRITE_MS.
+ * receiver about 4.5 µs of CPU in writes alone). What is left is written out when the process
+ * exits, also after an uncaught error; a process killed outright (SIGKILL) loses at most the last
+ * quarter second of lines; at exit a pipe whose reader lags is waited for up to EXIT_WRITE_MS.
  *
  * A regular file is written in place: an asynchronous write goes through the thread pool, and
  * with both cores busy the hand-off cost the request path 4.4 to 4.9 µs a line against 0.7 to 1.0
@@ -233,12 +233,8 @@ export function loggingOptions(
   }
   // Any other option (a formatter, a message key, a timestamp) could change how pino writes a line;
   // a stream that takes each line's level beside it (pino.multistream) needs pino to write it.
-  const stream = typeof logger === 'object' ? (logger as { stream?: Record<symbol, unknown> }).stream : undefined
-  const ownFormat =
-    logger === undefined ||
-    (typeof logger === 'object' &&
-      Object.keys(logger).every((key) => key === 'level' || key === 'stream') &&
-      !stream?.[pino.symbols.needsMetadataGsym])
+  const own = logger === undefined ? {} : typeof logger === 'object' ? (logger as { stream?: Record<symbol, unknown> }) : undefined
+  const ownFormat = own !== undefined && Object.keys(own).every((key) => key === 'level' || key === 'stream') && !own.stream?.[pino.symbols.needsMetadataGsym]
   return {
     logger: logger === undefined ? defaults : typeof logger === 'object' ? { ...defaults, ...logger } : logger,
     genReqId: requestId,
