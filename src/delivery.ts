@@ -132,9 +132,17 @@ function noValueError(name: string, value: string): InputError {
 
 const PAYOUT = new RegExp(DeliveryQuery.properties.payout.pattern!)
 const PAYOUT_INTEGER_DIGITS = 12
+// Already canonical (no sign, no leading zero, a fraction of 1 to 6 digits if any, below 10^12): as
+// most networks send it, returned as it is, without the five regexes and three copies below.
+const CANONICAL_PAYOUT = /^(?:0|[1-9]\d{0,11})(?:\.\d{1,6})?$/
 
 /** Checks the payout and returns it in canonical form, keeping the fraction digits as sent. */
 export function parsePayout(input: string): string {
+  return CANONICAL_PAYOUT.test(input) ? input : normalizePayout(input)
+}
+
+/** parsePayout for any input: checked, then sign, leading zeros and a zero's sign taken away. */
+export function normalizePayout(input: string): string {
   if (!PAYOUT.test(input)) {
     const hint = /^[+-]?\d*,\d+$/.test(input)
       ? "use '.' as the decimal separator"

@@ -86,7 +86,10 @@ export class ChunkedStdout {
 
   #handOn(): void {
     const chunk = this.take()
-    if (chunk !== '') this.stream.write(chunk)
+    // As bytes (the stream's contentMode is 'buffer'): encoded once. Given the string, sonic-boom
+    // measures its byte length, writes it, then encodes it again to see what was written: three
+    // passes over up to 64 KB, 1.5 µs a line in the receiver's profile.
+    if (chunk !== '') this.stream.write(Buffer.from(chunk) as unknown as string)
   }
 }
 
@@ -112,7 +115,7 @@ export function bufferedStdout(): ChunkedStdout {
   const sync = writtenInPlace(1)
   // Each chunk is written at once (a minLength of 0 would make flush() call back before an
   // asynchronous write is done).
-  const stream = pino.destination({ sync, minLength: 1 })
+  const stream = pino.destination({ sync, minLength: 1, contentMode: 'buffer' })
   const chunked = new ChunkedStdout(stream, sync ? FILE_CHUNK_CHARS : PIPE_CHUNK_CHARS)
   // A failed write (a full disk, a reader gone) ends the process: from a synchronous write, instead
   // of throwing from whichever log call wrote next.

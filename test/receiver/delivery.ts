@@ -1,6 +1,6 @@
 // The receiver's validation rules, as a pure function (the HTTP contract is in receiver.ts).
 import t from 'tap'
-import { isUnreplacedMacro, parseDelivery, parsePayout } from '../../src/delivery.ts'
+import { isUnreplacedMacro, normalizePayout, parseDelivery, parsePayout } from '../../src/delivery.ts'
 import { MalformedValue, parseQueryString } from '../../src/query-string.ts'
 
 t.test('the query-string parser keeps repeats, decodes, and marks malformed encodings', async (t) => {
@@ -28,6 +28,38 @@ t.test('payout canonical form keeps the scale as sent', async (t) => {
   t.throws(() => parsePayout('-'), { code: 'invalid_parameter' })
   t.throws(() => parsePayout('0x10'), { code: 'invalid_parameter' })
   t.throws(() => parsePayout('１２'), { code: 'invalid_parameter' }, 'full-width digits are not digits here')
+})
+
+t.test('a payout taken as it is sent is one the full check would give back unchanged', async (t) => {
+  // Every shape of digits, signs, dots and zeros up to 14 characters, as random strings: parsePayout
+  // returns some as they are; each must be what the full check (normalizePayout) makes of it.
+  const alphabet = ['0', '0', '1', '9', '.', '-', '+', '5']
+  let random = 7
+  const next = () => (random = (random * 1103515245 + 12345) % 2 ** 31)
+  let taken = 0
+  const differ: string[] = []
+  for (let i = 0; i < 50_000; i++) {
+    let input = ''
+    for (let length = 1 + (next() % 14); length > 0; length--) input += alphabet[next() % alphabet.length]
+    let full: string | undefined
+    try {
+      full = normalizePayout(input)
+    } catch {
+      full = undefined
+    }
+    let fast: string | undefined
+    try {
+      fast = parsePayout(input)
+    } catch {
+      fast = undefined
+    }
+    if (fast !== full && differ.length < 10) differ.push(`${JSON.stringify(input)}: ${fast} against ${full}`)
+    if (full === input) taken++
+  }
+  t.same(differ, [])
+  t.ok(taken > 1000, `${taken} inputs were already canonical`)
+  t.equal(parsePayout('0.5'), '0.5')
+  t.equal(parsePayout('120.000001'), '120.000001')
 })
 
 t.test('macro detection', async (t) => {
