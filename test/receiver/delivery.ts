@@ -13,7 +13,8 @@ t.test('the query-string parser keeps repeats, decodes, and marks malformed enco
   t.equal(query.e, '')
   // eslint-disable-next-line no-proto -- the parameter of that name, not the prototype
   t.equal(query.__proto__, 'p', 'a parameter named __proto__ is a plain parameter')
-  t.equal(Object.getPrototypeOf(query), null)
+  t.notOk('toString' in query, 'nothing is inherited')
+  t.equal(Object.getPrototypeOf(Object.getPrototypeOf(query)), null)
 })
 
 t.test('payout canonical form keeps the scale as sent', async (t) => {
