@@ -140,20 +140,33 @@ export default async function receiver(fastify: FastifyInstance) {
       onRequest: rateLimit,
       preValidation: checkSheetSecurity,
     },
-    async (request) => {
+    (request, reply) => {
       // The validator above turned the query into a checked Delivery.
       const delivery = request.query as unknown as Delivery
       if (request.postbackTest) {
         // Every check passed (sheet, secret, address, parameters, status mapping): nothing is stored.
         app.metrics.postbacks.inc({ outcome: 'test' })
         app.deliveryLog.recordTest(delivery.sheet_id, 'ok')
-        return { status: 'test' as const, conversion_status: delivery.status ?? 'approved' }
+        reply.send({ status: 'test' as const, conversion_status: delivery.status ?? 'approved' })
+        return
       }
-      const result = await app.conversionWriter.write(delivery)
-      app.metrics.postbacks.inc({ outcome: result.status })
-      if (result.status !== 'stored') app.deliveryLog.recordOutcome(delivery.sheet_id, result.status)
-      if (result.status === 'updated') request.log.info({ conversionId: result.conversionId, conversionStatus: result.conversionStatus }, 'conversion updated')
-      return { status: result.status, conversion_id: result.conversionId, conversion_status: result.conversionStatus }
+      // Answered from the writer's callback once the delivery's statement has committed (or failed).
+      app.conversionWriter.submit(delivery, (error, result) => {
+        // An error goes to the error handler, as one thrown by the handler would.
+        const untyped = reply as FastifyReply
+        if (error) {
+          untyped.send(error)
+          return
+        }
+        try {
+          app.metrics.postbacks.inc({ outcome: result!.status })
+          if (result!.status !== 'stored') app.deliveryLog.recordOutcome(delivery.sheet_id, result!.status)
+          if (result!.status === 'updated') request.log.info({ conversionId: result!.conversionId, conversionStatus: result!.conversionStatus }, 'conversion updated')
+          reply.send({ status: result!.status, conversion_id: result!.conversionId, conversion_status: result!.conversionStatus })
+        } catch (failure) {
+          untyped.send(failure)
+        }
+      })
     },
   )
 }

@@ -297,6 +297,52 @@ t.test('when the read of the keys a batch did not write fails, the keys it wrote
   t.equal(await count(sheet), 2)
 })
 
+t.test('submit answers each delivery once: those a committed statement answered keep their answer when the read after it fails', async (t) => {
+  const sheet = await newSheet(app)
+  const setup = writerThrough((statement) => app.db.query(statement))
+  await setup.write({ sheet_id: sheet, transaction_id: 'kept-once' })
+  await setup.drain()
+  const writer = writerThrough(async (statement) => {
+    if (statement.name === undefined) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
+    return app.db.query(statement)
+  })
+  const answers = new Map<string, Array<string | undefined>>()
+  for (const id of ['new-once', 'kept-once']) {
+    answers.set(id, [])
+    writer.submit({ sheet_id: sheet, transaction_id: id }, (error, result) => answers.get(id)!.push(error ? (error as { code?: string }).code : result!.status))
+  }
+  await writer.drain()
+  await sleep(20)
+  t.same(Object.fromEntries(answers), { 'new-once': ['stored'], 'kept-once': ['storage_unavailable'] })
+})
+
+t.test("an answer that throws keeps none of its batch's others from theirs", async (t) => {
+  const sheet = await newSheet(app)
+  const thrown: unknown[] = []
+  const writer = writerThrough((statement) => app.db.query(statement), { onAnswerError: (error) => thrown.push(error) })
+  const answered: string[] = []
+  for (const id of ['a1', 'a2', 'a3']) {
+    writer.submit({ sheet_id: sheet, transaction_id: id }, (error, result) => {
+      answered.push(`${id}:${error ? 'error' : result!.status}`)
+      if (id === 'a1') throw new Error('answer failed')
+    })
+  }
+  await writer.drain()
+  t.same(answered, ['a1:stored', 'a2:stored', 'a3:stored'])
+  t.match(thrown, [{ message: 'answer failed' }])
+})
+
+t.test('submit answers at once, with the 503, when the queue is full', async (t) => {
+  const sheet = await newSheet(app)
+  const writer = writerThrough((statement) => app.db.query(statement), { queueMax: 1 })
+  const answers: string[] = []
+  writer.submit({ sheet_id: sheet, transaction_id: 'q1' }, (error, result) => answers.push(error ? 'error' : result!.status))
+  writer.submit({ sheet_id: sheet, transaction_id: 'q2' }, (error) => answers.push((error as { code?: string } | null)?.code ?? 'no error'))
+  t.same(answers, ['overloaded'], 'the second, synchronously')
+  await writer.drain()
+  t.same(answers, ['overloaded', 'stored'])
+})
+
 t.test("the oldest queued delivery's wait counts from its arrival, not from when the batch before it left", async (t) => {
   const sheet = await newSheet(app)
   let release!: () => void
