@@ -60,8 +60,8 @@ interface Answer {
 
 interface Pending {
   row: Row
-  resolve: (answer: Answer) => void
-  reject: (error: unknown) => void
+  /** Called once: an error, or null and the answer. */
+  done: (error: unknown, answer?: Answer) => void
 }
 
 interface Statement {
@@ -138,16 +138,15 @@ class FloorWriter {
     this.#store = store
   }
 
-  write(row: Row): Promise<Answer> {
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ row, resolve, reject })
-      if (this.#scheduled || this.#inFlight >= this.#store.concurrency) return
-      // The rest of this turn's requests join the batch.
-      this.#scheduled = true
-      setImmediate(() => {
-        this.#scheduled = false
-        this.#flush()
-      })
+  /** Queues a row; `done` is called once its statement has committed (or failed). */
+  write(row: Row, done: Pending['done']): void {
+    this.#queue.push({ row, done })
+    if (this.#scheduled || this.#inFlight >= this.#store.concurrency) return
+    // The rest of this turn's requests join the batch.
+    this.#scheduled = true
+    setImmediate(() => {
+      this.#scheduled = false
+      this.#flush()
     })
   }
 
@@ -182,15 +181,15 @@ class FloorWriter {
         for (const [key, same] of byKey) {
           const found = ids.get(key)
           if (!found) {
-            for (const pending of same) pending.reject(new Error('no row after the insert'))
+            for (const pending of same) pending.done(new Error('no row after the insert'))
             continue
           }
-          same.forEach((pending, index) => pending.resolve({ status: index === 0 && found.stored ? 'stored' : 'duplicate', conversion_id: found.id }))
+          same.forEach((pending, index) => pending.done(null, { status: index === 0 && found.stored ? 'stored' : 'duplicate', conversion_id: found.id }))
         }
       }
     } catch (error) {
       settle = () => {
-        for (const pending of batch) pending.reject(error)
+        for (const pending of batch) pending.done(error)
       }
     }
     // The next batch goes out before this one is answered, as in the receiver.
@@ -258,7 +257,9 @@ export async function startFloor(config: Config, backlog: number): Promise<{ url
   const store = await openFloorStore(config)
   const writer = new FloorWriter(store)
   const app: FastifyInstance = Fastify({ logger: false })
-  app.get(FLOOR_PATH, async (request, reply) => {
+  // Answered from the writer's callback, as the receiver is (no async handler, promise or await
+  // between a commit and the answer).
+  app.get(FLOOR_PATH, (request, reply) => {
     const query = request.query as Record<string, unknown>
     const sheetId = text(query.sheet_id)
     const transactionId = text(query.transaction_id)
@@ -269,8 +270,8 @@ export async function startFloor(config: Config, backlog: number): Promise<{ url
     } catch {
       return reply.code(400).send({ error: 'invalid_parameter', parameter: 'status' })
     }
-    try {
-      return await writer.write({
+    writer.write(
+      {
         sheet_id: sheetId,
         transaction_id: transactionId,
         event: text(query.event) ?? '',
@@ -280,10 +281,9 @@ export async function startFloor(config: Config, backlog: number): Promise<{ url
         adset_id: text(query.adset_id),
         ad_id: text(query.ad_id),
         status,
-      })
-    } catch {
-      return reply.code(503).send({ error: 'storage_unavailable' })
-    }
+      },
+      (error, answer) => (error ? reply.code(503).send({ error: 'storage_unavailable' }) : reply.send(answer)),
+    )
   })
   // The two lines of the app's /metrics that bench/run.ts reads (postback_batch_size), nothing else.
   app.get('/metrics', async () => `postback_batch_size_sum ${writer.batches.rows}\npostback_batch_size_count ${writer.batches.count}\n`)

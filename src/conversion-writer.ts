@@ -201,6 +201,8 @@ export class ConversionWriter {
     }
     const settlements: Settlement[] = []
     let error: unknown
+    // Whether it failed: a rejection's reason may be anything, undefined too.
+    let failed = false
     try {
       for (let round = 0; round < rounds; round++) {
         const next: Run[] = []
@@ -209,6 +211,7 @@ export class ConversionWriter {
       }
     } catch (failure) {
       error = failure
+      failed = true
     }
     // The connection is free: hand it the deliveries that queued meanwhile before answering this
     // batch, so that the next statement runs while these answers are being sent.
@@ -216,7 +219,7 @@ export class ConversionWriter {
     this.#writingRows -= batch.length
     this.#schedule(false)
     for (const settle of settlements) settle()
-    if (error !== undefined) {
+    if (failed) {
       const failure = isDataError(error)
         ? refusedValue(error)
         : new UnavailableError('storage_unavailable', 'the conversion could not be stored now; retry later', this.#options.retryAfterSeconds)

@@ -332,6 +332,20 @@ t.test("an answer that throws keeps none of its batch's others from theirs", asy
   t.match(thrown, [{ message: 'answer failed' }])
 })
 
+t.test('a statement that fails without a reason (a rejection with undefined) still answers its batch, with the 503', async (t) => {
+  const sheet = await newSheet(app)
+  // eslint-disable-next-line prefer-promise-reject-errors -- exactly what is tested
+  const writer = writerThrough(() => Promise.reject(undefined))
+  const answers = await Promise.race([
+    Promise.allSettled([writer.write({ sheet_id: sheet, transaction_id: 'u1' }), writer.write({ sheet_id: sheet, transaction_id: 'u2' })]),
+    sleep(5000).then(() => 'unanswered after 5 s'),
+  ])
+  t.match(answers, [
+    { status: 'rejected', reason: { code: 'storage_unavailable' } },
+    { status: 'rejected', reason: { code: 'storage_unavailable' } },
+  ])
+})
+
 t.test('submit answers at once, with the 503, when the queue is full', async (t) => {
   const sheet = await newSheet(app)
   const writer = writerThrough((statement) => app.db.query(statement), { queueMax: 1 })
