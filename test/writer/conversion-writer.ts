@@ -71,6 +71,22 @@ function rowsOf(statement: Statement): number {
   return typeof sheets === 'string' ? (JSON.parse(`[${sheets.slice(1, -1)}]`) as unknown[]).length : sheets.length
 }
 
+/**
+ * A new sheet with `storedId` already stored, and a writer whose batch statement runs while the read
+ * after it (the unnamed statement, for keys it did not write) finds the store gone.
+ */
+async function lookupFailingWriter(storedId: string) {
+  const sheet = await newSheet(app)
+  const setup = writerThrough((statement) => app.db.query(statement))
+  await setup.write({ sheet_id: sheet, transaction_id: storedId })
+  await setup.drain()
+  const writer = writerThrough(async (statement) => {
+    if (statement.name === undefined) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
+    return app.db.query(statement)
+  })
+  return { sheet, writer }
+}
+
 /** A writer on the test app's store whose statements go through `query` (to hold or fail them). */
 function writerThrough(query: ConversionWriterOptions['query'], options: Partial<ConversionWriterOptions> = {}) {
   return new ConversionWriter({ query, batchMax: 100, batchWaitMs: 0, queueMax: 100, concurrency: 1, parallelAfterMs: 10, retryAfterSeconds: 3, ...options })
@@ -279,15 +295,7 @@ t.test('after a data error splits a batch, a failure that is not about data ends
 })
 
 t.test('when the read of the keys a batch did not write fails, the keys it wrote are answered as stored; only the others get the 503', async (t) => {
-  const sheet = await newSheet(app)
-  const setup = writerThrough((statement) => app.db.query(statement))
-  await setup.write({ sheet_id: sheet, transaction_id: 'kept' })
-  await setup.drain()
-  // The batch statement runs; the read after it (the unnamed statement) finds the store gone.
-  const writer = writerThrough(async (statement) => {
-    if (statement.name === undefined) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
-    return app.db.query(statement)
-  })
+  const { sheet, writer } = await lookupFailingWriter('kept')
   const [created, repeat] = await Promise.allSettled([
     writer.write({ sheet_id: sheet, transaction_id: 'new' }),
     writer.write({ sheet_id: sheet, transaction_id: 'kept' }),
@@ -298,14 +306,7 @@ t.test('when the read of the keys a batch did not write fails, the keys it wrote
 })
 
 t.test('submit answers each delivery once: those a committed statement answered keep their answer when the read after it fails', async (t) => {
-  const sheet = await newSheet(app)
-  const setup = writerThrough((statement) => app.db.query(statement))
-  await setup.write({ sheet_id: sheet, transaction_id: 'kept-once' })
-  await setup.drain()
-  const writer = writerThrough(async (statement) => {
-    if (statement.name === undefined) throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' })
-    return app.db.query(statement)
-  })
+  const { sheet, writer } = await lookupFailingWriter('kept-once')
   const answers = new Map<string, Array<string | undefined>>()
   for (const id of ['new-once', 'kept-once']) {
     answers.set(id, [])
