@@ -158,11 +158,12 @@ export default async function receiver(fastify: FastifyInstance) {
           untyped.send(error)
           return
         }
+        const { status, conversionId, conversionStatus } = result!
         try {
-          app.metrics.postbacks.inc({ outcome: result!.status })
-          if (result!.status !== 'stored') app.deliveryLog.recordOutcome(delivery.sheet_id, result!.status)
-          if (result!.status === 'updated') request.log.info({ conversionId: result!.conversionId, conversionStatus: result!.conversionStatus }, 'conversion updated')
-          reply.send({ status: result!.status, conversion_id: result!.conversionId, conversion_status: result!.conversionStatus })
+          app.metrics.postbacks.inc({ outcome: status })
+          if (status !== 'stored') app.deliveryLog.recordOutcome(delivery.sheet_id, status)
+          if (status === 'updated') request.log.info({ conversionId, conversionStatus }, 'conversion updated')
+          reply.send({ status, conversion_id: conversionId, conversion_status: conversionStatus })
         } catch (failure) {
           untyped.send(failure)
         }
