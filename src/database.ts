@@ -32,9 +32,11 @@ export interface Statement {
    * parameters' types and the result's columns of a named statement, with which it runs there as a
    * function of the session (`pg_temp.<name>`, created at its first use), whose plan PL/pgSQL keeps
    * as PostgreSQL keeps a prepared statement's. The receiver's batch statement costs about 1.4 ms
-   * instead of 2.1 that way (29 rows; `npx tsx bench/pglite-statement.ts`).
+   * instead of 2.1 that way (29 rows; `npx tsx bench/pglite-statement.ts`). `body`: the function's
+   * PL/pgSQL body (between BEGIN and END, `DECLARE`s before it), when it does more than
+   * `RETURN QUERY <text>;`.
    */
-  signature?: { parameters: string[]; returns: string }
+  signature?: { parameters: string[]; returns: string; declare?: string; body?: string }
 }
 
 export interface Database {
@@ -192,8 +194,9 @@ function sessionFunctions(pglite: PGlite): Database['query'] {
         CREATE OR REPLACE FUNCTION pg_temp.${name}(${signature.parameters.join(', ')}) RETURNS TABLE (${signature.returns})
         LANGUAGE plpgsql AS $function$
         #variable_conflict use_column
+        ${signature.declare ? `DECLARE ${signature.declare}` : ''}
         BEGIN
-          RETURN QUERY ${statement.text};
+          ${signature.body ?? `RETURN QUERY ${statement.text};`}
         END
         $function$`)
       created.set(name, creating)
