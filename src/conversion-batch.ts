@@ -70,69 +70,60 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
     ],
   })
   const outcomes = new Map<string, KeyOutcome>()
-  // Stored rows read in the same call (PGlite, BATCH_STATEMENT's signature): each answers its key
-  // unless the batch statement's own rows did. Rows of keys not in the batch are left unused.
-  let readInCall = false
   for (const row of written) {
-    const key = keyOf(row)
-    if (row.outcome !== 'duplicate') outcomes.set(key, row.outcome === 'unknown_sheet' ? null : { status: row.outcome, conversionId: row.id!, conversionStatus: row.status! })
-    else if (!outcomes.has(key)) {
-      readInCall = true
-      outcomes.set(key, { status: 'duplicate', conversionId: row.id!, conversionStatus: row.status! })
-    }
+    // `duplicate`: a stored row read by the same call (BATCH_STATEMENT's body), of a key the batch
+    // statement did not answer; it never stands in for an answer of the batch statement.
+    if (row.outcome === 'duplicate') {
+      const key = keyOf(row)
+      if (!outcomes.has(key)) outcomes.set(key, { status: 'duplicate', conversionId: row.id!, conversionStatus: row.status! })
+    } else outcomes.set(keyOf(row), row.outcome === 'unknown_sheet' ? null : { status: row.outcome, conversionId: row.id!, conversionStatus: row.status! })
   }
-  // The keys are distinct, and the batch statement's rows are of the batch's keys: a row for each
-  // of them, the common case, leaves nothing to look up.
-  if (!readInCall && outcomes.size === rows.length) return outcomes
+  // The keys are distinct, and every row is of one of them: a row for each, the common case,
+  // leaves nothing to look up.
+  if (outcomes.size === rows.length) return outcomes
   const keys = rows.map(keyOf)
   // The keys the statement neither wrote nor named unknown: repeats, refused moves, and keys whose
   // first delivery a concurrent batch committed while ours waited for it. A new statement (a new
   // snapshot) reads what is stored for them now.
-  const rest = new Set<string>()
-  const sheets = new Set<string>()
-  const transactions = new Set<string>()
-  const events = new Set<string>()
-  rows.forEach((row, index) => {
-    const key = keys[index]!
-    if (outcomes.has(key)) return
-    rest.add(key)
-    sheets.add(row.sheet_id)
-    transactions.add(row.transaction_id)
-    events.add(row.event ?? '')
-  })
-  if (rest.size > 0) {
+  const rest = rows.filter((_, index) => !outcomes.has(keys[index]!))
+  if (rest.length > 0) {
     let stored: BatchRow[]
     try {
-      stored = await query<BatchRow>({ ...STORED_STATEMENT, values: [textArray([...sheets]), textArray([...transactions]), textArray([...events])] })
+      stored = await query<BatchRow>({
+        ...STORED_STATEMENT,
+        values: [textArray(rest.map((d) => d.sheet_id)), textArray(rest.map((d) => d.transaction_id)), textArray(rest.map((d) => d.event ?? ''))],
+      })
     } catch (error) {
       throw new LookupFailedError(outcomes, error)
     }
-    for (const row of stored) {
-      const key = keyOf(row)
-      if (rest.has(key)) outcomes.set(key, { status: 'duplicate', conversionId: row.id!, conversionStatus: row.status! })
-    }
+    for (const row of stored) outcomes.set(keyOf(row), { status: 'duplicate', conversionId: row.id!, conversionStatus: row.status! })
   }
   // A key with no row is a sheet disabled meanwhile.
   for (const key of keys) if (!outcomes.has(key)) outcomes.set(key, null)
   return outcomes
 }
 
-// The stored rows of the keys the batch statement did not write, for their answers (duplicate, with
-// the conversion's id and status): every row whose sheet, transaction id and event are among theirs
-// (a batch's repeats are mostly of one sheet; rows of other combinations are left out by the caller).
-// One table and arrays (`= ANY`, which the key's index probes once per combination): planned in
-// about 70 µs at each run, against 80 for a join of the keys, and always for the table as it is. Not
-// a prepared statement: a generic plan made while the table was nearly empty was seen probing
-// (sheet_id, received_at, id) and reading every row of the sheet for each key (bench, fresh
-// database: 3,900 instead of 14,000 deliveries/s, 330 µs of PostgreSQL's CPU per delivery), and
-// after an ANALYZE of an empty table it is a sequential scan, kept until the next ANALYZE. Batches
-// without repeats do not run it.
-const STORED_TEXT = `
+// The stored rows of keys, for the answers of those the batch statement did not write (duplicate,
+// with the conversion's id and status). Always planned at its run, for the table as it is: not a
+// prepared statement (nor a function's cached plan), since a generic plan made while the table was
+// nearly empty was seen probing (sheet_id, received_at, id) and reading every row of the sheet for
+// each key (bench, fresh database: 3,900 instead of 14,000 deliveries/s, 330 µs of PostgreSQL's CPU
+// per delivery), and after an ANALYZE of an empty table it is a sequential scan, kept until the
+// next ANALYZE. One probe of the key's index per key: `= ANY` over the keys' sheets, ids and events
+// (and the rows of every combination of them) was no cheaper to plan, and with the arrays of a whole
+// batch (every element repeated) PostgreSQL costed the combinations, not the distinct keys, and
+// read the whole sheet instead (a tenth of the throughput). `condition`: more about the row `c`.
+function storedText(condition = ''): string {
+  return `
     SELECT c.id::text AS id, c.sheet_id, c.transaction_id, c.event, c.status, 'duplicate' AS outcome
-    FROM conversions c
-    WHERE c.sheet_id = ANY($1::text[]) AND c.transaction_id = ANY($2::text[]) AND c.event = ANY($3::text[])
-      AND EXISTS (SELECT FROM sheets s WHERE s.sheet_id = c.sheet_id AND s.active)`
-const STORED_STATEMENT = { text: STORED_TEXT }
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS k(sheet_id, transaction_id, event)
+    CROSS JOIN LATERAL (
+      SELECT c.id, c.sheet_id, c.transaction_id, c.event, c.status FROM conversions c
+      WHERE c.sheet_id = k.sheet_id AND c.transaction_id = k.transaction_id AND c.event = k.event${condition} OFFSET 0
+    ) c
+    WHERE EXISTS (SELECT FROM sheets s WHERE s.sheet_id = k.sheet_id AND s.active)`
+}
+const STORED_STATEMENT = { text: storedText() }
 
 // One statement per batch. It inserts the new conversions and moves the stored ones whose move the
 // lifecycle allows (ON CONFLICT DO UPDATE ... WHERE: the check runs on the newest committed version
@@ -140,9 +131,10 @@ const STORED_STATEMENT = { text: STORED_TEXT }
 // rows whose sheet is unknown or disabled. A move replaces payout and currency only when the
 // delivery carries them. Ids are cast to text: the two stores' query paths type bigint differently.
 // It reads no stored row: a batch of new conversions, the common case, costs one insert per row,
-// as in the floor. On PostgreSQL it is a prepared statement, on PGlite a function of the session
-// (its `signature`, src/database.ts); either way its plan may be cached as a generic plan made once, possibly while the tables were nearly empty: its only lookup (the sheet, a table
-// of few rows) is a LATERAL with OFFSET 0, planned as a per-row probe of the sheets' primary key.
+// as in the floor. It runs as a function of the session (its `signature`, src/database.ts), called
+// by a prepared statement, whose plan may be cached as a generic plan made once, possibly while the
+// tables were nearly empty: its only lookup (the sheet, a table of few rows) is a LATERAL with
+// OFFSET 0, planned as a per-row probe of the sheets' primary key.
 const BATCH_TEXT = `
     WITH input AS (
       SELECT i.*, s.default_currency
@@ -178,19 +170,22 @@ export const BATCH_STATEMENT = {
   signature: {
     parameters: Array<string>(10).fill('text[]'),
     returns: 'id text, sheet_id text, transaction_id text, event text, status text, outcome text',
-    // On PGlite, when some keys got no row (repeats, refused moves), their stored rows are read by
-    // the same call: its one connection runs no other batch between the two statements. The lookup
-    // is planned at each run (EXECUTE) for the reason STORED_STATEMENT is, and leaves out the rows
-    // this call wrote (their row version is of this transaction), which the batch statement
-    // answered: every key of the batch has a row by then. A separate statement through PGlite's
-    // query cost about 0.65 ms a batch (24 rows, half of them repeats; 0.84 ms the batch statement
-    // itself).
+    // When some keys got no row (repeats, refused moves, keys a concurrent batch committed while this
+    // one waited for it), their stored rows are read by the same call: a second statement of the
+    // function, which on PostgreSQL takes a new snapshot (a volatile function's statements each
+    // do), as a separate statement after the commit would; every row of a key whose lock this
+    // transaction holds is then its newest. It is planned at each run (EXECUTE) for the reason
+    // STORED_STATEMENT is, and leaves out the rows this call wrote (their version is of this
+    // transaction), which the batch statement answered. A second statement cost about 0.65 ms a
+    // batch through PGlite's query (24 rows, half of them repeats; the batch statement 0.84), and on
+    // PostgreSQL a round trip with its own fixed cost (about 11 µs of CPU a delivery, server and
+    // PostgreSQL, with half repeats in the bench).
     declare: 'answered bigint;',
     body: `
       RETURN QUERY ${BATCH_TEXT};
       GET DIAGNOSTICS answered = ROW_COUNT;
       IF answered < cardinality($1) THEN
-        RETURN QUERY EXECUTE $stored$${STORED_TEXT} AND c.xmin <> pg_current_xact_id()::xid$stored$ USING $1, $2, $3;
+        RETURN QUERY EXECUTE $stored$${storedText(' AND c.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid')}$stored$ USING $1, $2, $3;
       END IF;`,
   },
   text: BATCH_TEXT,

@@ -2,6 +2,7 @@
 // otherwise the embedded PGlite in DATA_DIR (locked against a second process). Both give one
 // PrismaClient plus a plain SQL session for the migration runner.
 import { mkdirSync } from 'node:fs'
+import type pg from 'pg'
 import { PGlite } from '@electric-sql/pglite'
 import { PrismaPg } from '@prisma/adapter-pg'
 import { PrismaPGlite } from 'pglite-prisma-adapter'
@@ -28,13 +29,13 @@ export interface Statement {
   text: string
   values: unknown[]
   /**
-   * For PGlite, whose API prepares nothing (every statement is parsed and planned at each run): the
-   * parameters' types and the result's columns of a named statement, with which it runs there as a
-   * function of the session (`pg_temp.<name>`, created at its first use), whose plan PL/pgSQL keeps
-   * as PostgreSQL keeps a prepared statement's. The receiver's batch statement costs about 1.4 ms
-   * instead of 2.1 that way (29 rows; `npx tsx bench/pglite-statement.ts`). `body`: the function's
-   * PL/pgSQL body (between BEGIN and END, `DECLARE`s before it), when it does more than
-   * `RETURN QUERY <text>;`.
+   * The parameters' types and the result's columns of a named statement, with which it runs as a
+   * function of the session (`pg_temp.<name>`, created on each connection at its first use there),
+   * whose plan PL/pgSQL keeps as PostgreSQL keeps a prepared statement's; on PostgreSQL the call is a
+   * prepared statement. For PGlite, whose API prepares nothing (every statement is parsed and planned
+   * at each run), the receiver's batch statement costs about 1.4 ms instead of 2.1 that way (29
+   * rows; `npx tsx bench/pglite-statement.ts`). `body`: the function's PL/pgSQL body (between BEGIN
+   * and END, `declare`: what goes after DECLARE), when it does more than `RETURN QUERY <text>;`.
    */
   signature?: { parameters: string[]; returns: string; declare?: string; body?: string }
 }
@@ -96,9 +97,7 @@ function openPostgres(config: Config, url: string, options: DatabaseOptions): Da
     kind: 'postgresql',
     location: redactUrl(url),
     prisma,
-    async query<Row>(statement: Statement) {
-      return (await pool.query(statement)).rows as Row[]
-    },
+    query: poolFunctions(pool),
     async withSession(fn) {
       // A connection of its own, not the pool's: a migration may run far longer than a request (a
       // CREATE INDEX on a large table), so neither the statement timeout nor pg's client-side read
@@ -189,24 +188,77 @@ function sessionFunctions(pglite: PGlite): Database['query'] {
     if (!name || !signature) return (await pglite.query<Row>(statement.text, values)).rows
     let creating = created.get(name)
     if (!creating) {
-      // RETURNS TABLE's columns are variables of the function; its queries mean the tables' columns.
-      creating = pglite.exec(`
-        CREATE OR REPLACE FUNCTION pg_temp.${name}(${signature.parameters.join(', ')}) RETURNS TABLE (${signature.returns})
-        LANGUAGE plpgsql AS $function$
-        #variable_conflict use_column
-        ${signature.declare ? `DECLARE ${signature.declare}` : ''}
-        BEGIN
-          ${signature.body ?? `RETURN QUERY ${statement.text};`}
-        END
-        $function$`)
+      creating = pglite.exec(functionDefinition(statement))
       created.set(name, creating)
       creating.catch(() => created.delete(name))
     }
     await creating
-    const parameters = values.map((_, index) => `$${index + 1}`).join(', ')
-    return (await pglite.query<Row>(`SELECT * FROM pg_temp.${name}(${parameters})`, values)).rows
+    return (await pglite.query<Row>(functionCall(statement), values)).rows
   }
 }
+
+/** The session function of a statement with a signature (CREATE OR REPLACE: a second run changes nothing). */
+function functionDefinition({ name, signature, text }: Statement): string {
+  // RETURNS TABLE's columns are variables of the function; its queries mean the tables' columns.
+  return `
+    CREATE OR REPLACE FUNCTION pg_temp.${name}(${signature!.parameters.join(', ')}) RETURNS TABLE (${signature!.returns})
+    LANGUAGE plpgsql AS $function$
+    #variable_conflict use_column
+    ${signature!.declare ? `DECLARE ${signature!.declare}` : ''}
+    BEGIN
+      ${signature!.body ?? `RETURN QUERY ${text};`}
+    END
+    $function$`
+}
+
+/** The call of a statement's session function, with the statement's parameters. */
+function functionCall({ name, values }: Statement): string {
+  return `SELECT * FROM pg_temp.${name}(${values.map((_, index) => `$${index + 1}`).join(', ')})`
+}
+
+/**
+ * PostgreSQL's query for the hot path: a statement with a signature runs as a function of the
+ * connection's session (created on each connection at its first use), called by a prepared
+ * statement of its name; the others through the pool as they are. A role that may not create
+ * temporary objects (REVOKE TEMPORARY ... FROM PUBLIC) runs them as they are too, from the first
+ * refusal on (the batch statement's text then reads the repeats by a statement of its own).
+ */
+function poolFunctions(pool: StorePool): Database['query'] {
+  const created = new WeakMap<pg.PoolClient, Set<string>>()
+  let refused = false
+  return async function query<Row>(statement: Statement): Promise<Row[]> {
+    const { name, signature, text, values } = statement
+    if (!name || !signature || refused) return (await pool.query({ name, text, values })).rows as Row[]
+    const client = (await pool.connect()) as pg.PoolClient
+    // A connection lost while checked out emits 'error' (its statement fails too); without a
+    // listener that would end the process. pool.query listens the same way.
+    client.on('error', ignore)
+    let creating = false
+    try {
+      let functions = created.get(client)
+      if (!functions) created.set(client, (functions = new Set()))
+      if (!functions.has(name)) {
+        creating = true
+        await client.query(functionDefinition(statement))
+        creating = false
+        functions.add(name)
+      }
+      const { rows } = await client.query({ name, text: functionCall(statement), values })
+      client.off('error', ignore)
+      client.release()
+      return rows as Row[]
+    } catch (error) {
+      // As pg's pool.query does: a connection whose statement failed is closed, not reused.
+      client.off('error', ignore)
+      client.release(error as Error)
+      if (!creating || (error as { code?: string }).code !== INSUFFICIENT_PRIVILEGE) throw error
+    }
+    refused = true
+    return query(statement)
+  }
+}
+const INSUFFICIENT_PRIVILEGE = '42501'
+const ignore = () => {}
 
 /**
  * PGlite whose use once closed (or closing) fails with StoreUnavailableError: a store closed under

@@ -1,0 +1,45 @@
+// The batch statement as a function of each connection's session (src/database.ts): on PostgreSQL
+// also for a role that may not create temporary objects, which runs the statements as they are.
+import pg from 'pg'
+import t from 'tap'
+import { newPostgresDatabase, onPostgres, receiverUrl, testApp, uniqueId } from '../helpers.ts'
+
+if (onPostgres) {
+  t.test('a role without TEMPORARY on its database stores and answers deliveries, repeats too, by plain statements', async (t) => {
+    const url = await newPostgresDatabase(t)
+    // Migrated by the server's own role, then used by one that may not create temporary objects.
+    const owner = await testApp(t, { DATABASE_URL: url })
+    await owner.close()
+    const role = uniqueId('notemp').replace('-', '_')
+    const admin = new pg.Client({ connectionString: url })
+    await admin.connect()
+    const database = new URL(url).pathname.slice(1)
+    await admin.query(`CREATE ROLE ${role} LOGIN`)
+    await admin.query(`REVOKE TEMPORARY ON DATABASE ${database} FROM PUBLIC`)
+    // The start-up's check of the migrations creates its table if missing: CREATE on the schema.
+    await admin.query(`GRANT CREATE ON SCHEMA public TO ${role}`)
+    await admin.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO ${role}`)
+    await admin.query(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`)
+    await admin.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('s1', 's1', 'USD')`)
+    t.teardown(async () => {
+      await admin.query(`DROP OWNED BY ${role}`)
+      await admin.end()
+      const server = new pg.Client({ connectionString: process.env.DATABASE_URL })
+      await server.connect()
+      await server.query(`DROP ROLE IF EXISTS ${role}`)
+      await server.end()
+    })
+    const restricted = new URL(url)
+    restricted.username = role
+    const app = await testApp(t, { DATABASE_URL: restricted.toString() })
+    const deliver = async (transaction: string) => (await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: 's1', transaction_id: transaction }) })).json()
+    const [first, second] = await Promise.all([deliver('a'), deliver('b')])
+    t.match(first, { status: 'stored' })
+    t.match(second, { status: 'stored' })
+    const [repeat, third] = await Promise.all([deliver('a'), deliver('c')])
+    t.same(repeat, { status: 'duplicate', conversion_id: first.conversion_id, conversion_status: 'approved' })
+    t.match(third, { status: 'stored' })
+    const functions = await admin.query(`SELECT count(*)::int AS n FROM pg_proc WHERE proname LIKE 'postback_conversion_batch%'`)
+    t.equal(functions.rows[0].n, 0, 'no function was created')
+  })
+}
