@@ -14,7 +14,7 @@
 //   with the id of the stored row.
 // The insert is bare; the ids of repeats (keys it returned no row for) are read by a second
 // statement, only when there are any.
-// PostgreSQL: `pg` directly, named prepared statements, up to as many statements in flight as the
+// PostgreSQL: `pg` directly, the insert a named prepared statement, up to as many statements in flight as the
 // receiver may have (DB_POOL_MAX / 2, 5 by default), each started at once. (The receiver runs one
 // at a time while they are quick, RECEIVER_PARALLEL_AFTER_MS: its batching policy, part of what is
 // measured against this one.)
@@ -104,12 +104,14 @@ export const FLOOR_INSERT = {
     RETURNING id::text AS id, sheet_id, transaction_id, event, true AS stored`,
 }
 
-// As the receiver's (src/conversion-batch.ts, STORED_STATEMENT): one table and arrays, every row
-// whose sheet, transaction id and event are among the repeats' (the rows of other combinations are
-// left out by the caller), planned at each run. Until 2026-11-30 (late) a prepared join of the keys:
-// its generic plan, made while the table was nearly empty, can read the whole sheet for each key
-// (seen in one bench run: the floor at 8,736 req/s with half repeats, 167 µs of CPU a delivery,
-// against 16,956 and 70 in the run before); a floor that can do that is not a correct receiver.
+// The repeats' rows: one table and arrays (`= ANY` over the repeats' distinct sheets, ids and
+// events; rows of other combinations are left out by the caller), planned at each run: with the
+// bench's one sheet and event, one scan of the key's index. Until 2026-11-30 (late) a prepared join
+// of the keys: its generic plan, made while the table was nearly empty, can read the whole sheet for
+// each key (seen in one bench run: the floor at 8,736 req/s with half repeats, 167 µs of CPU a
+// delivery, against 16,956 and 70 in the run before); a floor that can do that is not a correct
+// receiver. (The receiver reads its repeats in the batch statement's own call instead, a round trip
+// less: src/conversion-batch.ts, BATCH_STATEMENT.)
 const LOOKUP_STATEMENT = {
   text: `
     SELECT c.id::text AS id, c.sheet_id, c.transaction_id, c.event

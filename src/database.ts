@@ -2,7 +2,7 @@
 // otherwise the embedded PGlite in DATA_DIR (locked against a second process). Both give one
 // PrismaClient plus a plain SQL session for the migration runner.
 import { mkdirSync } from 'node:fs'
-import type pg from 'pg'
+import pg from 'pg'
 import { PGlite } from '@electric-sql/pglite'
 import { PrismaPg } from '@prisma/adapter-pg'
 import { PrismaPGlite } from 'pglite-prisma-adapter'
@@ -51,7 +51,8 @@ export interface Database {
    * its plan possibly cached as a generic one), one without is planned at each run (see
    * STORED_STATEMENT in src/conversion-batch.ts for when that matters). On PGlite it goes to
    * PGlite's own query, not through Prisma (whose raw query costs about 0.7 ms more per batch
-   * statement): PGlite runs it between Prisma's transactions, never inside one.
+   * statement): PGlite runs it between Prisma's transactions, never inside one. On both, a statement
+   * with a `signature` runs as a function of the session (Statement.signature).
    * Rows come back as the driver gives them: numeric columns as strings; cast bigint to text (pg
    * gives a string, PGlite a number, or a BigInt past 2^53).
    */
@@ -221,22 +222,24 @@ function functionCall({ name, values }: Statement): string {
  * connection's session (created on each connection at its first use), called by a prepared
  * statement of its name; the others through the pool as they are. A role that may not create
  * temporary objects (REVOKE TEMPORARY ... FROM PUBLIC) runs them as they are too, from the first
- * refusal on (the batch statement's text then reads the repeats by a statement of its own).
+ * refusal on, prepared as `<name>_plain` (a prepared statement's name stays unique to its text on
+ * each connection); the batch statement's text then reads the repeats by a statement of its own.
  */
 function poolFunctions(pool: StorePool): Database['query'] {
   const created = new WeakMap<pg.PoolClient, Set<string>>()
   let refused = false
-  return async function query<Row>(statement: Statement): Promise<Row[]> {
+  return async function query<Row>(statement: Statement, again = false): Promise<Row[]> {
     const { name, signature, text, values } = statement
-    if (!name || !signature || refused) return (await pool.query({ name, text, values })).rows as Row[]
+    if (!name || !signature) return (await pool.query(statement)).rows as Row[]
+    if (refused) return (await pool.query({ name: `${name}_plain`, text, values })).rows as Row[]
     const client = (await pool.connect()) as pg.PoolClient
     // A connection lost while checked out emits 'error' (its statement fails too); without a
     // listener that would end the process. pool.query listens the same way.
     client.on('error', ignore)
+    let functions = created.get(client)
+    if (!functions) created.set(client, (functions = new Set()))
     let creating = false
     try {
-      let functions = created.get(client)
-      if (!functions) created.set(client, (functions = new Set()))
       if (!functions.has(name)) {
         creating = true
         await client.query(functionDefinition(statement))
@@ -248,16 +251,22 @@ function poolFunctions(pool: StorePool): Database['query'] {
       client.release()
       return rows as Row[]
     } catch (error) {
-      // As pg's pool.query does: a connection whose statement failed is closed, not reused.
       client.off('error', ignore)
-      client.release(error as Error)
-      if (!creating || (error as { code?: string }).code !== INSUFFICIENT_PRIVILEGE) throw error
+      const code = (error as { code?: string }).code
+      // An error the server reported leaves the connection as it was (the statement's transaction
+      // rolled back); anything else (a lost connection, pg's read timeout) closes it.
+      client.release(error instanceof pg.DatabaseError ? undefined : (error as Error))
+      if (creating && code === INSUFFICIENT_PRIVILEGE) refused = true
+      else if (code === UNDEFINED_FUNCTION && !again) {
+        // The session lost its function (DISCARD TEMP, say): made again, and the call once more.
+        functions.delete(name)
+      } else throw error
     }
-    refused = true
-    return query(statement)
+    return query(statement, true)
   }
 }
 const INSUFFICIENT_PRIVILEGE = '42501'
+const UNDEFINED_FUNCTION = '42883'
 const ignore = () => {}
 
 /**

@@ -1,10 +1,13 @@
 // Logs as an operator reads them: JSON lines, a request id on each request's lines and in the
 // x-request-id header, secrets redacted, one line per rejected postback, probes kept quiet.
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import pino from 'pino'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
+import { ChunkedStdout } from '../../src/logger.ts'
 import { isSecretParameter, redactQueryValues } from '../../src/logging.ts'
-import { capturedLog, newSheet, receiverUrl, testConfig } from '../helpers.ts'
+import { capturedLog, newSheet, receiverUrl, scratchDir, testConfig } from '../helpers.ts'
 
 interface LogLine {
   level: number
@@ -190,3 +193,18 @@ t.test('through a stream that takes each line with its level (pino.multistream),
   t.match(captured.lines().filter((line) => line.reqId === 'multistream-1'), [{ msg: 'request completed', level: 30, res: { statusCode: 404 } }])
   t.same(warnings.lines().map((line) => line.msg), ['a warning first'], 'the warn stream has the warning only')
 })
+
+for (const sync of [true, false]) {
+  t.test(`lines gathered into chunks of bytes come out whole and in order (${sync ? 'written in place' : 'written asynchronously'}): multi-byte characters, a line longer than a chunk, a flush`, async (t) => {
+    const file = join(scratchDir(t), 'out.log')
+    const destination = pino.destination({ dest: file, sync, minLength: 1, contentMode: 'buffer' })
+    t.teardown(() => destination.destroy())
+    // 64 bytes: every few lines fill a chunk. The second line is 19 characters and 55 bytes.
+    const chunked = new ChunkedStdout(destination, 64)
+    const written = ['plain line\n', `${'✓'.repeat(18)}\n`, 'évènement 😀 ünïcödé\n', `${'long '.repeat(40)}\n`, 'x\n', 'Ωmega at the end\n', 'last\n']
+    for (const line of written.slice(0, -1)) chunked.write(line)
+    chunked.write(written.at(-1)!)
+    await new Promise<void>((resolve, reject) => chunked.flush((error) => (error ? reject(error) : resolve())))
+    t.equal(readFileSync(file, 'utf8'), written.join(''))
+  })
+}

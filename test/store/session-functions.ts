@@ -1,10 +1,30 @@
 // The batch statement as a function of each connection's session (src/database.ts): on PostgreSQL
-// also for a role that may not create temporary objects, which runs the statements as they are.
+// made again when a session loses it, and a role that may not create temporary objects runs the
+// statements as they are.
 import pg from 'pg'
 import t from 'tap'
-import { newPostgresDatabase, onPostgres, receiverUrl, testApp, uniqueId } from '../helpers.ts'
+import { BATCH_STATEMENT } from '../../src/conversion-batch.ts'
+import { newPostgresDatabase, newSheet, onPostgres, receiverUrl, testApp, uniqueId } from '../helpers.ts'
 
 if (onPostgres) {
+  t.test('a session that lost its function (dropped from outside) makes it again: no delivery fails', async (t) => {
+    const app = await testApp(t)
+    const sheet = await newSheet(app)
+    const deliver = async (transaction: string) => (await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: transaction }) })).json()
+    t.match(await deliver('before'), { status: 'stored' })
+    const admin = new pg.Client({ connectionString: process.env.DATABASE_URL })
+    await admin.connect()
+    t.teardown(() => admin.end())
+    const { rows } = await admin.query(
+      `SELECT n.nspname, p.oid::regprocedure::text AS signature FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE p.proname = $1 AND n.nspname LIKE 'pg_temp%'`,
+      [BATCH_STATEMENT.name],
+    )
+    t.ok(rows.length > 0, 'the function is in a session of the app')
+    for (const row of rows) await admin.query(`DROP FUNCTION ${row.nspname}.${row.signature.slice(row.signature.indexOf('.') + 1)}`)
+    for (const transaction of ['after-1', 'after-2', 'before']) t.match(await deliver(transaction), { status: transaction === 'before' ? 'duplicate' : 'stored' })
+  })
+
   t.test('a role without TEMPORARY on its database stores and answers deliveries, repeats too, by plain statements', async (t) => {
     const url = await newPostgresDatabase(t)
     // Migrated by the server's own role, then used by one that may not create temporary objects.

@@ -2,7 +2,7 @@
 // one statement per batch, the longest wait, pipelining, and a repeat that races its first delivery.
 import pg from 'pg'
 import t from 'tap'
-import { BATCH_STATEMENT } from '../../src/conversion-batch.ts'
+import { BATCH_STATEMENT, IN_CALL_KEYS } from '../../src/conversion-batch.ts'
 import { ConversionWriter, type ConversionWriterOptions } from '../../src/conversion-writer.ts'
 import type { Statement } from '../../src/database.ts'
 import type { Delivery } from '../../src/schemas/receiver.ts'
@@ -133,7 +133,7 @@ t.test('a batch of new rows and unknown sheets is one statement; a repeat of a s
 
 t.test('repeats in several sheets are each answered with their own row, and the keys the batch stored as stored', async (t) => {
   // Keys of two sheets, ids and events whose other combinations are stored too: (a, t2, sale) and
-  // (b, t1) by this batch, (a, t2) before it.
+  // (b, t1) by this batch, (a, t2) before it: each answer is of its own key.
   const [a, b] = [await newSheet(app), await newSheet(app)]
   const { writer, statements } = countingWriter()
   const first = await Promise.all([
@@ -155,6 +155,28 @@ t.test('repeats in several sheets are each answered with their own row, and the 
   t.match(newB, { status: 'stored' })
   t.not(newA.conversionId, first[2].conversionId)
   t.not(newB.conversionId, first[0].conversionId)
+})
+
+t.test("the batch statement's call answers a repeat with its stored row and a new key only as stored; a large batch leaves its repeats to the lookup", async (t) => {
+  const sheet = await newSheet(app)
+  const { conversionId: storedId } = await writerThrough((statement) => app.db.query(statement)).write({ sheet_id: sheet, transaction_id: 'old' })
+  // The columns of BATCH_STATEMENT: sheet, id, event, payout, currency, three Meta ids, status, network status.
+  const call = (ids: string[]) =>
+    app.db.query<{ transaction_id: string; outcome: string; id: string }>({
+      ...BATCH_STATEMENT,
+      values: [ids.map(() => sheet), ids, ids.map(() => ''), ...Array.from({ length: 5 }, () => ids.map(() => null)), ids.map(() => 'approved'), ids.map(() => null)],
+    })
+  const rows = await call(['new', 'old'])
+  t.same(
+    rows.map(({ transaction_id, outcome }) => [transaction_id, outcome]).sort(),
+    [
+      ['new', 'stored'],
+      ['old', 'duplicate'],
+    ],
+  )
+  t.equal(rows.find((row) => row.transaction_id === 'old')?.id, storedId)
+  const many = Array.from({ length: IN_CALL_KEYS }, (_, index) => `many-${index}`)
+  t.same((await call([...many, 'old'])).filter((row) => row.outcome !== 'stored'), [], 'no row for the repeat of a batch of more keys')
 })
 
 t.test('a batch waits up to RECEIVER_BATCH_WAIT_MS for deliveries to join it, and no longer once it is full', async (t) => {
