@@ -45,10 +45,12 @@ export function keyOf(d: { sheet_id: string; transaction_id: string; event?: str
 export const statusOf = (delivery: Delivery): ConversionStatus => delivery.status ?? 'approved'
 
 /**
- * Writes deliveries of distinct keys in one statement, plus a read when some keys were not written
- * (repeats, refused moves, a race with another batch), and returns each key's outcome, by key. Each
- * delivery is inserted, or moves its stored conversion when the lifecycle allows the move; anything
- * else changes nothing. When that read fails, LookupFailedError carries what was written.
+ * Writes deliveries of distinct keys by one call of the batch statement, which also reads the stored
+ * rows of the keys it did not write (repeats, refused moves, a race with another batch) when the
+ * batch has up to IN_CALL_KEYS keys; a separate read takes any keys left. Returns each key's
+ * outcome, by key. Each delivery is inserted, or moves its stored conversion when the lifecycle
+ * allows the move; anything else changes nothing. When the separate read fails, LookupFailedError
+ * carries what was written.
  */
 export async function writeDeliveries(query: Database['query'], deliveries: Delivery[]): Promise<Map<string, KeyOutcome>> {
   // Sorted so that concurrent batches (on any instance) take row locks in the same order.
@@ -82,9 +84,10 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
   // leaves nothing to look up.
   if (outcomes.size === rows.length) return outcomes
   const keys = rows.map(keyOf)
-  // The keys the statement neither wrote nor named unknown: repeats, refused moves, and keys whose
-  // first delivery a concurrent batch committed while ours waited for it. A new statement (a new
-  // snapshot) reads what is stored for them now.
+  // The keys the call neither wrote, named unknown, nor read: those of a batch of more than
+  // IN_CALL_KEYS keys (repeats, refused moves, keys whose first delivery a concurrent batch committed
+  // while ours waited for it), or of a sheet disabled meanwhile. A new statement (a new snapshot)
+  // reads what is stored for them now.
   const rest = rows.filter((_, index) => !outcomes.has(keys[index]!))
   if (rest.length > 0) {
     let stored: BatchRow[]
