@@ -73,8 +73,9 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
   })
   const outcomes = new Map<string, KeyOutcome>()
   for (const row of written) {
-    // `duplicate`: a stored row read by the same call (BATCH_STATEMENT's body), of a key the batch
-    // statement did not answer; it never stands in for an answer of the batch statement.
+    // `duplicate`: a stored row read by the same call (BATCH_STATEMENT's body), in a later snapshot;
+    // it never stands in for an answer of the batch statement (a key named unknown whose sheet was
+    // enabled again while the call waited on a lock has its stored row read too).
     if (row.outcome === 'duplicate') {
       const key = keyOf(row)
       if (!outcomes.has(key)) outcomes.set(key, { status: 'duplicate', conversionId: row.id!, conversionStatus: row.status! })

@@ -43,11 +43,8 @@ if (onPostgres) {
     await admin.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('s1', 's1', 'USD')`)
     t.teardown(async () => {
       await admin.query(`DROP OWNED BY ${role}`)
+      await admin.query(`DROP ROLE ${role}`)
       await admin.end()
-      const server = new pg.Client({ connectionString: process.env.DATABASE_URL })
-      await server.connect()
-      await server.query(`DROP ROLE IF EXISTS ${role}`)
-      await server.end()
     })
     const restricted = new URL(url)
     restricted.username = role

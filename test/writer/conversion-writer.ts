@@ -2,7 +2,7 @@
 // one statement per batch, the longest wait, pipelining, and a repeat that races its first delivery.
 import pg from 'pg'
 import t from 'tap'
-import { BATCH_STATEMENT, IN_CALL_KEYS } from '../../src/conversion-batch.ts'
+import { BATCH_STATEMENT, IN_CALL_KEYS, writeDeliveries } from '../../src/conversion-batch.ts'
 import { ConversionWriter, type ConversionWriterOptions } from '../../src/conversion-writer.ts'
 import type { Statement } from '../../src/database.ts'
 import type { Delivery } from '../../src/schemas/receiver.ts'
@@ -160,12 +160,20 @@ t.test('repeats in several sheets are each answered with their own row, and the 
 t.test("the batch statement's call answers a repeat with its stored row and a new key only as stored; a large batch leaves its repeats to the lookup", async (t) => {
   const sheet = await newSheet(app)
   const { conversionId: storedId } = await writerThrough((statement) => app.db.query(statement)).write({ sheet_id: sheet, transaction_id: 'old' })
-  // The columns of BATCH_STATEMENT: sheet, id, event, payout, currency, three Meta ids, status, network status.
-  const call = (ids: string[]) =>
-    app.db.query<{ transaction_id: string; outcome: string; id: string }>({
-      ...BATCH_STATEMENT,
-      values: [ids.map(() => sheet), ids, ids.map(() => ''), ...Array.from({ length: 5 }, () => ids.map(() => null)), ids.map(() => 'approved'), ids.map(() => null)],
-    })
+  // The rows of the batch statement's call, as writeDeliveries makes it (a separate lookup after it
+  // is left out).
+  const call = async (ids: string[]) => {
+    let rows: Array<{ transaction_id: string; outcome: string; id: string }> = []
+    await writeDeliveries(
+      async <Row>(statement: Statement) => {
+        const answer = await app.db.query<Row>(statement)
+        if (statement.name === BATCH_STATEMENT.name) rows = answer as typeof rows
+        return answer
+      },
+      ids.map((id) => ({ sheet_id: sheet, transaction_id: id })),
+    )
+    return rows
+  }
   const rows = await call(['new', 'old'])
   t.same(
     rows.map(({ transaction_id, outcome }) => [transaction_id, outcome]).sort(),
@@ -291,17 +299,48 @@ if (onPostgres) {
     const { writer, statements } = countingWriter()
     const result = writer.write({ sheet_id: sheet, transaction_id: 'raced' })
     // Let our statement start and block on the other transaction's row.
-    for (let i = 0; i < 50; i++) {
+    let blocked = false
+    for (let i = 0; i < 50 && !blocked; i++) {
       const waiting = await other.query(
       `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
       )
-      if (waiting.rows[0].n > 0) break
-      await sleep(20)
+      blocked = waiting.rows[0].n > 0
+      if (!blocked) await sleep(20)
     }
+    t.ok(blocked, 'our statement waited on the other transaction: the race happened')
     await other.query('COMMIT')
     t.same(await result, { status: 'duplicate', conversionId: row.id, conversionStatus: 'approved' })
     t.same(statements, [BATCH_STATEMENT.name], 'the committed row is read by the same call, in a snapshot taken after the wait')
     t.equal(await count(sheet), 1)
+  })
+
+  t.test('a sheet enabled again while the batch waits: its key stays answered unknown, not by the stored row the call reads after', async (t) => {
+    const [disabled, busy] = [await newSheet(app), await newSheet(app)]
+    const seed = writerThrough((statement) => app.db.query(statement))
+    await Promise.all([seed.write({ sheet_id: disabled, transaction_id: 'k' }), seed.write({ sheet_id: busy, transaction_id: 'r' })])
+    await app.prisma.$executeRaw`UPDATE sheets SET active = false WHERE sheet_id = ${disabled}`
+    const other = new pg.Client({ connectionString: process.env.DATABASE_URL })
+    await other.connect()
+    t.teardown(() => other.end())
+    // Another transaction holds the repeat's row and enables the sheet again; it commits while our
+    // batch statement (which saw the sheet disabled) waits on that row.
+    await other.query('BEGIN')
+    await other.query(`UPDATE conversions SET network_status = 'held' WHERE sheet_id = $1 AND transaction_id = 'r'`, [busy])
+    await other.query('UPDATE sheets SET active = true WHERE sheet_id = $1', [disabled])
+    const { writer, statements } = countingWriter()
+    const results = Promise.allSettled([writer.write({ sheet_id: disabled, transaction_id: 'k' }), writer.write({ sheet_id: busy, transaction_id: 'r' })])
+    let blocked = false
+    for (let i = 0; i < 50 && !blocked; i++) {
+      const waiting = await other.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
+      blocked = waiting.rows[0].n > 0
+      if (!blocked) await sleep(20)
+    }
+    t.ok(blocked, 'our statement waited on the other transaction: the race happened')
+    await other.query('COMMIT')
+    const [unknown, repeat] = await results
+    t.match(unknown, { status: 'rejected', reason: { code: 'unknown_sheet', statusCode: 404 } })
+    t.match(repeat, { status: 'fulfilled', value: { status: 'duplicate' } })
+    t.same(statements, [BATCH_STATEMENT.name], 'one call, which read the repeat (and the now enabled sheet\'s row)')
   })
 }
 
