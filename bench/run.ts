@@ -13,7 +13,7 @@
 // queue admits; every answer must be a 2xx or a 503 and memory must stay bounded.
 // Options: `npm run bench -- --help`.
 import { spawn } from 'node:child_process'
-import { closeSync, cpSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { closeSync, cpSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, loadavg, tmpdir } from 'node:os'
 import { join, resolve as resolvePath } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -26,7 +26,7 @@ import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, envPairs, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, envPairs, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -284,49 +284,6 @@ async function startServer(name: string, env: Record<string, string>, floor = fa
       if (!args['keep-logs']) rmSync(logPath, { force: true })
     },
   }
-}
-
-/** CPU seconds (user + system) a process has used, from /proc. */
-function cpuSeconds(pid: number | 'self'): number {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
-    return (Number(fields[11]) + Number(fields[12])) / 100
-  } catch {
-    return 0
-  }
-}
-
-/**
- * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database, and
- * (`shared`) the WAL writer, checkpointer and background writer, which also work for every other
- * database of the server, so other work on the machine shows in them, and the autovacuum workers
- * of its database, whose work falls on whichever route happens to be measured. Other databases'
- * backends are left out. Process titles read "postgres: 15/main: walwriter" (with the cluster's
- * name) or "postgres: walwriter".
- */
-function postgresCpuSeconds(database: string | undefined): Map<number, { seconds: number; shared: boolean }> {
-  const seconds = new Map<number, { seconds: number; shared: boolean }>()
-  if (!database) return seconds
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue
-    try {
-      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue
-      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8')
-      const ours = title.includes(` ${database} `) || title.includes(` ${database}\0`)
-      const shared = /^postgres: (?:[^:]+: )?(walwriter|checkpointer|background writer)/.test(title) || (ours && title.includes('autovacuum worker'))
-      if (shared || ours) seconds.set(Number(entry), { seconds: cpuSeconds(Number(entry)), shared })
-    } catch {
-      // Gone meanwhile.
-    }
-  }
-  return seconds
-}
-
-/** CPU seconds PostgreSQL's processes used between two snapshots (a process that ended meanwhile is left out). */
-function postgresCpuUsed(before: ReturnType<typeof postgresCpuSeconds>, after: ReturnType<typeof postgresCpuSeconds>) {
-  const used = { backends: 0, shared: 0 }
-  for (const [pid, { seconds, shared }] of after) used[shared ? 'shared' : 'backends'] += seconds - (before.get(pid)?.seconds ?? 0)
-  return used
 }
 
 function listenOverflows(): number {

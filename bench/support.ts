@@ -1,4 +1,5 @@
 // Helpers shared by the benchmark scripts.
+import { readdirSync, readFileSync } from 'node:fs'
 import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { createApiKey } from '../src/api-keys.ts'
@@ -144,4 +145,53 @@ export async function alternatingRounds<V extends { label: string }>(variants: [
   console.log(
     `ratio ${variants[0].label} / ${variants[1].label}: ${(rate(variants[0]) / rate(variants[1])).toFixed(3)} overall; per round ${roundRatios.map((r) => r.toFixed(2)).join(' ')}, median ${median.toFixed(3)}`,
   )
+}
+
+/** CPU seconds (user + system) a process has used, from /proc. */
+export function cpuSeconds(pid: number | 'self'): number {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return 0
+  }
+}
+
+/**
+ * CPU seconds used by PostgreSQL for the benchmark: the backends connected to its database, and
+ * (`shared`) the WAL writer, checkpointer and background writer, which also work for every other
+ * database of the server, so other work on the machine shows in them, and the autovacuum workers
+ * of its database, whose work falls on whichever route happens to be measured. Other databases'
+ * backends are left out. Process titles read "postgres: 15/main: walwriter" (with the cluster's
+ * name) or "postgres: walwriter".
+ */
+export function postgresCpuSeconds(database: string | undefined): Map<number, { seconds: number; shared: boolean }> {
+  const seconds = new Map<number, { seconds: number; shared: boolean }>()
+  if (!database) return seconds
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() !== 'postgres') continue
+      const title = readFileSync(`/proc/${entry}/cmdline`, 'utf8')
+      const ours = title.includes(` ${database} `) || title.includes(` ${database}\0`)
+      const shared = /^postgres: (?:[^:]+: )?(walwriter|checkpointer|background writer)/.test(title) || (ours && title.includes('autovacuum worker'))
+      if (shared || ours) seconds.set(Number(entry), { seconds: cpuSeconds(Number(entry)), shared })
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return seconds
+}
+
+/** CPU seconds PostgreSQL's processes used between two snapshots (a process that ended meanwhile is left out). */
+export function postgresCpuUsed(before: ReturnType<typeof postgresCpuSeconds>, after: ReturnType<typeof postgresCpuSeconds>) {
+  const used = { backends: 0, shared: 0 }
+  for (const [pid, { seconds, shared }] of after) used[shared ? 'shared' : 'backends'] += seconds - (before.get(pid)?.seconds ?? 0)
+  return used
+}
+
+/** Idle and total CPU time of the machine (all cores), in clock ticks, from /proc/stat; I/O wait counts as idle. */
+export function machineTicks(): { idle: number; total: number } {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
+  return { idle: fields[3]! + fields[4]!, total: fields.reduce((sum, value) => sum + value, 0) }
 }

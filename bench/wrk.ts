@@ -6,14 +6,19 @@
 // Options: --duration S per route and mix (10), --rounds N (2), --warmup S per route before the
 // first mix (2; the floor is a process of its own and would otherwise pay its start-up, JIT and
 // connections in its first measured slice), --connections N (50), --threads N (1), --pg-url URL,
-// --env NAME=VALUE for the server.
+// --env NAME=VALUE for the server, --routes (noop,floor,naive,receiver), --perf FILE: Linux perf's
+// samples of both servers during the measured rounds into FILE, and where their CPU went per request
+// (bench/perf-summary.ts; with --routes floor,receiver the app server's column is the receiver's). Beside each route's rate and latency: the CPU its server and
+// PostgreSQL's backends for the bench's database used per request while measured (from /proc), and how
+// much of the machine sat idle (I/O wait included).
 import { spawn, spawnSync } from 'node:child_process'
 import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery, BENCH_SERVER_ENV, envPairs, table } from './support.ts'
+import { PERF_FREQUENCY, perfTable } from './perf-summary.ts'
+import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, envPairs, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const { values: args } = parseArgs({
@@ -25,6 +30,8 @@ const { values: args } = parseArgs({
     threads: { type: 'string', default: '1' },
     'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
     env: { type: 'string', multiple: true, default: [] },
+    routes: { type: 'string', default: 'noop,floor,naive,receiver' },
+    perf: { type: 'string' },
   },
 })
 const rounds = Math.max(1, Number(args.rounds))
@@ -39,6 +46,11 @@ if (spawnSync('wrk', ['--version']).error) {
   process.exit(2)
 }
 
+if (args.perf && spawnSync('perf', ['--version']).error) {
+  console.error('perf is not installed: apt-get install -y linux-perf')
+  process.exit(2)
+}
+
 const admin = (sql: string) => adminQuery(args['pg-url'], sql)
 
 const database = `bench_wrk_${Date.now()}_${process.pid}`
@@ -47,7 +59,7 @@ url.pathname = `/${database}`
 await admin(`CREATE DATABASE ${database}`)
 const serverEnv = envPairs(args.env)
 const spawnServer = (mode: string[], env: Record<string, string>) =>
-  spawn(process.execPath, ['--import', 'tsx', 'bench/server.ts', '511', ...mode], {
+  spawn(process.execPath, [...(args.perf ? ['--perf-basic-prof-only-functions'] : []), '--import', 'tsx', 'bench/server.ts', '511', ...mode], {
     cwd: ROOT,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', DATABASE_URL: url.toString(), ...env },
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
@@ -74,6 +86,7 @@ try {
     })
   const [base, floorBase] = await Promise.all([listening(server), listening(floorServer)])
   const baseOf = (route: Route) => (route === 'floor' ? floorBase : base)
+  const pidOf = (route: Route) => (route === 'floor' ? floorServer.pid! : server.pid!)
   const db = new pg.Client({ connectionString: url.toString() })
   await db.connect()
   await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
@@ -91,21 +104,40 @@ try {
         env: { ...process.env, WRK_PATH: ROUTES[route], WRK_SHEET: 'bench', WRK_PREFIX: prefix, WRK_REPEATS: mix === 'half-repeats' ? '1' : '0', WRK_UPDATES: mix === 'updates' ? '1' : '0' },
       },
     )
-  if (warmup > 0) for (const route of Object.keys(ROUTES) as Route[]) runWrk(route, warmup, `${stamp}-warmup-${route}`, 'unique')
-  const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors']]
+  const routes = args.routes.split(',').map((route) => {
+    if (!(route in ROUTES)) throw new Error(`--routes: unknown route ${route} (${Object.keys(ROUTES).join(', ')})`)
+    return route as Route
+  })
+  if (warmup > 0) for (const route of routes) runWrk(route, warmup, `${stamp}-warmup-${route}`, 'unique')
+  // Requests each server answered while perf recorded it.
+  const answered = { floor: 0, app: 0 }
+  const perf = args.perf
+    ? spawn('perf', ['record', '-F', String(PERF_FREQUENCY), '-g', '-p', `${floorServer.pid},${server.pid}`, '-o', args.perf], { stdio: 'ignore' })
+    : undefined
+  const perfExited = perf && new Promise((resolve) => perf.once('exit', resolve))
+  // perf attaches to the processes before the first round.
+  if (perf) await new Promise((resolve) => setTimeout(resolve, 1000))
+  const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
   const ratios: string[][] = [['mix', 'receiver / floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
-    const totals = new Map<Route, { requests: number; seconds: number; p50: number[]; p99: number[]; non2xx: number; errors: number }>()
-    const order = Object.keys(ROUTES) as Route[]
+    const totals = new Map<Route, { requests: number; seconds: number; p50: number[]; p99: number[]; non2xx: number; errors: number; server: number; postgres: number; idle: number; ticks: number }>()
+    const order = routes
     for (let round = 0; round < rounds; round++) {
       for (let i = 0; i < order.length; i++) {
         const route = order[(i + round) % order.length]!
+        const before = { server: cpuSeconds(pidOf(route)), postgres: postgresCpuSeconds(database), machine: machineTicks() }
         const result = runWrk(route, slice, `${stamp}-${mix}-${route}-${round}`, mix)
+        const machine = machineTicks()
         const out = result.stdout
-        const total = totals.get(route) ?? { requests: 0, seconds: 0, p50: [], p99: [], non2xx: 0, errors: 0 }
+        const total = totals.get(route) ?? { requests: 0, seconds: 0, p50: [], p99: [], non2xx: 0, errors: 0, server: 0, postgres: 0, idle: 0, ticks: 0 }
+        total.server += cpuSeconds(pidOf(route)) - before.server
+        total.postgres += postgresCpuUsed(before.postgres, postgresCpuSeconds(database)).backends
+        total.idle += machine.idle - before.machine.idle
+        total.ticks += machine.total - before.machine.total
         const done = /(\d+) requests in ([\d.]+)(ms|s|m)/.exec(out)
         if (!done) throw new Error(`unexpected wrk output:\n${out}\n${result.stderr}`)
         total.requests += Number(done[1])
+        answered[route === 'floor' ? 'floor' : 'app'] += Number(done[1])
         total.seconds += Number(done[2]) * (done[3] === 'ms' ? 0.001 : done[3] === 'm' ? 60 : 1)
         const ms = (text: string | undefined) => (!text ? NaN : text.endsWith('us') ? parseFloat(text) / 1000 : text.endsWith('ms') ? parseFloat(text) : parseFloat(text) * 1000)
         total.p50.push(ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]))
@@ -121,12 +153,21 @@ try {
     const middle = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!.toFixed(1)
     for (const route of order) {
       const t = totals.get(route)!
-      rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), String(t.non2xx), String(t.errors)])
+      const micros = (seconds: number) => ((1e6 * seconds) / Math.max(1, t.requests)).toFixed(1)
+      const idle = Math.round((100 * t.idle) / Math.max(1, t.ticks))
+      rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), String(t.non2xx), String(t.errors), `${micros(t.server)} + ${micros(t.postgres)}`, String(idle)])
     }
-    const over = (a: Route, b: Route) => (rps(a) / rps(b)).toFixed(2)
+    const over = (a: Route, b: Route) => (totals.has(a) && totals.has(b) ? (rps(a) / rps(b)).toFixed(2) : '-')
     ratios.push([mix, over('receiver', 'floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
   }
-  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's. Load average now ${loadavg()[0]!.toFixed(2)}.`)
+  if (perf) {
+    perf.kill('SIGINT')
+    await perfExited
+    const app = routes.filter((route) => route !== 'floor').join(' + ')
+    console.log(`\nperf (${args.perf}): CPU of each server's main thread per request, by part\n`)
+    console.log(perfTable(args.perf!, [{ name: 'floor', pid: floorServer.pid!, requests: answered.floor }, { name: app, pid: server.pid!, requests: answered.app }]))
+  }
+  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's; CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
 } finally {
   await cleanup()
 }

@@ -1,0 +1,89 @@
+// Where a server's CPU goes per request, from Linux perf's on-CPU samples (`npm run bench:wrk --
+// --perf FILE` records them): each sample of the server's main thread goes to the first frame of
+// its stack, from the leaf up, that belongs to one of the receiver's parts (the access line, a rate
+// limit, the writer, the pg driver, Node's HTTP, ...). V8's own profiler (`--cpu-prof`) samples wall
+// time on the main thread, so on a busy 2-core machine the time a thread waits for a core lands on
+// whatever frame it stopped in (seen: process.nextTick at 5 µs a request); perf counts only time on
+// a core, and its samples add up to the CPU /proc reports.
+// Usage: tsx bench/perf-summary.ts PERF.DATA PID=REQUESTS [PID=REQUESTS ...]
+// Needs `perf` (apt-get install linux-perf) and servers started with --perf-basic-prof-only-functions.
+import { spawnSync } from 'node:child_process'
+import { argv } from 'node:process'
+import { table } from './support.ts'
+
+/** Sampling frequency of `perf record -F`: each sample stands for 1/FREQUENCY s on a core. */
+export const PERF_FREQUENCY = 999
+
+// The first match from the leaf up names a sample's part; more specific parts come first.
+const PARTS: Array<[string, RegExp]> = [
+  ['access line', /requestCompleted|requestJson|requestLogger|src\/logger\.ts|sonic-boom|pino/],
+  ['rate limits', /plugins\/rate-limit\.ts/],
+  ['sheet security', /checkSheetSecurity|sheet-security\.ts/],
+  ['metrics', /plugins\/metrics\.ts|prom-client/],
+  ['request id', /request-id\.ts|src\/logging\.ts|randomUUID|internal\/crypto/],
+  ['query and validation', /src\/delivery\.ts|src\/query-string\.ts|fast-querystring|fastify\/lib\/validation/],
+  ['writer and batch', /conversion-writer\.ts|conversion-batch\.ts|bench\/floor\.ts/],
+  ['pg driver', /node_modules\/pg\/|pg-protocol|pg-pool|src\/database\.ts|src\/pg-pool\.ts/],
+  ['garbage collection', /Scaveng|MarkCompact|CollectGarbage|Heap::|Sweeper|IncrementalMarking|ConcurrentMarking/],
+  ['fastify: reply and hooks', /fastify\/lib\/(reply|hooks)/],
+  ['fastify: routing', /find-my-way|fastify\/fastify\.js|fastify\/lib\/(route|handle-request|request|context)/],
+  ['node: http answer', /_http_outgoing|_http_server|internal\/streams\/writable|stream_base_commons|writev|node:net/],
+  ['node: http parse', /llhttp|_http_common|_http_incoming|Parser::/],
+  ['Prisma (background)', /@prisma|wasm/],
+]
+const OTHER = 'other'
+
+/** Per thread id, the samples of each part. */
+export function perfParts(file: string, tids: number[]): Map<number, Map<string, number>> {
+  const script = spawnSync('perf', ['script', '-i', file, '--tid', tids.join(','), '-F', 'tid,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30 })
+  if (script.status !== 0) throw new Error(`perf script failed: ${script.stderr}`)
+  const parts = new Map<number, Map<string, number>>(tids.map((tid) => [tid, new Map()]))
+  let tid: number | undefined
+  let part: string | undefined
+  const close = () => {
+    if (tid === undefined) return
+    const counts = parts.get(tid)
+    if (counts) counts.set(part ?? OTHER, (counts.get(part ?? OTHER) ?? 0) + 1)
+  }
+  for (const line of script.stdout.split('\n')) {
+    if (line === '') continue
+    // A sample's first line is its thread id (padded with spaces), its frames' lines start with a tab.
+    if (line[0] !== '\t') {
+      close()
+      tid = Number(line.trim().split(/\s+/)[0])
+      part = undefined
+      continue
+    }
+    if (part !== undefined) continue
+    // "\t    7f6087158746 JS:*parserOnHeadersComplete node:_http_common:71:33": the address, then the symbol.
+    const frame = line.trim().replace(/^[0-9a-f]+ /, '')
+    part = PARTS.find(([, pattern]) => pattern.test(frame))?.[0]
+  }
+  close()
+  return parts
+}
+
+/** A table of µs of a core per request, by part, one column per server. */
+export function perfTable(file: string, servers: Array<{ name: string; pid: number; requests: number }>): string {
+  const parts = perfParts(file, servers.map(({ pid }) => pid))
+  const micros = (samples: number, requests: number) => ((1e6 / PERF_FREQUENCY) * samples) / Math.max(1, requests)
+  const names = [...PARTS.map(([name]) => name), OTHER]
+  const rows = [['µs of the main thread per request', ...servers.map(({ name }) => name)]]
+  for (const name of names) rows.push([name, ...servers.map(({ pid, requests }) => micros(parts.get(pid)!.get(name) ?? 0, requests).toFixed(1))])
+  const total = (pid: number) => [...parts.get(pid)!.values()].reduce((a, b) => a + b, 0)
+  rows.push(['total', ...servers.map(({ pid, requests }) => micros(total(pid), requests).toFixed(1))])
+  return table(rows)
+}
+
+if (import.meta.url === `file://${argv[1]}`) {
+  const [file, ...pairs] = argv.slice(2)
+  if (!file || pairs.length === 0) {
+    console.error('usage: tsx bench/perf-summary.ts PERF.DATA PID=REQUESTS [PID=REQUESTS ...]')
+    process.exit(2)
+  }
+  const servers = pairs.map((pair) => {
+    const [pid, requests] = pair.split('=').map(Number)
+    return { name: String(pid), pid: pid!, requests: requests! }
+  })
+  console.log(perfTable(file, servers))
+}
