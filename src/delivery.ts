@@ -12,7 +12,6 @@ import { DeliveryQuery, type Delivery, type DeliveryQuery as DeliveryQueryType }
 type Parameter = keyof DeliveryQueryType & string
 /** Parameters about the delivery rather than the conversion: checked by the receiver, never stored. */
 export const CONTROL_PARAMETERS = new Set(['token', 'test'])
-const PARAMETERS = Object.keys(DeliveryQuery.properties).filter((name) => !CONTROL_PARAMETERS.has(name)) as Parameter[]
 const REQUIRED = new Set<string>(DeliveryQuery.required ?? [])
 
 // Tracker macros left unreplaced, and the placeholder words some networks put in their templates.
@@ -55,6 +54,23 @@ export function isNoValue(value: string): boolean {
 
 const MAPPING = new Set<string>(Object.values(MAPPING_PARAMETERS))
 
+/** A stored parameter's checks, read from the schema once: the loop over a delivery's parameters looks up nothing. */
+interface Rule {
+  name: Parameter
+  required: boolean
+  maxLength: number | undefined
+  /** Where its value goes: the status word, a status-mapping parameter, or the conversion's field. */
+  role: 'status' | 'mapping' | 'field'
+}
+const RULES: Rule[] = (Object.keys(DeliveryQuery.properties) as Parameter[])
+  .filter((name) => !CONTROL_PARAMETERS.has(name))
+  .map((name) => ({
+    name,
+    required: REQUIRED.has(name),
+    maxLength: (DeliveryQuery.properties[name] as TString).maxLength,
+    role: name === 'status' ? 'status' : MAPPING.has(name) ? 'mapping' : 'field',
+  }))
+
 const TEST_VALUES: Record<string, boolean> = { 1: true, true: true, 0: false, false: false }
 
 /** Whether a delivery is a test (`test=1`): checked like a real one, never stored. */
@@ -71,12 +87,12 @@ export function parseDelivery(query: ParsedQuery): Delivery {
   const delivery: Record<string, string> = {}
   let mapping: StatusMapping | undefined
   let word: string | undefined
-  for (const name of PARAMETERS) {
-    const value = readParameter(name, query[name])
+  for (const rule of RULES) {
+    const value = readParameter(rule, query[rule.name])
     if (value === undefined) continue
-    if (name === 'status') word = value
-    else if (MAPPING.has(name)) (mapping ??= {})[name as keyof StatusMapping] = value
-    else delivery[name] = value
+    if (rule.role === 'field') delivery[rule.name] = value
+    else if (rule.role === 'status') word = value
+    else (mapping ??= {})[rule.name as keyof StatusMapping] = value
   }
   const result = delivery as Delivery
   result.status = mapStatus(word, mapping)
@@ -84,7 +100,8 @@ export function parseDelivery(query: ParsedQuery): Delivery {
   return result
 }
 
-function readParameter(name: Parameter, input: QueryValue | undefined): string | undefined {
+function readParameter(rule: Rule, input: QueryValue | undefined): string | undefined {
+  const name = rule.name
   if (Array.isArray(input)) {
     throw new InputError('repeated_parameter', name, `${name} is given ${input.length} times; send it once`)
   }
@@ -96,17 +113,17 @@ function readParameter(name: Parameter, input: QueryValue | undefined): string |
   // written so, and they hold no space or control character.
   const plain = input !== undefined && PLAIN.test(input)
   if (input === undefined || (!plain && input.trim() === '')) {
-    if (REQUIRED.has(name)) throw new InputError('missing_parameter', name, `${name} is required`)
+    if (rule.required) throw new InputError('missing_parameter', name, `${name} is required`)
     return undefined
   }
   if (isNoValue(input)) throw noValueError(name, input)
-  if (plain ? PLACEHOLDER.test(input) : isUnreplacedMacro(input)) throw macroError(name, input)
+  // A plain value is a placeholder only as one of its words (7 or 8 letters).
+  if (plain ? (input.length === 7 || input.length === 8) && PLACEHOLDER.test(input) : isUnreplacedMacro(input)) throw macroError(name, input)
   if (!plain && CONTROL.test(input)) {
     throw new InputError('invalid_parameter', name, `${name} contains control characters`)
   }
-  const schema = DeliveryQuery.properties[name] as TString
-  if (schema.maxLength !== undefined && input.length > schema.maxLength) {
-    throw new InputError('invalid_parameter', name, `${name} is longer than ${schema.maxLength} characters`)
+  if (rule.maxLength !== undefined && input.length > rule.maxLength) {
+    throw new InputError('invalid_parameter', name, `${name} is longer than ${rule.maxLength} characters`)
   }
   if (name === 'payout') return parsePayout(input)
   if (name === 'currency') return parseCurrency(input)
