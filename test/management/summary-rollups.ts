@@ -12,12 +12,16 @@ import { loadConfig } from '../../src/config.ts'
 import { listConversions, summarize, summarizeRows } from '../../src/conversions.ts'
 import { openDatabase } from '../../src/database.ts'
 import { importCsv } from '../../src/import.ts'
+import { migrate } from '../../src/migrations.ts'
 import { foldAll, foldRollups } from '../../src/rollups.ts'
 import type { SummaryQuery, SummaryRow } from '../../src/schemas/management.ts'
 import { createSheet } from '../../src/sheets.ts'
 import { deliverAll, newPostgresDatabase, newSheet, onPostgres, storeEnv, testApp, uniqueId } from '../helpers.ts'
 
-const store = await openDatabase(loadConfig(storeEnv(t)))
+// On PostgreSQL a database of its own: these tests fold, step by step, what they imported, and the
+// servers of other test processes fold whatever waits in the shared database every second.
+const store = await openDatabase(loadConfig(onPostgres ? { DATABASE_URL: await newPostgresDatabase(t) } : storeEnv(t)))
+if (onPostgres) await store.withSession((session) => migrate(session))
 t.teardown(() => store.close())
 const { prisma } = store
 
