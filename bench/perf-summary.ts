@@ -6,8 +6,10 @@
 // whatever frame it stopped in (seen: process.nextTick at 5 µs a request); perf counts only time on
 // a core, and its samples add up to the CPU /proc reports.
 // Usage: tsx bench/perf-summary.ts PERF.DATA PID=REQUESTS [PID=REQUESTS ...]
-// Needs `perf` (apt-get install linux-perf) and servers started with --perf-basic-prof-only-functions.
-import { spawnSync } from 'node:child_process'
+// Needs `perf` (apt-get install linux-perf) and servers started with --perf-basic-prof-only-functions;
+// record with `-e cpu-clock -F 999` (each sample is then 1/999 s on a core).
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { argv } from 'node:process'
 import { table } from './support.ts'
 
@@ -19,6 +21,7 @@ const PARTS: Array<[string, RegExp]> = [
   ['access line', /requestCompleted|requestJson|requestLogger|src\/logger\.ts|sonic-boom|pino/],
   ['rate limits', /plugins\/rate-limit\.ts/],
   ['sheet security', /checkSheetSecurity|sheet-security\.ts/],
+  ['receiver route (its own code)', /plugins\/receiver\.ts/],
   ['metrics', /plugins\/metrics\.ts|prom-client/],
   ['request id', /request-id\.ts|src\/logging\.ts|randomUUID|internal\/crypto/],
   ['query and validation', /src\/delivery\.ts|src\/query-string\.ts|fast-querystring|fastify\/lib\/validation/],
@@ -28,15 +31,20 @@ const PARTS: Array<[string, RegExp]> = [
   ['fastify: reply and hooks', /fastify\/lib\/(reply|hooks)/],
   ['fastify: routing', /find-my-way|fastify\/fastify\.js|fastify\/lib\/(route|handle-request|request|context)/],
   ['node: http answer', /_http_outgoing|_http_server|internal\/streams\/writable|stream_base_commons|writev|node:net/],
-  ['node: http parse', /llhttp|_http_common|_http_incoming|Parser::/],
+  ['node: http parse', /llhttp|_http_common|_http_incoming|node::.*Parser::/],
   ['Prisma (background)', /@prisma|wasm/],
 ]
 const OTHER = 'other'
 
-/** Per thread id, the samples of each part. */
-export function perfParts(file: string, tids: number[]): Map<number, Map<string, number>> {
-  const script = spawnSync('perf', ['script', '-i', file, '--tid', tids.join(','), '-F', 'tid,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30 })
-  if (script.status !== 0) throw new Error(`perf script failed: ${script.stderr}`)
+/** Per thread id, the samples of each part (perf's output read line by line: a long run's is gigabytes). */
+export async function perfParts(file: string, tids: number[]): Promise<Map<number, Map<string, number>>> {
+  const script = spawn('perf', ['script', '-i', file, '--tid', tids.join(','), '-F', 'tid,ip,sym'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  script.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  const exited = new Promise<number | null>((resolve, reject) => {
+    script.once('error', reject)
+    script.once('close', resolve)
+  })
   const parts = new Map<number, Map<string, number>>(tids.map((tid) => [tid, new Map()]))
   let tid: number | undefined
   let part: string | undefined
@@ -45,7 +53,7 @@ export function perfParts(file: string, tids: number[]): Map<number, Map<string,
     const counts = parts.get(tid)
     if (counts) counts.set(part ?? OTHER, (counts.get(part ?? OTHER) ?? 0) + 1)
   }
-  for (const line of script.stdout.split('\n')) {
+  for await (const line of createInterface({ input: script.stdout, crlfDelay: Infinity })) {
     if (line === '') continue
     // A sample's first line is its thread id (padded with spaces), its frames' lines start with a tab.
     if (line[0] !== '\t') {
@@ -60,13 +68,16 @@ export function perfParts(file: string, tids: number[]): Map<number, Map<string,
     part = PARTS.find(([, pattern]) => pattern.test(frame))?.[0]
   }
   close()
+  const code = await exited
+  if (code !== 0) throw new Error(`perf script failed (${code}): ${stderr.trim()}`)
   return parts
 }
 
-/** A table of µs of a core per request, by part, one column per server. */
-export function perfTable(file: string, servers: Array<{ name: string; pid: number; requests: number }>): string {
-  const parts = perfParts(file, servers.map(({ pid }) => pid))
-  const micros = (samples: number, requests: number) => ((1e6 / PERF_FREQUENCY) * samples) / Math.max(1, requests)
+/** A table of µs of a core per request, by part, one column per server (a server that answered nothing is left out). */
+export async function perfTable(file: string, servers: Array<{ name: string; pid: number; requests: number }>): Promise<string> {
+  servers = servers.filter(({ requests }) => requests > 0)
+  const parts = await perfParts(file, servers.map(({ pid }) => pid))
+  const micros = (samples: number, requests: number) => ((1e6 / PERF_FREQUENCY) * samples) / requests
   const names = [...PARTS.map(([name]) => name), OTHER]
   const rows = [['µs of the main thread per request', ...servers.map(({ name }) => name)]]
   for (const name of names) rows.push([name, ...servers.map(({ pid, requests }) => micros(parts.get(pid)!.get(name) ?? 0, requests).toFixed(1))])
@@ -85,5 +96,5 @@ if (import.meta.url === `file://${argv[1]}`) {
     const [pid, requests] = pair.split('=').map(Number)
     return { name: String(pid), pid: pid!, requests: requests! }
   })
-  console.log(perfTable(file, servers))
+  console.log(await perfTable(file, servers))
 }

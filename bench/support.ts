@@ -193,5 +193,6 @@ export function postgresCpuUsed(before: ReturnType<typeof postgresCpuSeconds>, a
 /** Idle and total CPU time of the machine (all cores), in clock ticks, from /proc/stat; I/O wait counts as idle. */
 export function machineTicks(): { idle: number; total: number } {
   const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
-  return { idle: fields[3]! + fields[4]!, total: fields.reduce((sum, value) => sum + value, 0) }
+  // user nice system idle iowait irq softirq steal (guest and guest_nice, next, are counted in user and nice).
+  return { idle: fields[3]! + fields[4]!, total: fields.slice(0, 8).reduce((sum, value) => sum + value, 0) }
 }

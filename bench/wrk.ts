@@ -46,8 +46,8 @@ if (spawnSync('wrk', ['--version']).error) {
   process.exit(2)
 }
 
-if (args.perf && spawnSync('perf', ['--version']).error) {
-  console.error('perf is not installed: apt-get install -y linux-perf')
+if (args.perf && spawnSync('perf', ['--version']).status !== 0) {
+  console.error('perf is not installed or does not run: apt-get install -y linux-perf')
   process.exit(2)
 }
 
@@ -105,18 +105,24 @@ try {
       },
     )
   const routes = args.routes.split(',').map((route) => {
-    if (!(route in ROUTES)) throw new Error(`--routes: unknown route ${route} (${Object.keys(ROUTES).join(', ')})`)
+    if (!Object.hasOwn(ROUTES, route)) throw new Error(`--routes: unknown route ${route} (${Object.keys(ROUTES).join(', ')})`)
     return route as Route
   })
   if (warmup > 0) for (const route of routes) runWrk(route, warmup, `${stamp}-warmup-${route}`, 'unique')
   // Requests each server answered while perf recorded it.
   const answered = { floor: 0, app: 0 }
+  // Only the servers of the routes measured: another's idle samples are nobody's requests.
+  const recorded = [...(routes.includes('floor') ? [floorServer.pid!] : []), ...(routes.some((route) => route !== 'floor') ? [server.pid!] : [])]
   const perf = args.perf
-    ? spawn('perf', ['record', '-F', String(PERF_FREQUENCY), '-g', '-p', `${floorServer.pid},${server.pid}`, '-o', args.perf], { stdio: 'ignore' })
+    ? spawn('perf', ['record', '-e', 'cpu-clock', '-F', String(PERF_FREQUENCY), '-g', '-p', recorded.join(','), '-o', args.perf], { stdio: ['ignore', 'ignore', 'pipe'] })
     : undefined
+  let perfErrors = ''
+  perf?.stderr!.on('data', (chunk: Buffer) => (perfErrors += chunk.toString()))
   const perfExited = perf && new Promise((resolve) => perf.once('exit', resolve))
-  // perf attaches to the processes before the first round.
+  // perf attaches to the processes before the first round; one refused (perf_event_paranoid, a
+  // container's seccomp) has ended by then.
   if (perf) await new Promise((resolve) => setTimeout(resolve, 1000))
+  if (perf && perf.exitCode !== null) throw new Error(`perf record ended at once (${perf.exitCode}): ${perfErrors.trim()}`)
   const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
   const ratios: string[][] = [['mix', 'receiver / floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
@@ -160,14 +166,18 @@ try {
     const over = (a: Route, b: Route) => (totals.has(a) && totals.has(b) ? (rps(a) / rps(b)).toFixed(2) : '-')
     ratios.push([mix, over('receiver', 'floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
   }
+  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's; CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
   if (perf) {
     perf.kill('SIGINT')
     await perfExited
     const app = routes.filter((route) => route !== 'floor').join(' + ')
     console.log(`\nperf (${args.perf}): CPU of each server's main thread per request, by part\n`)
-    console.log(perfTable(args.perf!, [{ name: 'floor', pid: floorServer.pid!, requests: answered.floor }, { name: app, pid: server.pid!, requests: answered.app }]))
+    try {
+      console.log(await perfTable(args.perf!, [{ name: 'floor', pid: floorServer.pid!, requests: answered.floor }, { name: app, pid: server.pid!, requests: answered.app }]))
+    } catch (error) {
+      console.error(`the perf summary failed: ${(error as Error).message}`)
+    }
   }
-  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's; CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
 } finally {
   await cleanup()
 }
