@@ -45,6 +45,8 @@ export async function perfParts(file: string, tids: number[]): Promise<Map<numbe
     script.once('error', reject)
     script.once('close', resolve)
   })
+  // Awaited after the output is read; a failure to start must not go unhandled meanwhile.
+  exited.catch(() => undefined)
   const parts = new Map<number, Map<string, number>>(tids.map((tid) => [tid, new Map()]))
   let tid: number | undefined
   let part: string | undefined

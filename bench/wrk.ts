@@ -122,7 +122,7 @@ try {
   // perf attaches to the processes before the first round; one refused (perf_event_paranoid, a
   // container's seccomp) has ended by then.
   if (perf) await new Promise((resolve) => setTimeout(resolve, 1000))
-  if (perf && perf.exitCode !== null) throw new Error(`perf record ended at once (${perf.exitCode}): ${perfErrors.trim()}`)
+  if (perf && (perf.exitCode !== null || perf.signalCode !== null)) throw new Error(`perf record ended at once (${perf.exitCode ?? perf.signalCode}): ${perfErrors.trim()}`)
   const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
   const ratios: string[][] = [['mix', 'receiver / floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
@@ -172,6 +172,8 @@ try {
     await perfExited
     const app = routes.filter((route) => route !== 'floor').join(' + ')
     console.log(`\nperf (${args.perf}): CPU of each server's main thread per request, by part\n`)
+    // Its warnings at the end (lost chunks, samples left out) would make the figures low unsaid.
+    if (perfErrors.trim()) console.log(`perf record said:\n${perfErrors.trim()}\n`)
     try {
       console.log(await perfTable(args.perf!, [{ name: 'floor', pid: floorServer.pid!, requests: answered.floor }, { name: app, pid: server.pid!, requests: answered.app }]))
     } catch (error) {

@@ -21,8 +21,8 @@ import { deliverAll, newPostgresDatabase, newSheet, onPostgres, storeEnv, testAp
 // On PostgreSQL a database of its own: these tests fold, step by step, what they imported, and the
 // servers of other test processes fold whatever waits in the shared database every second.
 const store = await openDatabase(loadConfig(onPostgres ? { DATABASE_URL: await newPostgresDatabase(t) } : storeEnv(t)))
-if (onPostgres) await store.withSession((session) => migrate(session))
 t.teardown(() => store.close())
+if (onPostgres) await store.withSession((session) => migrate(session))
 const { prisma } = store
 
 // Zones whose days start off the hour, or that change their clocks around midnight or by half an
@@ -164,6 +164,22 @@ async function foldPast(...sheets: string[]): Promise<void> {
       SELECT coalesce(max(greatest(c.stored_key, coalesce(c.change_key, c.stored_key))) < (SELECT watermark FROM rollup_state), true) AS done
       FROM conversions c WHERE c.sheet_id = ANY(${sheets}::text[])`
     if (state?.done || Date.now() > deadline) return
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
+/**
+ * Waits until every change of the sheets is below the fold's horizon (the oldest transaction running
+ * anywhere on the server: on PostgreSQL another test's open transaction, in any database, holds it
+ * back), 30 s at most, so that a fold taken next finds them all waiting.
+ */
+async function awaitHorizon(...sheets: string[]): Promise<void> {
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    const [state] = await prisma.$queryRaw<Array<{ past: boolean }>>`
+      SELECT coalesce(max(greatest(c.stored_key, coalesce(c.change_key, c.stored_key))) < pg_snapshot_xmin(pg_current_snapshot()), true) AS past
+      FROM conversions c WHERE c.sheet_id = ANY(${sheets}::text[])`
+    if (state?.past || Date.now() > deadline) return
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
 }
@@ -337,7 +353,6 @@ t.test("a zone's day phase, filled from the 15-minute buckets and then folded in
   const fromRows = () => summarizeRows(prisma, [sheet], query, 'Australia/Eucla')
   const phase = async () => (await prisma.$queryRaw<Array<{ ready: boolean }>>`SELECT ready FROM rollup_phases WHERE phase = 915`)[0]?.ready
   t.same(await summarize(store, [sheet], query), await fromRows(), 'before the phase is filled: days tiled from UTC buckets')
-  // Asked for; on PostgreSQL another test's server may fold (and fill it) at any moment from here.
   t.not(await phase(), undefined, 'the summary asked for the phase')
   await foldPast(sheet)
   t.equal(await phase(), true, 'the fold filled it')
@@ -402,6 +417,7 @@ t.test('summaries taken while folds commit read each fold whole or not at all (o
   const query: SummaryQuery = { sheet_id: sheet, group_by: 'campaign' }
   const expected = await summarizeRows(prisma, [sheet], query, 'UTC')
   // Steps of a few changes: the watermark moves many times while the summaries run.
+  await awaitHorizon(sheet)
   const folds = foldInSteps(3)
   const wrong: unknown[] = []
   let taken = 0
@@ -441,6 +457,7 @@ t.test('filtered list pages taken while folds commit give every matching row onc
     return ids
   }
   const expected = await Promise.all(lists.map((list) => expectedList([sheet], list.filters, list.order)))
+  await awaitHorizon(sheet)
   const folds = foldInSteps(1)
   const wrong: unknown[] = []
   let taken = 0
