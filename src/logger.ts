@@ -163,13 +163,12 @@ export function bufferedStdout(): ChunkedStdout {
 }
 
 /**
- * Writes all of `text` to `fd` before returning, also when only part of it goes at a time, or the
+ * Writes all of `bytes` to `fd` before returning, also when only part of it goes at a time, or the
  * descriptor is a non-blocking pipe whose reader lags (EAGAIN: waits a little and tries again, for
- * up to `waitMs` in all). Any other failure loses the rest of the text, not the caller's exit.
+ * up to `waitMs` in all). Any other failure loses the rest of the bytes, not the caller's exit.
  * Returns the bytes written.
  */
-export function writeOutSync(fd: number, text: string | Buffer, waitMs: number): number {
-  const bytes = typeof text === 'string' ? Buffer.from(text) : text
+export function writeOutSync(fd: number, bytes: Buffer, waitMs: number): number {
   const deadline = Date.now() + waitMs
   const pause = new Int32Array(new SharedArrayBuffer(4))
   let written = 0

@@ -13,7 +13,8 @@ import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
 import { createClient, type PostbackClient } from '../client/src/index.ts'
 import { run as runAdmin } from '../src/cli.ts'
-import type { Database } from '../src/database.ts'
+import { openDatabase, type Database } from '../src/database.ts'
+import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { EMPTY_TEMPLATE_DIR, TEMPLATE_DIR } from './setup.ts'
 
@@ -98,10 +99,10 @@ export function adminOn(env: Record<string, string | undefined>, store?: Databas
 
 /**
  * A new, empty database on the PostgreSQL server that DATABASE_URL names, with the given database
- * settings; dropped after the test (teardowns run last-added first, so a store closed in a later
- * teardown is closed before). Returns its URL.
+ * settings (`migrated`: with the app's tables); dropped after the test (teardowns run last-added
+ * first, so a store closed in a later teardown is closed before). Returns its URL.
  */
-export async function newPostgresDatabase(t: Test, settings: Record<string, string> = {}): Promise<string> {
+export async function newPostgresDatabase(t: Test, settings: Record<string, string> = {}, { migrated = false } = {}): Promise<string> {
   const name = uniqueId('test').replace('-', '_')
   const server = new pg.Client({ connectionString: process.env.DATABASE_URL })
   await server.connect()
@@ -113,7 +114,28 @@ export async function newPostgresDatabase(t: Test, settings: Record<string, stri
   })
   const url = new URL(process.env.DATABASE_URL!)
   url.pathname = `/${name}`
+  if (migrated) {
+    const store = await openDatabase(loadConfig({ DATABASE_URL: url.toString() }))
+    try {
+      await store.withSession((session) => migrate(session))
+    } finally {
+      await store.close()
+    }
+  }
   return url.toString()
+}
+
+/**
+ * Polls (every 20 ms, `attempts` times at most) until a session of the database `client` is
+ * connected to waits on a lock; whether one did, so that a race test can say it raced.
+ */
+export async function awaitLockWaiter(client: pg.Client, attempts = 50): Promise<boolean> {
+  for (let attempt = 0; attempt < attempts; attempt++) {
+    const waiting = await client.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
+    if (waiting.rows[0].n > 0) return true
+    await new Promise((resolve) => setTimeout(resolve, 20))
+  }
+  return false
 }
 
 /** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */

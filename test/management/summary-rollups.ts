@@ -12,7 +12,6 @@ import { loadConfig } from '../../src/config.ts'
 import { listConversions, summarize, summarizeRows } from '../../src/conversions.ts'
 import { openDatabase } from '../../src/database.ts'
 import { importCsv } from '../../src/import.ts'
-import { migrate } from '../../src/migrations.ts'
 import { foldAll, foldRollups } from '../../src/rollups.ts'
 import type { SummaryQuery, SummaryRow } from '../../src/schemas/management.ts'
 import { createSheet } from '../../src/sheets.ts'
@@ -20,9 +19,8 @@ import { deliverAll, newPostgresDatabase, newSheet, onPostgres, storeEnv, testAp
 
 // On PostgreSQL a database of its own: these tests fold, step by step, what they imported, and the
 // servers of other test processes fold whatever waits in the shared database every second.
-const store = await openDatabase(loadConfig(onPostgres ? { DATABASE_URL: await newPostgresDatabase(t) } : storeEnv(t)))
+const store = await openDatabase(loadConfig(onPostgres ? { DATABASE_URL: await newPostgresDatabase(t, {}, { migrated: true }) } : storeEnv(t)))
 t.teardown(() => store.close())
-if (onPostgres) await store.withSession((session) => migrate(session))
 const { prisma } = store
 
 // Zones whose days start off the hour, or that change their clocks around midnight or by half an

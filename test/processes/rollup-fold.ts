@@ -7,7 +7,7 @@ import pg from 'pg'
 import t from 'tap'
 import { createSheet } from '../../src/sheets.ts'
 import { foldAll } from '../../src/rollups.ts'
-import { admin, listen, newPostgresDatabase, onPostgres, testApp, uniqueId } from '../helpers.ts'
+import { listen, newPostgresDatabase, onPostgres, testApp, uniqueId } from '../helpers.ts'
 import { twoInstances } from '../processes.ts'
 import { loadConfig } from '../../src/config.ts'
 import { openDatabase, type PrismaClient } from '../../src/database.ts'
@@ -29,9 +29,8 @@ t.test(`folds racing ${onPostgres ? 'two instances' : 'an instance'} taking deli
     // A database of its own: its servers fold every 10 ms whatever waits in their database, and in
     // the shared one they folded what the summary tests running beside them (another test process)
     // had imported to fold step by step themselves.
-    const url = await newPostgresDatabase(t)
+    const url = await newPostgresDatabase(t, {}, { migrated: true })
     const env = { DATABASE_URL: url, ...FAST }
-    if ((await admin(env, 'migrate')).code !== 0) throw new Error('could not migrate the test database')
     ;({ apiKey, servers, read, warnings } = await twoInstances(t, env, sheet))
     // A conversion written by a transaction that stays open while the others commit and fold.
     held = new pg.Client({ connectionString: url })

@@ -117,7 +117,7 @@ t.test("the exit's write of the last lines waits for a pipe whose reader lags, f
         await new Promise((resolve) => setTimeout(resolve, 10))
       }
     }
-    const written = writeOutSync(fd, text, waitMs)
+    const written = writeOutSync(fd, Buffer.from(text), waitMs)
     closeSync(fd)
     await once(reader, 'exit')
     return { written, read: readFileSync(out, 'utf8') }

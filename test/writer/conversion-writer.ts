@@ -6,7 +6,7 @@ import { BATCH_STATEMENT, IN_CALL_KEYS, writeDeliveries } from '../../src/conver
 import { ConversionWriter, type ConversionWriterOptions } from '../../src/conversion-writer.ts'
 import type { Statement } from '../../src/database.ts'
 import type { Delivery } from '../../src/schemas/receiver.ts'
-import { newSheet, onPostgres, receiverUrl, testApp } from '../helpers.ts'
+import { awaitLockWaiter, newSheet, onPostgres, receiverUrl, testApp } from '../helpers.ts'
 
 const app = await testApp(t)
 const count = async (sheet: string) =>
@@ -64,9 +64,6 @@ function countingWriter(options: { batchMax?: number; batchWaitMs?: number; conc
   return { writer, statements, batches }
 }
 
-// The statements of a batch with repeats: one, whose call also reads their stored rows.
-const withLookup = [BATCH_STATEMENT.name]
-
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
 /** The deliveries of a batch statement: its first parameter's elements (an array, or its literal). */
@@ -122,7 +119,7 @@ t.test('a batch of new rows and unknown sheets is one statement; a repeat of a s
   ])
   await writer.drain()
   t.same(batches, [4], 'one batch')
-  t.same(statements, withLookup, 'the batch statement, whose call also reads the keys it did not write')
+  t.same(statements, [BATCH_STATEMENT.name], 'the batch statement, whose call also reads the keys it did not write')
   const [created, repeat, twin, unknown] = results
   t.match(created, { status: 'fulfilled', value: { status: 'stored' } })
   t.same(repeat, { status: 'fulfilled', value: { status: 'duplicate', conversionId: first.conversionId, conversionStatus: 'approved' } })
@@ -148,7 +145,7 @@ t.test('repeats in several sheets are each answered with their own row, and the 
     writer.write({ sheet_id: a, transaction_id: 't2', event: 'sale' }),
     writer.write({ sheet_id: b, transaction_id: 't1' }),
   ])
-  t.same(statements, withLookup, 'one batch, its call also reading the repeats')
+  t.same(statements, [BATCH_STATEMENT.name], 'one batch, its call also reading the repeats')
   t.same(repeatA, { status: 'duplicate', conversionId: first[0].conversionId, conversionStatus: 'approved' })
   t.same(repeatB, { status: 'duplicate', conversionId: first[1].conversionId, conversionStatus: 'approved' })
   t.match(newA, { status: 'stored' })
@@ -299,15 +296,7 @@ if (onPostgres) {
     const { writer, statements } = countingWriter()
     const result = writer.write({ sheet_id: sheet, transaction_id: 'raced' })
     // Let our statement start and block on the other transaction's row.
-    let blocked = false
-    for (let i = 0; i < 50 && !blocked; i++) {
-      const waiting = await other.query(
-      `SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-      )
-      blocked = waiting.rows[0].n > 0
-      if (!blocked) await sleep(20)
-    }
-    t.ok(blocked, 'our statement waited on the other transaction: the race happened')
+    t.ok(await awaitLockWaiter(other), 'our statement waited on the other transaction: the race happened')
     await other.query('COMMIT')
     t.same(await result, { status: 'duplicate', conversionId: row.id, conversionStatus: 'approved' })
     t.same(statements, [BATCH_STATEMENT.name], 'the committed row is read by the same call, in a snapshot taken after the wait')
@@ -329,13 +318,7 @@ if (onPostgres) {
     await other.query('UPDATE sheets SET active = true WHERE sheet_id = $1', [disabled])
     const { writer, statements } = countingWriter()
     const results = Promise.allSettled([writer.write({ sheet_id: disabled, transaction_id: 'k' }), writer.write({ sheet_id: busy, transaction_id: 'r' })])
-    let blocked = false
-    for (let i = 0; i < 50 && !blocked; i++) {
-      const waiting = await other.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
-      blocked = waiting.rows[0].n > 0
-      if (!blocked) await sleep(20)
-    }
-    t.ok(blocked, 'our statement waited on the other transaction: the race happened')
+    t.ok(await awaitLockWaiter(other), 'our statement waited on the other transaction: the race happened')
     await other.query('COMMIT')
     const [unknown, repeat] = await results
     t.match(unknown, { status: 'rejected', reason: { code: 'unknown_sheet', statusCode: 404 } })

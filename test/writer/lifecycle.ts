@@ -5,7 +5,7 @@ import pg from 'pg'
 import t, { type Test } from 'tap'
 import { buildApp } from '../../src/app.ts'
 import { isAllowedMove, STATUS_WORDS, STATUSES, type ConversionStatus } from '../../src/lifecycle.ts'
-import { newKeyHeader, newSheet, onPostgres, receiverUrl, testApp, testConfig } from '../helpers.ts'
+import { awaitLockWaiter, newKeyHeader, newSheet, onPostgres, receiverUrl, testApp, testConfig } from '../helpers.ts'
 
 const app = await testApp(t)
 const admin = await newKeyHeader(app, { global: true })
@@ -260,11 +260,7 @@ if (onPostgres) {
     await other.query('BEGIN')
     await other.query(`UPDATE conversions SET status = 'rejected', network_status = 'fraud', updated_at = now() WHERE id = $1`, [first.body.conversion_id])
     const sale = deliver({ sheet_id: sheet, transaction_id: 'held', status: 'sale', payout: '9' })
-    for (let i = 0; i < 100; i++) {
-      const waiting = await other.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
-      if (waiting.rows[0].n > 0) break
-      await new Promise((resolve) => setTimeout(resolve, 20))
-    }
+    await awaitLockWaiter(other, 100)
     await other.query('COMMIT')
     // Its statement saw the conversion pending; under the row's lock it found it rejected: final.
     t.same((await sale).body, { status: 'duplicate', conversion_id: first.body.conversion_id, conversion_status: 'rejected' })
