@@ -260,7 +260,7 @@ if (onPostgres) {
     await other.query('BEGIN')
     await other.query(`UPDATE conversions SET status = 'rejected', network_status = 'fraud', updated_at = now() WHERE id = $1`, [first.body.conversion_id])
     const sale = deliver({ sheet_id: sheet, transaction_id: 'held', status: 'sale', payout: '9' })
-    await awaitLockWaiter(other, 100)
+    t.ok(await awaitLockWaiter(other, 100), 'the move waited on the other transaction: the race happened')
     await other.query('COMMIT')
     // Its statement saw the conversion pending; under the row's lock it found it rejected: final.
     t.same((await sale).body, { status: 'duplicate', conversion_id: first.body.conversion_id, conversion_status: 'rejected' })
