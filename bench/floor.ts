@@ -1,6 +1,7 @@
-// The benchmark's floor (issue 15): the least that a correct group-commit receiver does, as a route
-// of its own minimal server (bench/server.ts starts it instead of the app when told `floor`). The
-// receiver is measured against it to see what its features cost beyond storing a delivery at all.
+// The benchmark's floor (issue 15): the least that a correct group-commit receiver of this design
+// does, as a route of its own minimal server (bench/server.ts starts it instead of the app when told
+// `floor`). The receiver is measured against it to see what its features cost beyond storing a
+// delivery at all.
 //
 // What it does, and nothing more:
 // - bare Fastify: no logger, no hooks, no rate limits, no metrics, no request-id plugin, no schemas;
@@ -8,11 +9,15 @@
 //   maps `status` (a Map lookup; an unknown word is a 400);
 // - queues the deliveries of one turn of the event loop and writes them, one row per key, sorted
 //   (concurrent statements then take row locks in one order and cannot deadlock), with one
-//   `INSERT ... ON CONFLICT DO NOTHING RETURNING` into the same `conversions` table (key
+//   `INSERT ... ON CONFLICT ... RETURNING` into the same `conversions` table (key
 //   (sheet_id, transaction_id, event));
-// - answers each delivery 200 only after its own statement committed, with the row's id; a repeat
-//   with the id of the stored row.
-// The insert is bare; the ids of repeats (keys it returned no row for) are read by a second
+// - applies the lifecycle's moves (src/lifecycle.ts): a later status of a stored key that the
+//   lifecycle allows (pending to approved, say) moves the conversion, by `ON CONFLICT DO UPDATE ...
+//   WHERE` the move is allowed, which decides on the newest committed version of the row under its
+//   lock, as two concurrent moves of one key need; the table's triggers keep its history;
+// - answers each delivery 200 only after its own statement committed, with the row's id and status
+//   (`stored`, `updated`, or `duplicate` for a repeat or a refused move).
+// The statement is bare; the rows of repeats (keys it returned no row for) are read by a second
 // statement, only when there are any.
 // PostgreSQL: `pg` directly, the insert a named prepared statement, up to as many statements in flight as the
 // receiver may have (DB_POOL_MAX / 2, 5 by default), each started at once. (The receiver runs one
@@ -23,19 +28,26 @@
 // probing the key of every row: that made its backends spend 2 to 3 times the receiver's CPU a
 // delivery with unique ids, and put the receiver ahead of the floor.)
 //
-// Why it is the floor: every correct receiver does at least this (parse the request, commit the row,
-// answer with its id, tell a repeat its id), in the cheapest way this stack allows. It makes no
-// lifecycle moves (a later status of a stored key answers `duplicate`), does not check that the
-// sheet is active (the foreign key refuses an unknown one, failing its whole batch with 503), and a
-// bad value (payout, say) fails its whole batch: the receiver's validation and batch splitting
-// exist for that, and the benchmark sends no such delivery.
+// Why it is the floor: every correct receiver of this design does at least this (parse the
+// request, commit the row or the move, answer with its id and status, tell a repeat its id), in the
+// cheapest way this stack allows. It does not check that the sheet is active (the foreign key
+// refuses an unknown one, failing its whole batch with 503), a move replaces only the status and the
+// payout (not the currency or the network's word), and a bad value (payout, say) fails its whole
+// batch: the receiver's validation and batch splitting exist for that, and the benchmark sends no
+// such delivery.
+//
+// `bare` (bench/server.ts BACKLOG floor bare; the bench's `bare-floor` route): the floor as issue 15
+// wrote it before the lifecycle landed, `INSERT ... ON CONFLICT DO NOTHING RETURNING`, which makes
+// no moves: a later status answers `duplicate` and is lost. Until 2026-11-30 this was the floor; a
+// receiver that drops status updates is not a correct one of this design, but its figures are kept
+// beside the floor's so that every ratio can be read against either.
 import { mkdirSync } from 'node:fs'
 import { PGlite } from '@electric-sql/pglite'
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
 import type { Config } from '../src/config.ts'
 import { lockDataDir } from '../src/data-dir-lock.ts'
-import { mapStatus, type ConversionStatus } from '../src/lifecycle.ts'
+import { allowedMoveSql, mapStatus, type ConversionStatus } from '../src/lifecycle.ts'
 
 export const FLOOR_PATH = '/bench/floor'
 
@@ -54,8 +66,9 @@ interface Row {
 }
 
 interface Answer {
-  status: 'stored' | 'duplicate'
+  status: 'stored' | 'updated' | 'duplicate'
   conversion_id: string
+  conversion_status: ConversionStatus
 }
 
 interface Pending {
@@ -76,8 +89,16 @@ interface KeyRow {
   sheet_id: string
   transaction_id: string
   event: string
-  /** Inserted by this statement; false for a repeat's stored row. */
+  status: ConversionStatus
+  /** Written by this statement: inserted (true) or moved (false); absent for a repeat's stored row. */
   stored?: boolean
+}
+
+/** A key's row after the statement: its id and status, and what the statement did to it. */
+interface Written {
+  id: string
+  status: ConversionStatus
+  outcome: Answer['status']
 }
 
 interface FloorStore {
@@ -90,18 +111,34 @@ interface FloorStore {
 
 const UNNEST = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
   AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)`
-// The insert alone, on both stores: the statement the issue names (INSERT ... ON CONFLICT DO
-// NOTHING RETURNING). Exported for bench/pglite-statement.ts.
+const COLUMNS = 'sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status'
+const ROWS = `SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
+      COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
+      i.campaign_id, i.adset_id, i.ad_id, i.status
+    FROM ${UNNEST}`
+
+// The floor's statement, on both stores: new keys inserted, allowed moves applied (a move sets
+// updated_at, so a row that has none was inserted by this statement).
+export const FLOOR_UPSERT = {
+  name: 'bench_floor_upsert',
+  text: `
+    INSERT INTO conversions AS c (${COLUMNS})
+    ${ROWS}
+    ON CONFLICT (sheet_id, transaction_id, event) DO UPDATE SET
+      status = excluded.status, payout = COALESCE(excluded.payout, c.payout), updated_at = now()
+    WHERE ${allowedMoveSql('c.status', 'excluded.status')}
+    RETURNING id::text AS id, sheet_id, transaction_id, event, status, updated_at IS NULL AS stored`,
+}
+
+// The bare floor's: the statement the issue names (INSERT ... ON CONFLICT DO NOTHING RETURNING).
+// Exported for bench/pglite-statement.ts.
 export const FLOOR_INSERT = {
   name: 'bench_floor_insert',
   text: `
-    INSERT INTO conversions (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)
-    SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
-      COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
-      i.campaign_id, i.adset_id, i.ad_id, i.status
-    FROM ${UNNEST}
+    INSERT INTO conversions (${COLUMNS})
+    ${ROWS}
     ON CONFLICT (sheet_id, transaction_id, event) DO NOTHING
-    RETURNING id::text AS id, sheet_id, transaction_id, event, true AS stored`,
+    RETURNING id::text AS id, sheet_id, transaction_id, event, status, true AS stored`,
 }
 
 // The repeats' rows: one table and arrays (`= ANY` over the repeats' distinct sheets, ids and
@@ -114,7 +151,7 @@ export const FLOOR_INSERT = {
 // less: src/conversion-batch.ts, BATCH_STATEMENT.)
 const LOOKUP_STATEMENT = {
   text: `
-    SELECT c.id::text AS id, c.sheet_id, c.transaction_id, c.event
+    SELECT c.id::text AS id, c.sheet_id, c.transaction_id, c.event, c.status
     FROM conversions c
     WHERE c.sheet_id = ANY($1::text[]) AND c.transaction_id = ANY($2::text[]) AND c.event = ANY($3::text[])`,
 }
@@ -187,7 +224,9 @@ class FloorWriter {
             for (const pending of same) pending.done(new Error('no row after the insert'))
             continue
           }
-          same.forEach((pending, index) => pending.done(null, { status: index === 0 && found.stored ? 'stored' : 'duplicate', conversion_id: found.id }))
+          same.forEach((pending, index) =>
+            pending.done(null, { status: index === 0 ? found.outcome : 'duplicate', conversion_id: found.id, conversion_status: found.status }),
+          )
         }
       }
     } catch (error) {
@@ -202,14 +241,14 @@ class FloorWriter {
     if (this.#queue.length === 0 && this.#inFlight === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
 
-  async #writeRows(rows: Row[]): Promise<Map<string, { id: string; stored: boolean }>> {
+  async #writeRows(rows: Row[]): Promise<Map<string, Written>> {
     const column = (name: keyof Row) => rows.map((row) => row[name])
     const written = await this.#store.query({
       ...this.#store.insert,
       values: (['sheet_id', 'transaction_id', 'event', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status'] as const).map(column),
     })
-    const ids = new Map<string, { id: string; stored: boolean }>()
-    for (const row of written) ids.set(keyOf(row), { id: row.id, stored: row.stored === true })
+    const ids = new Map<string, Written>()
+    for (const row of written) ids.set(keyOf(row), { id: row.id, status: row.status, outcome: row.stored === true ? 'stored' : 'updated' })
     // No row: a repeat, or one whose first delivery a concurrent statement committed after
     // this statement's snapshot (the insert waited for it). A new statement sees the committed row.
     const repeats = rows.filter((row) => !ids.has(keyOf(row)))
@@ -219,14 +258,15 @@ class FloorWriter {
       const found = await this.#store.query({ ...LOOKUP_STATEMENT, values: [distinct('sheet_id'), distinct('transaction_id'), distinct('event')] })
       for (const row of found) {
         const key = keyOf(row)
-        if (wanted.has(key)) ids.set(key, { id: row.id, stored: false })
+        if (wanted.has(key)) ids.set(key, { id: row.id, status: row.status, outcome: 'duplicate' })
       }
     }
     return ids
   }
 }
 
-async function openFloorStore(config: Config): Promise<FloorStore> {
+async function openFloorStore(config: Config, bare: boolean): Promise<FloorStore> {
+  const insert = bare ? FLOOR_INSERT : FLOOR_UPSERT
   if (config.DATABASE_URL) {
     // The receiver's statements in flight (plugins/ingest.ts), one connection each.
     const inFlight = Math.max(1, Math.floor(config.DB_POOL_MAX / 2))
@@ -236,7 +276,7 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
     pool.on('error', () => undefined)
     return {
       query: async (statement) => (await pool.query(statement)).rows,
-      insert: FLOOR_INSERT,
+      insert,
       concurrency: inFlight,
       close: () => pool.end(),
     }
@@ -246,7 +286,7 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
   const pglite = await PGlite.create(config.DATA_DIR)
   return {
     query: async (statement) => (await pglite.query<KeyRow>(statement.text, statement.values)).rows,
-    insert: FLOOR_INSERT,
+    insert,
     concurrency: 1,
     async close() {
       try {
@@ -260,9 +300,9 @@ async function openFloorStore(config: Config): Promise<FloorStore> {
 
 const text = (value: unknown) => (typeof value === 'string' && value !== '' ? value : null)
 
-/** The floor's server, listening; closing it answers what is queued, then closes the store. */
-export async function startFloor(config: Config, backlog: number): Promise<{ url: string; close(): Promise<void> }> {
-  const store = await openFloorStore(config)
+/** The floor's server (`bare`: the bare floor's), listening; closing it answers what is queued, then closes the store. */
+export async function startFloor(config: Config, backlog: number, bare = false): Promise<{ url: string; close(): Promise<void> }> {
+  const store = await openFloorStore(config, bare)
   const writer = new FloorWriter(store)
   const app: FastifyInstance = Fastify({ logger: false })
   // Answered from the writer's callback, as the receiver is (no async handler, promise or await

@@ -1,9 +1,10 @@
 // `npm run bench`: the receiver against its baselines, in one run, with one load generator.
 // For each store (a fresh PostgreSQL database, fresh PGlite folders) and each request mix (unique
-// transaction ids; half of them repeats; a tenth of them status updates), it starts four servers
+// transaction ids; half of them repeats; a tenth of them status updates), it starts five servers
 // (bench/server.ts, each a child process): load goes to (a) GET /bench/noop, no database work,
-// (b) the floor (bench/floor.ts), the least a correct group-commit receiver does, (c) the naive
-// receiver, one Prisma write per request, (d) the real receiver, from autocannon in this process.
+// (b) the floor (bench/floor.ts), the least a correct group-commit receiver of this design does,
+// (c) the bare floor, the same without lifecycle moves (issue 15's first floor), (d) the naive
+// receiver, one Prisma write per request, (e) the real receiver, from autocannon in this process.
 // The measured time is cut into rounds that take turns between them, so that a change in the
 // machine's load (other work on it) falls on all alike and the ratios stay fair.
 // It prints requests/s, p50/p99 of the 2xx answers, each server's peak RSS, CPU use (and CPU per
@@ -39,7 +40,7 @@ const { values: args } = parseArgs({
     connections: { type: 'string', default: '50' },
     stores: { type: 'string', default: 'postgresql,pglite' },
     mixes: { type: 'string', default: 'unique,half-repeats,updates' },
-    routes: { type: 'string', default: 'noop,floor,receiver,naive' },
+    routes: { type: 'string', default: 'noop,floor,bare-floor,receiver,naive' },
     overload: { type: 'string', default: 'postgresql,pglite' },
     'overload-connections': { type: 'string', default: '1000' },
     'overload-queue': { type: 'string', default: '200' },
@@ -59,13 +60,13 @@ const { values: args } = parseArgs({
 if (args.help) {
   console.log(`npm run bench -- [options]
   --duration S               measured seconds per route and mix (10), cut into --rounds
-  --rounds N                 turns the routes take (4): round 1 runs noop, floor, receiver, naive; round 2 floor, receiver, naive, noop; ...
+  --rounds N                 turns the routes take (4): round 1 runs noop, floor, bare-floor, receiver, naive; round 2 floor, bare-floor, ...
   --warmup S                 unmeasured seconds per server before the rounds (2)
   --connections N            concurrent connections (50)
   --stores LIST              postgresql,pglite
   --mixes LIST               unique,half-repeats,updates (updates: base deliveries status=lead, every tenth request
                              re-sends one of the last 1000 ids with status=sale or status=chargeback)
-  --routes LIST              noop,floor,receiver,naive
+  --routes LIST              noop,floor,bare-floor,receiver,naive (bare-floor: the floor without lifecycle moves)
   --overload LIST            stores to run the overload case on (postgresql,pglite; '' for none)
   --overload-connections N   (1000)
   --overload-queue N         RECEIVER_QUEUE_MAX in the overload case (200)
@@ -125,7 +126,8 @@ const trees = new Map(
 const routes = [...list(args.routes), ...variants.keys(), ...trees.keys()]
 const overloadStores = list(args.overload) as Store[]
 const receiverEnv = envPairs(args.env)
-const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : route === 'floor' ? FLOOR_PATH : RECEIVER_PATH)
+const isFloor = (route: Route) => route === 'floor' || route === 'bare-floor'
+const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : isFloor(route) ? FLOOR_PATH : RECEIVER_PATH)
 const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
 const SHEET = 'bench'
 // Room for every connection of a case and its reconnections (the kernel caps it at net.core.somaxconn).
@@ -251,13 +253,13 @@ interface Server {
   stop(): Promise<void>
 }
 
-/** A server under test as a child process (the app, or with `floor` the floor); resolves once it listens. Its log lines go to a file. */
-async function startServer(name: string, env: Record<string, string>, floor = false, cwd = ROOT): Promise<Server> {
+/** A server under test as a child process (the app, or the floor of a floor route); resolves once it listens. Its log lines go to a file. */
+async function startServer(name: string, env: Record<string, string>, route: Route, cwd = ROOT): Promise<Server> {
   const logPath = join(tmpdir(), `postback-bench-${stamp}-${name}.log`)
   const logFd = openSync(logPath, 'w')
   // One folder per server: tsx's loader thread writes a (small) profile of its own beside the main thread's.
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
-  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog), ...(floor ? ['floor'] : [])], {
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog), ...(route === 'floor' ? ['floor'] : route === 'bare-floor' ? ['floor', 'bare'] : [])], {
     cwd,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', ...BENCH_SERVER_ENV, ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],
@@ -486,7 +488,7 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
     for (const route of routes) {
       const name = `${store.kind}-${mix}-${route.replace(':', '-')}`
       const env = isReceiver(route) ? { ...receiverEnv, ...variants.get(route) } : {}
-      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }, route === 'floor', trees.get(route)))
+      servers.set(route, await startServer(name, { ...store.prepare(name), ...env }, route, trees.get(route)))
       tallies.set(route, new Tally())
     }
     for (const route of routes) {
@@ -499,7 +501,7 @@ async function runMix(store: StoreHandle, mix: Mix): Promise<CaseResult[]> {
       }
     }
     const batches = new Map<Route, number | null>()
-    for (const route of routes.filter((r) => isReceiver(r) || r === 'floor')) batches.set(route, await averageBatch(servers.get(route)!.url))
+    for (const route of routes.filter((r) => isReceiver(r) || isFloor(r))) batches.set(route, await averageBatch(servers.get(route)!.url))
     const stopped = [...servers.entries()]
     for (const [route, server] of stopped) {
       await server.stop()
@@ -526,7 +528,7 @@ async function runOverload(store: StoreHandle): Promise<CaseResult> {
   const seconds = Number(args['overload-duration'])
   console.log(`${store.kind}, overload: receiver with RECEIVER_QUEUE_MAX=${args['overload-queue']}, ${conns} connections, ${seconds} s (load ${load.toFixed(2)})`)
   const name = `${store.kind}-overload-receiver`
-  const server = await startServer(name, { ...store.prepare(name), ...receiverEnv, RECEIVER_QUEUE_MAX: args['overload-queue'] })
+  const server = await startServer(name, { ...store.prepare(name), ...receiverEnv, RECEIVER_QUEUE_MAX: args['overload-queue'] }, 'receiver')
   const tally = new Tally()
   try {
     await drive(server, 'receiver', tally, { seconds, connections: conns, mix: 'unique', measure: true, database: store.database })
@@ -601,8 +603,9 @@ console.log(
 )
 
 // Every route against the floor: requests/s and CPU per delivery (server and PostgreSQL's backends)
-// as multiples of the floor's. The floor and the naive receiver make no lifecycle moves: in the
-// updates mix they answer a status update `duplicate` where the receiver moves the conversion.
+// as multiples of the floor's. The bare floor and the naive receiver make no lifecycle moves: in the
+// updates mix they answer a status update `duplicate` where the receiver and the floor move the
+// conversion.
 console.log('\n## Against the floor\n')
 const floorRows: string[][] = [['store', 'mix', 'route', 'req/s', 'req/s ÷ floor', 'CPU ms per 1000 (server + pg backends)', 'CPU ÷ floor', 'p99 ms', 'missing', 'stored / updated / duplicate', 'load']]
 for (const kind of stores) {
@@ -630,7 +633,7 @@ for (const kind of stores) {
 console.log(table(floorRows))
 
 console.log('\n## Ratios\n')
-const ratioRows: string[][] = [['store', 'mix', 'receiver / floor', 'receiver / no-db', 'receiver / naive', 'receiver p99 ms', 'acked missing', 'targets on PostgreSQL: >= 0.5, >= 8, p99 < 50 ms, 0 missing']]
+const ratioRows: string[][] = [['store', 'mix', 'receiver / floor', 'receiver / bare floor', 'receiver / no-db', 'receiver / naive', 'receiver p99 ms', 'acked missing', 'targets on PostgreSQL: >= 0.5, >= 8, p99 < 50 ms, 0 missing']]
 for (const kind of stores) {
   for (const mix of mixes) {
     for (const route of routes.filter(isReceiver)) {
@@ -638,8 +641,9 @@ for (const kind of stores) {
       const noop = find(kind, 'noop', mix)
       const naive = find(kind, 'naive', mix)
       const floor = find(kind, 'floor', mix)
+      const bareFloor = find(kind, 'bare-floor', mix)
       if (!receiver) continue
-      const lost = (receiver.missing ?? 0) + (naive?.missing ?? 0) + (floor?.missing ?? 0)
+      const lost = (receiver.missing ?? 0) + (naive?.missing ?? 0) + (floor?.missing ?? 0) + (bareFloor?.missing ?? 0)
       const verdicts =
       kind === 'postgresql'
         ? [
@@ -651,7 +655,7 @@ for (const kind of stores) {
             .map((ok) => (ok === undefined ? '-' : ok ? 'met' : 'MISSED'))
             .join(', ')
         : '(none on PGlite)'
-      ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, floor?.requestsPerSecond), ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
+      ratioRows.push([kind, route === 'receiver' ? mix : `${mix} ${route}`, ratio(receiver.requestsPerSecond, floor?.requestsPerSecond), ratio(receiver.requestsPerSecond, bareFloor?.requestsPerSecond), ratio(receiver.requestsPerSecond, noop?.requestsPerSecond), ratio(receiver.requestsPerSecond, naive?.requestsPerSecond), String(receiver.p99), String(lost), verdicts])
     }
   }
 }

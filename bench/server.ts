@@ -2,7 +2,8 @@
 // `bench/server.ts BACKLOG` runs the real app from buildApp, configured from the environment like
 // src/server.ts, plus two routes that exist only here: GET /bench/noop (bench/noop-route.ts) and the
 // naive receiver (bench/naive-receiver.ts). `bench/server.ts BACKLOG floor` runs the floor instead
-// (bench/floor.ts): a bare Fastify of its own, with none of the app loaded.
+// (bench/floor.ts): a bare Fastify of its own, with none of the app loaded; `floor bare`, the bare
+// floor (no lifecycle moves).
 // It tells its parent its URL over IPC and closes cleanly on SIGTERM.
 import { loadConfig } from '../src/config.ts'
 
@@ -14,7 +15,7 @@ const server = process.argv[3] === 'floor' ? await startFloorServer() : await st
 
 async function startFloorServer() {
   const { startFloor } = await import('./floor.ts')
-  return startFloor(config, backlog)
+  return startFloor(config, backlog, process.argv[4] === 'bare')
 }
 
 async function startAppServer() {

@@ -1,12 +1,12 @@
 // `npm run bench:wrk`: the ratios of `npm run bench` again, with an independent load generator:
 // wrk (Debian's package: apt-get install wrk) in its own process, with bench/wrk/postback.lua,
 // against one bench server (bench/server.ts) on a fresh PostgreSQL database: GET /bench/noop, the
-// naive receiver and the receiver, plus the floor (bench/floor.ts, its own server process on the
-// same database), in rounds that take turns; unique ids, half repeats, and a tenth status updates.
+// naive receiver and the receiver, plus the floor and the bare floor (bench/floor.ts, each its own
+// server process on the same database), in rounds that take turns; unique ids, half repeats, and a tenth status updates.
 // Options: --duration S per route and mix (10), --rounds N (2), --warmup S per route before the
 // first mix (2; the floor is a process of its own and would otherwise pay its start-up, JIT and
 // connections in its first measured slice), --connections N (50), --threads N (1), --pg-url URL,
-// --env NAME=VALUE for the server, --routes (noop,floor,naive,receiver), --perf FILE: Linux perf's
+// --env NAME=VALUE for the server, --routes (noop,floor,bare-floor,naive,receiver), --perf FILE: Linux perf's
 // samples of both servers during the measured rounds into FILE, and where their CPU went per request
 // (bench/perf-summary.ts; with --routes floor,receiver the app server's column is the receiver's). Beside each route's rate and latency: the CPU its server and
 // PostgreSQL's backends for the bench's database used per request while measured (from /proc), and how
@@ -30,15 +30,25 @@ const { values: args } = parseArgs({
     threads: { type: 'string', default: '1' },
     'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
     env: { type: 'string', multiple: true, default: [] },
-    routes: { type: 'string', default: 'noop,floor,naive,receiver' },
+    routes: { type: 'string', default: 'noop,floor,bare-floor,naive,receiver' },
     perf: { type: 'string' },
   },
 })
 const rounds = Math.max(1, Number(args.rounds))
 const slice = Number(args.duration) / rounds
 const warmup = Number(args.warmup)
-const ROUTES = { noop: '/bench/noop', floor: FLOOR_PATH, naive: '/bench/naive', receiver: '/meta/postback/conversion' } as const
+const ROUTES = { noop: '/bench/noop', floor: FLOOR_PATH, 'bare-floor': FLOOR_PATH, naive: '/bench/naive', receiver: '/meta/postback/conversion' } as const
 type Route = keyof typeof ROUTES
+const routes = args.routes.split(',').map((route) => {
+  if (!Object.hasOwn(ROUTES, route)) {
+    console.error(`--routes: unknown route ${route} (${Object.keys(ROUTES).join(', ')})`)
+    process.exit(2)
+  }
+  return route as Route
+})
+// The server process of each route: the floors have one each, the other routes share the app's.
+type ServerName = 'app' | 'floor' | 'bare-floor'
+const serverOf = (route: Route): ServerName => (route === 'floor' || route === 'bare-floor' ? route : 'app')
 const MIXES = ['unique', 'half-repeats', 'updates'] as const
 
 if (spawnSync('wrk', ['--version']).error) {
@@ -64,14 +74,18 @@ const spawnServer = (mode: string[], env: Record<string, string>) =>
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', DATABASE_URL: url.toString(), ...env },
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   })
-const server = spawnServer([], { ...BENCH_SERVER_ENV, ...serverEnv })
-const floorServer = spawnServer(['floor'], {})
-const stop = (child: typeof server) => {
+const SERVER_MODES: Record<ServerName, string[]> = { app: [], floor: ['floor'], 'bare-floor': ['floor', 'bare'] }
+// The app's server always: it migrates the bench's database.
+const servers = new Map(
+  [...new Set<ServerName>(['app', ...routes.map(serverOf)])].map((name) => [name, spawnServer(SERVER_MODES[name], name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {})] as const),
+)
+type Child = ReturnType<typeof spawnServer>
+const stop = (child: Child) => {
   child.kill('SIGTERM')
   return new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)))
 }
 const cleanup = async () => {
-  await Promise.all([stop(server), stop(floorServer)])
+  await Promise.all([...servers.values()].map(stop))
   await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
 }
 process.on('SIGINT', () => {
@@ -79,14 +93,14 @@ process.on('SIGINT', () => {
 })
 
 try {
-  const listening = (child: typeof server) =>
+  const listening = (child: Child) =>
     new Promise<string>((resolve, reject) => {
       child.once('message', (message: { url: string }) => resolve(message.url))
       child.once('exit', (code) => reject(new Error(`bench server exited (${code})`)))
     })
-  const [base, floorBase] = await Promise.all([listening(server), listening(floorServer)])
-  const baseOf = (route: Route) => (route === 'floor' ? floorBase : base)
-  const pidOf = (route: Route) => (route === 'floor' ? floorServer.pid! : server.pid!)
+  const bases = new Map(await Promise.all([...servers].map(async ([name, child]) => [name, await listening(child)] as const)))
+  const baseOf = (route: Route) => bases.get(serverOf(route))!
+  const pidOf = (route: Route) => servers.get(serverOf(route))!.pid!
   const db = new pg.Client({ connectionString: url.toString() })
   await db.connect()
   await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
@@ -104,15 +118,12 @@ try {
         env: { ...process.env, WRK_PATH: ROUTES[route], WRK_SHEET: 'bench', WRK_PREFIX: prefix, WRK_REPEATS: mix === 'half-repeats' ? '1' : '0', WRK_UPDATES: mix === 'updates' ? '1' : '0' },
       },
     )
-  const routes = args.routes.split(',').map((route) => {
-    if (!Object.hasOwn(ROUTES, route)) throw new Error(`--routes: unknown route ${route} (${Object.keys(ROUTES).join(', ')})`)
-    return route as Route
-  })
   if (warmup > 0) for (const route of routes) runWrk(route, warmup, `${stamp}-warmup-${route}`, 'unique')
   // Requests each server answered while perf recorded it.
-  const answered = { floor: 0, app: 0 }
+  const answered = new Map<ServerName, number>()
   // Only the servers of the routes measured: another's idle samples are nobody's requests.
-  const recorded = [...(routes.includes('floor') ? [floorServer.pid!] : []), ...(routes.some((route) => route !== 'floor') ? [server.pid!] : [])]
+  const measured = [...servers].filter(([name]) => routes.some((route) => serverOf(route) === name))
+  const recorded = measured.map(([, child]) => child.pid!)
   const perf = args.perf
     ? spawn('perf', ['record', '-e', 'cpu-clock', '-F', String(PERF_FREQUENCY), '-g', '-p', recorded.join(','), '-o', args.perf], { stdio: ['ignore', 'ignore', 'pipe'] })
     : undefined
@@ -124,7 +135,7 @@ try {
   if (perf) await new Promise((resolve) => setTimeout(resolve, 1000))
   if (perf && (perf.exitCode !== null || perf.signalCode !== null)) throw new Error(`perf record ended at once (${perf.exitCode ?? perf.signalCode}): ${perfErrors.trim()}`)
   const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
-  const ratios: string[][] = [['mix', 'receiver / floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
+  const ratios: string[][] = [['mix', 'receiver / floor', 'receiver / bare floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
     const totals = new Map<Route, { requests: number; seconds: number; p50: number[]; p99: number[]; non2xx: number; errors: number; server: number; postgres: number; idle: number; ticks: number }>()
     const order = routes
@@ -143,7 +154,7 @@ try {
         const done = /(\d+) requests in ([\d.]+)(ms|s|m)/.exec(out)
         if (!done) throw new Error(`unexpected wrk output:\n${out}\n${result.stderr}`)
         total.requests += Number(done[1])
-        answered[route === 'floor' ? 'floor' : 'app'] += Number(done[1])
+        answered.set(serverOf(route), (answered.get(serverOf(route)) ?? 0) + Number(done[1]))
         total.seconds += Number(done[2]) * (done[3] === 'ms' ? 0.001 : done[3] === 'm' ? 60 : 1)
         const ms = (text: string | undefined) => (!text ? NaN : text.endsWith('us') ? parseFloat(text) / 1000 : text.endsWith('ms') ? parseFloat(text) : parseFloat(text) * 1000)
         total.p50.push(ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]))
@@ -164,18 +175,19 @@ try {
       rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), String(t.non2xx), String(t.errors), `${micros(t.server)} + ${micros(t.postgres)}`, String(idle)])
     }
     const over = (a: Route, b: Route) => (totals.has(a) && totals.has(b) ? (rps(a) / rps(b)).toFixed(2) : '-')
-    ratios.push([mix, over('receiver', 'floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
+    ratios.push([mix, over('receiver', 'floor'), over('receiver', 'bare-floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
   }
   console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's; CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
   if (perf) {
     perf.kill('SIGINT')
     await perfExited
-    const app = routes.filter((route) => route !== 'floor').join(' + ')
+    const app = routes.filter((route) => serverOf(route) === 'app').join(' + ')
     console.log(`\nperf (${args.perf}): CPU of each server's main thread per request, by part\n`)
     // Its warnings at the end (lost chunks, samples left out) would make the figures low unsaid.
     if (perfErrors.trim()) console.log(`perf record said:\n${perfErrors.trim()}\n`)
     try {
-      console.log(await perfTable(args.perf!, [{ name: 'floor', pid: floorServer.pid!, requests: answered.floor }, { name: app, pid: server.pid!, requests: answered.app }]))
+      const names = (name: ServerName) => (name === 'app' ? app : name)
+      console.log(await perfTable(args.perf!, measured.map(([name, child]) => ({ name: names(name), pid: child.pid!, requests: answered.get(name) ?? 0 }))))
     } catch (error) {
       console.error(`the perf summary failed: ${(error as Error).message}`)
     }
