@@ -4,13 +4,14 @@ import { isUnreplacedMacro, normalizePayout, parseDelivery, parsePayout } from '
 import { MalformedValue, parseQueryString } from '../../src/query-string.ts'
 
 t.test('the query-string parser keeps repeats, decodes, and marks malformed encodings', async (t) => {
-  const query = parseQueryString('a=1&a=2&b=x+y%20z&c=%E2%82%AC&d=%ZZ&e&__proto__=p&=v&&')
+  const query = parseQueryString('a=1&a=2&b=x+y%20z&c=%E2%82%AC&d=%ZZ&e&__proto__=p&=v&&%ZZ=x')
   t.same(query.a, ['1', '2'])
   t.equal(query.b, 'x y z')
   t.equal(query.c, '€')
   t.ok(query.d instanceof MalformedValue)
   t.equal(String(query.d), '%ZZ')
   t.equal(query.e, '')
+  t.same(Object.keys(query), ['a', 'b', 'c', 'd', 'e', '__proto__', ''], 'a name that cannot be decoded is left out')
   // eslint-disable-next-line no-proto -- the parameter of that name, not the prototype
   t.equal(query.__proto__, 'p', 'a parameter named __proto__ is a plain parameter')
   t.notOk('toString' in query, 'nothing is inherited')
