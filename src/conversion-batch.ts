@@ -108,15 +108,18 @@ export async function writeDeliveries(query: Database['query'], deliveries: Deli
 }
 
 // The stored rows of keys, for the answers of those the batch statement did not write (duplicate,
-// with the conversion's id and status). Always planned at its run, for the table as it is: not a
-// prepared statement (nor a function's cached plan), since a generic plan made while the table was
-// nearly empty was seen probing (sheet_id, received_at, id) and reading every row of the sheet for
-// each key (bench, fresh database: 3,900 instead of 14,000 deliveries/s, 330 µs of PostgreSQL's CPU
-// per delivery), and after an ANALYZE of an empty table it is a sequential scan, kept until the
-// next ANALYZE. One probe of the key's index per key: `= ANY` over the keys' sheets, ids and events
-// (and the rows of every combination of them) was no cheaper to plan, and with the arrays of a whole
-// batch (every element repeated) PostgreSQL costed the combinations, not the distinct keys, and
-// read the whole sheet instead (a tenth of the throughput). `condition`: more about the row `c`.
+// with the conversion's id and status): one probe of the key's index per key. Its plan must use
+// that index whatever the table's statistics were when it was made: a plan made while the table
+// was nearly empty or just after an ANALYZE of it is a sequential scan (reading every row for each
+// key), and a cached one is kept until the next ANALYZE (in a bench on a fresh database: 3,900
+// instead of 14,000 deliveries/s, 330 µs of PostgreSQL's CPU per delivery). Run by a session
+// function (BATCH_STATEMENT's body) its plan is cached, made with sequential scans disabled
+// (the function's own setting), which leaves the key's index the cheapest path in every state (a
+// test makes the plan on an empty analyzed table); as a statement of its own (STORED_STATEMENT) it
+// is planned at each run, for the table as it is. `= ANY` over the keys' sheets, ids and events
+// (and the rows of every combination of them) was no cheaper to plan, and with the arrays of a
+// whole batch (every element repeated) PostgreSQL costed the combinations, not the distinct keys,
+// and read the whole sheet instead (a tenth of the throughput). `condition`: more about the row `c`.
 function storedText(condition = ''): string {
   return `
     SELECT c.id::text AS id, c.sheet_id, c.transaction_id, c.event, c.status, 'duplicate' AS outcome
@@ -138,7 +141,8 @@ const STORED_STATEMENT = { text: storedText() }
 // as in the floor. It runs as a function of the session (its `signature`, src/database.ts), called
 // by a prepared statement, whose plan may be cached as a generic plan made once, possibly while the
 // tables were nearly empty: its only lookup (the sheet, a table of few rows) is a LATERAL with
-// OFFSET 0, planned as a per-row probe of the sheets' primary key.
+// OFFSET 0, planned as a per-row probe of the sheets' primary key (the function plans without
+// sequential scans).
 const BATCH_TEXT = `
     WITH input AS (
       SELECT i.*, s.default_currency
@@ -173,7 +177,7 @@ const BATCH_TEXT = `
 export const IN_CALL_KEYS = 64
 
 export const BATCH_STATEMENT = {
-  name: 'postback_conversion_batch_v5',
+  name: 'postback_conversion_batch_v6',
   signature: {
     parameters: Array<string>(10).fill('text[]'),
     returns: 'id text, sheet_id text, transaction_id text, event text, status text, outcome text',
@@ -181,21 +185,26 @@ export const BATCH_STATEMENT = {
     // one waited for it), their stored rows are read by the same call: a second statement of the
     // function, which on PostgreSQL takes a new snapshot (a volatile function's statements each
     // do), as a separate statement after the commit would; every row of a key whose lock this
-    // transaction holds is then its newest. It is planned at each run (EXECUTE) for the reason
-    // STORED_STATEMENT is. It cannot tell which keys the batch statement answered: it probes every
-    // key of the batch and leaves out the rows this call wrote (their version is of this
-    // transaction). So only for batches of up to IN_CALL_KEYS keys: a second statement from the
-    // application costs about as much as 60 probes (0.65 ms a batch through PGlite's query, 24 rows
-    // half of them repeats, against 0.84 for the batch statement; on PostgreSQL about 11 µs of CPU
-    // a delivery, server and PostgreSQL together, with half repeats in the bench), and the larger
-    // batches of a busy receiver go on to it (writeDeliveries), which reads only the keys left.
+    // transaction holds is then its newest. It cannot tell which keys the batch statement
+    // answered: it probes every key of the batch and leaves out the rows this call wrote (their
+    // version is of this transaction). So only for batches of up to IN_CALL_KEYS keys: a second
+    // statement from the application costs about as much as 60 probes (0.65 ms a batch through
+    // PGlite's query, 24 rows half of them repeats, against 0.84 for the batch statement; on
+    // PostgreSQL about 11 µs of CPU a delivery, server and PostgreSQL together, with half repeats in
+    // the bench), and the larger batches of a busy receiver go on to it (writeDeliveries), which
+    // reads only the keys left.
+    // Its plan is cached, as the batch statement's is, and made without sequential scans (see
+    // storedText). Until 2026-11-30 (evening) it was planned at each call (EXECUTE): with half
+    // repeats, about 10 µs of PostgreSQL's CPU a delivery, a third of its share (batches of 25, 6,000
+    // of them alternating with the cached plan on one connection: 41.7 against 31.8 µs a row).
     declare: 'answered bigint;',
     body: `
       RETURN QUERY ${BATCH_TEXT};
       GET DIAGNOSTICS answered = ROW_COUNT;
       IF answered < cardinality($1) AND cardinality($1) <= ${IN_CALL_KEYS} THEN
-        RETURN QUERY EXECUTE $stored$${storedText(' AND c.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid')}$stored$ USING $1, $2, $3;
+        RETURN QUERY ${storedText(' AND c.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid')};
       END IF;`,
+    settings: ['enable_seqscan = off'],
   },
   text: BATCH_TEXT,
 }

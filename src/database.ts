@@ -36,8 +36,10 @@ export interface Statement {
    * at each run), the receiver's batch statement costs about 1.4 ms instead of 2.1 that way (29
    * rows; `npx tsx bench/pglite-statement.ts`). `body`: the function's PL/pgSQL body (between BEGIN
    * and END, `declare`: what goes after DECLARE), when it does more than `RETURN QUERY <text>;`.
+   * `settings`: the function's own settings (`SET name = value` clauses: in effect while it runs,
+   * also when its statements are planned).
    */
-  signature?: { parameters: string[]; returns: string; declare?: string; body?: string }
+  signature?: { parameters: string[]; returns: string; declare?: string; body?: string; settings?: string[] }
 }
 
 export interface Database {
@@ -203,7 +205,7 @@ function functionDefinition({ name, signature, text }: Statement): string {
   // RETURNS TABLE's columns are variables of the function; its queries mean the tables' columns.
   return `
     CREATE OR REPLACE FUNCTION pg_temp.${name}(${signature!.parameters.join(', ')}) RETURNS TABLE (${signature!.returns})
-    LANGUAGE plpgsql AS $function$
+    LANGUAGE plpgsql ${(signature!.settings ?? []).map((setting) => `SET ${setting}`).join(' ')} AS $function$
     #variable_conflict use_column
     ${signature!.declare ? `DECLARE ${signature!.declare}` : ''}
     BEGIN

@@ -1,9 +1,12 @@
 // The batch statement as a function of each connection's session (src/database.ts): on PostgreSQL
-// made again when a session loses it, and a role that may not create temporary objects runs the
-// statements as they are.
+// made again when a session loses it, its read of repeats planned on the key's index whatever the
+// statistics, and a role that may not create temporary objects runs the statements as they are.
 import pg from 'pg'
 import t from 'tap'
-import { BATCH_STATEMENT } from '../../src/conversion-batch.ts'
+import { loadConfig } from '../../src/config.ts'
+import { BATCH_STATEMENT, keyOf, writeDeliveries } from '../../src/conversion-batch.ts'
+import { openDatabase } from '../../src/database.ts'
+import type { Delivery } from '../../src/schemas/receiver.ts'
 import { newPostgresDatabase, newSheet, onPostgres, receiverUrl, testApp, uniqueId } from '../helpers.ts'
 
 if (onPostgres) {
@@ -23,6 +26,42 @@ if (onPostgres) {
     t.ok(rows.length > 0, 'the function is in a session of the app')
     for (const row of rows) await admin.query(`DROP FUNCTION ${row.nspname}.${row.signature.slice(row.signature.indexOf('.') + 1)}`)
     for (const transaction of ['after-1', 'after-2', 'before']) t.match(await deliver(transaction), { status: transaction === 'before' ? 'duplicate' : 'stored' })
+  })
+
+  t.test("the call's read of repeats probes the key's index, also with a plan made on an empty analyzed table", async (t) => {
+    const url = await newPostgresDatabase(t, {}, { migrated: true })
+    const admin = new pg.Client({ connectionString: url })
+    await admin.connect()
+    t.teardown(() => admin.end())
+    await admin.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('s1', 's1', 'USD')`)
+    // The state in which the planner's cheapest read of a key is a sequential scan.
+    await admin.query('ANALYZE conversions')
+    // One connection: the function, its cached plans and the flushed statistics are of one session.
+    const db = await openDatabase(loadConfig({ DATABASE_URL: url, DB_POOL_MAX: '1' }))
+    t.teardown(() => db.close())
+    const query = db.query.bind(db)
+    const delivery = (transaction: string) => ({ sheet_id: 's1', transaction_id: transaction }) as Delivery
+    const scans = async () => {
+      // The session's counts are flushed when its next transaction ends.
+      await db.query({ text: 'SELECT pg_stat_force_next_flush()', values: [] })
+      const { rows } = await admin.query(`SELECT seq_scan, idx_scan FROM pg_stat_user_tables WHERE relname = 'conversions'`)
+      return { seq: Number(rows[0].seq_scan), index: Number(rows[0].idx_scan) }
+    }
+    await writeDeliveries(query, [delivery('a'), delivery('b')])
+    const before = await scans()
+    // More calls than PostgreSQL's custom plans before it settles on a cached (generic) one.
+    for (let call = 0; call < 8; call++) {
+      const batch = [delivery('a'), delivery('b'), delivery(`new-${call}`)]
+      const outcomes = await writeDeliveries(query, batch)
+      t.same(
+        batch.map((d) => outcomes.get(keyOf(d))?.status),
+        ['duplicate', 'duplicate', 'stored'],
+        `call ${call}: the repeats answered from their rows`,
+      )
+    }
+    const after = await scans()
+    t.equal(after.seq - before.seq, 0, 'no sequential scan of the conversions')
+    t.ok(after.index - before.index >= 16, `the repeats' keys probed by an index (${after.index - before.index} index scans)`)
   })
 
   t.test('a role without TEMPORARY on its database stores and answers deliveries, repeats too, by plain statements', async (t) => {
