@@ -109,9 +109,10 @@ interface FloorStore {
   close(): Promise<void>
 }
 
-const UNNEST = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[])
-  AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status)`
-const COLUMNS = 'sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status'
+// The columns a delivery fills, in the order of the statements' parameters (one text[] each).
+const FIELDS = ['sheet_id', 'transaction_id', 'event', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status'] as const
+const COLUMNS = FIELDS.join(', ')
+const UNNEST = `unnest(${FIELDS.map((_, index) => `$${index + 1}::text[]`).join(', ')}) AS i(${COLUMNS})`
 const ROWS = `SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,
       COALESCE(i.currency, (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id)),
       i.campaign_id, i.adset_id, i.ad_id, i.status
@@ -206,38 +207,50 @@ class FloorWriter {
   async #writeBatch(batch: Pending[]): Promise<void> {
     this.batches.count++
     this.batches.rows += batch.length
-    // One row per key; the key's later deliveries in the batch are its repeats.
-    const byKey = new Map<string, Pending[]>()
+    // Per key, the runs of its deliveries with one status, in arrival order: statement n writes the
+    // n-th run of every key (one row per key and statement), so that a key's statuses apply in the
+    // order they came, as the receiver does; a run's later deliveries are its repeats.
+    const runs = new Map<string, Pending[][]>()
     for (const pending of batch) {
       const key = keyOf(pending.row)
-      const same = byKey.get(key)
-      if (same) same.push(pending)
-      else byKey.set(key, [pending])
+      const keyRuns = runs.get(key)
+      const last = keyRuns?.at(-1)
+      if (!keyRuns) runs.set(key, [[pending]])
+      else if (last![0]!.row.status === pending.row.status) last!.push(pending)
+      else keyRuns.push([pending])
     }
-    let settle: () => void
+    // How to answer the deliveries of each statement that committed; on a failure, the rest.
+    const settlements: Array<() => void> = []
+    let failure: { error: unknown } | undefined
+    const answered = new Set<Pending[]>()
     try {
-      const ids = await this.#writeRows([...byKey.values()].map((same) => same[0]!.row).sort(compareKeys))
-      settle = () => {
-        for (const [key, same] of byKey) {
-          const found = ids.get(key)
-          if (!found) {
-            for (const pending of same) pending.done(new Error('no row after the insert'))
-            continue
+      for (let round = 0; ; round++) {
+        const next: Pending[][] = []
+        for (const keyRuns of runs.values()) if (keyRuns[round]) next.push(keyRuns[round]!)
+        if (next.length === 0) break
+        const written = await this.#writeRows(next.map((run) => run[0]!.row).sort(compareKeys))
+        for (const run of next) answered.add(run)
+        settlements.push(() => {
+          for (const run of next) {
+            const found = written.get(keyOf(run[0]!.row))
+            if (!found) {
+              for (const pending of run) pending.done(new Error('no row after the insert'))
+              continue
+            }
+            run.forEach((pending, index) =>
+              pending.done(null, { status: index === 0 ? found.outcome : 'duplicate', conversion_id: found.id, conversion_status: found.status }),
+            )
           }
-          same.forEach((pending, index) =>
-            pending.done(null, { status: index === 0 ? found.outcome : 'duplicate', conversion_id: found.id, conversion_status: found.status }),
-          )
-        }
+        })
       }
     } catch (error) {
-      settle = () => {
-        for (const pending of batch) pending.done(error)
-      }
+      failure = { error }
     }
     // The next batch goes out before this one is answered, as in the receiver.
     this.#inFlight--
     this.#flush()
-    settle()
+    for (const settle of settlements) settle()
+    if (failure) for (const keyRuns of runs.values()) for (const run of keyRuns) if (!answered.has(run)) for (const pending of run) pending.done(failure.error)
     if (this.#queue.length === 0 && this.#inFlight === 0) for (const resolve of this.#idle.splice(0)) resolve()
   }
 
@@ -245,7 +258,7 @@ class FloorWriter {
     const column = (name: keyof Row) => rows.map((row) => row[name])
     const written = await this.#store.query({
       ...this.#store.insert,
-      values: (['sheet_id', 'transaction_id', 'event', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status'] as const).map(column),
+      values: FIELDS.map(column),
     })
     const ids = new Map<string, Written>()
     for (const row of written) ids.set(keyOf(row), { id: row.id, status: row.status, outcome: row.stored === true ? 'stored' : 'updated' })

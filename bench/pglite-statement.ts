@@ -1,7 +1,8 @@
 // The cost of the receiver's batch statement on PGlite, by the path it takes: as the app runs it
 // (db.query: a function of the session, planned once), as a plain statement through PGlite's query
-// (parsed and planned at each run), and through Prisma's raw query; beside them the floor's bare
-// INSERT (bench/floor.ts), on one PGlite folder, in alternating rounds.
+// (parsed and planned at each run), and through Prisma's raw query; beside them the floor's two
+// statements (bench/floor.ts: the bare INSERT, and the upsert that makes moves), on one PGlite
+// folder, in alternating rounds.
 //   npx tsx bench/pglite-statement.ts [--rows 29] [--statements 400] [--rounds 3]
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -12,7 +13,7 @@ import { loadConfig } from '../src/config.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase, type Statement } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
-import { FLOOR_INSERT } from './floor.ts'
+import { FLOOR_INSERT, FLOOR_UPSERT } from './floor.ts'
 
 const { values: args } = parseArgs({ options: { rows: { type: 'string', default: '29' }, statements: { type: 'string', default: '400' }, rounds: { type: 'string', default: '3' } } })
 const ROWS = Number(args.rows)
@@ -26,17 +27,17 @@ const db = await openDatabase(loadConfig(env))
 let n = 0
 const batch = () => Array.from({ length: ROWS }, () => ({ sheet_id: 'busy', transaction_id: `t${n++}`, payout: '1.5', currency: 'USD', campaign_id: 'c1', adset_id: 's1', ad_id: 'a1' }) as Delivery)
 const plain = <Row>(statement: Statement) => db.query<Row>({ text: statement.text, values: statement.values })
+// A batch through one of the floor's statements (bench/floor.ts), as a plain statement.
+function floorBatch(text: string) {
+  const rows = batch()
+  return plain({ text, values: [rows.map((r) => r.sheet_id), rows.map((r) => r.transaction_id), rows.map(() => ''), rows.map((r) => r.payout), rows.map((r) => r.currency), rows.map((r) => r.campaign_id), rows.map((r) => r.adset_id), rows.map((r) => r.ad_id), rows.map(() => 'approved')] })
+}
 const paths: Array<[string, () => Promise<unknown>]> = [
   ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],
   ['receiver, planned at each run', () => writeDeliveries(plain, batch())],
   ['receiver, through Prisma', () => writeDeliveries((s) => db.prisma.$queryRawUnsafe(s.text, ...s.values), batch())],
-  [
-    'floor (bare INSERT)',
-    () => {
-      const rows = batch()
-      return plain({ text: FLOOR_INSERT.text, values: [rows.map((r) => r.sheet_id), rows.map((r) => r.transaction_id), rows.map(() => ''), rows.map((r) => r.payout), rows.map((r) => r.currency), rows.map((r) => r.campaign_id), rows.map((r) => r.adset_id), rows.map((r) => r.ad_id), rows.map(() => 'approved')] })
-    },
-  ],
+  ['floor (bare INSERT)', () => floorBatch(FLOOR_INSERT.text)],
+  ['floor (with moves)', () => floorBatch(FLOOR_UPSERT.text)],
 ]
 const totals = new Map<string, { ms: number; cpu: number }>()
 for (let round = 0; round < Number(args.rounds); round++) {

@@ -27,7 +27,7 @@ import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, envPairs, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -87,7 +87,7 @@ if (args.help) {
 }
 
 type Store = 'postgresql' | 'pglite'
-/** noop, floor, naive, receiver, or receiver:LABEL for a --variant. */
+/** noop, floor, bare-floor, naive, receiver, or receiver:LABEL for a --variant or --tree. */
 type Route = string
 type Mix = 'unique' | 'half-repeats' | 'updates'
 
@@ -126,7 +126,7 @@ const trees = new Map(
 const routes = [...list(args.routes), ...variants.keys(), ...trees.keys()]
 const overloadStores = list(args.overload) as Store[]
 const receiverEnv = envPairs(args.env)
-const isFloor = (route: Route) => route === 'floor' || route === 'bare-floor'
+const isFloor = (route: Route) => Object.hasOwn(FLOOR_MODES, route)
 const pathOf = (route: Route) => (route === 'noop' ? NOOP_PATH : route === 'naive' ? NAIVE_RECEIVER_PATH : isFloor(route) ? FLOOR_PATH : RECEIVER_PATH)
 const isReceiver = (route: Route) => route === 'receiver' || route.startsWith('receiver:')
 const SHEET = 'bench'
@@ -259,7 +259,7 @@ async function startServer(name: string, env: Record<string, string>, route: Rou
   const logFd = openSync(logPath, 'w')
   // One folder per server: tsx's loader thread writes a (small) profile of its own beside the main thread's.
   const profile = args['cpu-prof'] ? ['--cpu-prof', `--cpu-prof-dir=${join(args['cpu-prof'], name)}`] : []
-  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog), ...(route === 'floor' ? ['floor'] : route === 'bare-floor' ? ['floor', 'bare'] : [])], {
+  const child = spawn(process.execPath, [...profile, '--import', 'tsx', 'bench/server.ts', String(backlog), ...(FLOOR_MODES[route] ?? [])], {
     cwd,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', ...BENCH_SERVER_ENV, ...env },
     stdio: ['ignore', logFd, logFd, 'ipc'],

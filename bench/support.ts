@@ -7,6 +7,9 @@ import { writeDeliveries } from '../src/conversion-batch.ts'
 import type { Database } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
 
+/** The arguments of bench/server.ts after its backlog for each floor route: the floor, the bare floor (bench/floor.ts). */
+export const FLOOR_MODES: Record<string, string[]> = { floor: ['floor'], 'bare-floor': ['floor', 'bare'] }
+
 /**
  * Environment of every server under test. All load comes from one address to one sheet, so the
  * receiver's rate limits (RECEIVER_RATE_LIMIT, RECEIVER_FLOOD_LIMIT: 6,000 and 60,000 a minute by

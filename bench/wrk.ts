@@ -18,7 +18,7 @@ import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { FLOOR_PATH } from './floor.ts'
 import { PERF_FREQUENCY, perfTable } from './perf-summary.ts'
-import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, envPairs, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
+import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const { values: args } = parseArgs({
@@ -48,7 +48,7 @@ const routes = args.routes.split(',').map((route) => {
 })
 // The server process of each route: the floors have one each, the other routes share the app's.
 type ServerName = 'app' | 'floor' | 'bare-floor'
-const serverOf = (route: Route): ServerName => (route === 'floor' || route === 'bare-floor' ? route : 'app')
+const serverOf = (route: Route): ServerName => (Object.hasOwn(FLOOR_MODES, route) ? (route as ServerName) : 'app')
 const MIXES = ['unique', 'half-repeats', 'updates'] as const
 
 if (spawnSync('wrk', ['--version']).error) {
@@ -74,15 +74,16 @@ const spawnServer = (mode: string[], env: Record<string, string>) =>
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', DATABASE_URL: url.toString(), ...env },
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   })
-const SERVER_MODES: Record<ServerName, string[]> = { app: [], floor: ['floor'], 'bare-floor': ['floor', 'bare'] }
+const SERVER_MODES: Record<string, string[]> = { app: [], ...FLOOR_MODES }
 // The app's server always: it migrates the bench's database.
 const servers = new Map(
-  [...new Set<ServerName>(['app', ...routes.map(serverOf)])].map((name) => [name, spawnServer(SERVER_MODES[name], name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {})] as const),
+  [...new Set<ServerName>(['app', ...routes.map(serverOf)])].map((name) => [name, spawnServer(SERVER_MODES[name]!, name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {})] as const),
 )
 type Child = ReturnType<typeof spawnServer>
 const stop = (child: Child) => {
   child.kill('SIGTERM')
-  return new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)))
+  // One that has ended (by a signal too: no exit code then) is not waited for.
+  return new Promise((resolve) => (child.exitCode === null && child.signalCode === null ? child.once('exit', resolve) : resolve(null)))
 }
 const cleanup = async () => {
   await Promise.all([...servers.values()].map(stop))

@@ -37,7 +37,8 @@ export interface Statement {
    * rows; `npx tsx bench/pglite-statement.ts`). `body`: the function's PL/pgSQL body (between BEGIN
    * and END, `declare`: what goes after DECLARE), when it does more than `RETURN QUERY <text>;`.
    * `settings`: the function's own settings (`SET name = value` clauses: in effect while it runs,
-   * also when its statements are planned).
+   * also when its statements are planned, and so for what is planned during the call: foreign-key
+   * checks and trigger statements, whose plans the session keeps for later statements too).
    */
   signature?: { parameters: string[]; returns: string; declare?: string; body?: string; settings?: string[] }
 }

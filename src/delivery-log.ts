@@ -26,14 +26,15 @@ const HOUR_MS = 3_600_000
 
 type Outcome = 'duplicate' | 'updated' | 'rejected'
 /** sheet id, hour (ISO), outcome, reason, count */
-type CountRow = readonly [string, string, Outcome, string, number]
+type CountRow = [string, string, Outcome, string, number]
 
 export class DeliveryLog {
   readonly #options: Required<Omit<DeliveryLogOptions, 'onError'>> & Pick<DeliveryLogOptions, 'onError'>
   #rejections: Array<RejectedDelivery & { receivedAt: Date }> = []
   // Counts by hour, outcome, reason and sheet, each with its row; keyed by their text joined by
-  // spaces, the sheet id last (it has none, nor have the hour and outcome: one text per tuple).
-  #counts = new Map<string, [string, string, Outcome, string, number]>()
+  // spaces, the sheet id last: the hour (ISO), the outcome and the reason (an error code, or '')
+  // have no space, so each key names one tuple, whatever the sheet id holds.
+  #counts = new Map<string, CountRow>()
   // The current hour's start and its text: counted on every repeat, made again only when it changes
   // (a Date and its ISO text on each count were a third of a repeat's share of the writer's CPU).
   #hourStart = -1

@@ -126,12 +126,13 @@ export async function newPostgresDatabase(t: Test, settings: Record<string, stri
 }
 
 /**
- * Polls (every 20 ms, `attempts` times at most) until a session of the database `client` is
- * connected to waits on a lock; whether one did, so that a race test can say it raced.
+ * Polls (every 20 ms, `attempts` times at most) until a session waits on a lock that `client`'s
+ * session holds; whether one did, so that a race test can say it raced (a session of another test
+ * file waiting on a lock of its own does not count).
  */
 export async function awaitLockWaiter(client: pg.Client, attempts = 50): Promise<boolean> {
   for (let attempt = 0; attempt < attempts; attempt++) {
-    const waiting = await client.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'`)
+    const waiting = await client.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pg_backend_pid() = ANY (pg_blocking_pids(pid))`)
     if (waiting.rows[0].n > 0) return true
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
