@@ -110,7 +110,7 @@ interface FloorStore {
 }
 
 // The columns a delivery fills, in the order of the statements' parameters (one text[] each).
-const FIELDS = ['sheet_id', 'transaction_id', 'event', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status'] as const
+export const FIELDS = ['sheet_id', 'transaction_id', 'event', 'payout', 'currency', 'campaign_id', 'adset_id', 'ad_id', 'status'] as const
 const COLUMNS = FIELDS.join(', ')
 const UNNEST = `unnest(${FIELDS.map((_, index) => `$${index + 1}::text[]`).join(', ')}) AS i(${COLUMNS})`
 const ROWS = `SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric,

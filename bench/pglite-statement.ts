@@ -13,7 +13,7 @@ import { loadConfig } from '../src/config.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase, type Statement } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
-import { FLOOR_INSERT, FLOOR_UPSERT } from './floor.ts'
+import { FIELDS, FLOOR_INSERT, FLOOR_UPSERT } from './floor.ts'
 
 const { values: args } = parseArgs({ options: { rows: { type: 'string', default: '29' }, statements: { type: 'string', default: '400' }, rounds: { type: 'string', default: '3' } } })
 const ROWS = Number(args.rows)
@@ -30,7 +30,9 @@ const plain = <Row>(statement: Statement) => db.query<Row>({ text: statement.tex
 // A batch through one of the floor's statements (bench/floor.ts), as a plain statement.
 function floorBatch(text: string) {
   const rows = batch()
-  return plain({ text, values: [rows.map((r) => r.sheet_id), rows.map((r) => r.transaction_id), rows.map(() => ''), rows.map((r) => r.payout), rows.map((r) => r.currency), rows.map((r) => r.campaign_id), rows.map((r) => r.adset_id), rows.map((r) => r.ad_id), rows.map(() => 'approved')] })
+  // In the statements' parameter order; no event, every delivery approved.
+  const value = (row: Delivery, field: (typeof FIELDS)[number]) => (field === 'event' ? '' : field === 'status' ? 'approved' : (row[field] ?? null))
+  return plain({ text, values: FIELDS.map((field) => rows.map((row) => value(row, field))) })
 }
 const paths: Array<[string, () => Promise<unknown>]> = [
   ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],
