@@ -1,14 +1,16 @@
 // The pg pool and client of the PostgreSQL store. pg reports its own client-side failures (no answer
-// within query_timeout, a lost connection, no connection in time) as plain Errors known only by their
+// within the read timeout, a lost connection, no connection in time) as plain Errors known only by their
 // text; here, where they leave the driver, they become StoreUnavailableError, so that every caller
 // and the error handler classify storage errors by type and code, never by message.
 import pg from 'pg'
 import { StoreUnavailableError, type UnavailableReason } from './storage-errors.ts'
 
+// The read timeout's failure (StorePool's watch): pg's own text for it.
+const READ_TIMEOUT = 'Query read timeout'
 // pg 8.16 (pg/lib/client.js, pg-pool/index.js): the failures that carry no code. Exact texts; a pg
 // upgrade that changes one makes test/store/database-outage.ts fail.
 const CLIENT_FAILURES = new Map<string, UnavailableReason>([
-  ['Query read timeout', 'timeout'],
+  [READ_TIMEOUT, 'timeout'],
   ['timeout exceeded when trying to connect', 'timeout'],
   ['Connection terminated due to connection timeout', 'timeout'],
   ['Connection terminated unexpectedly', 'connection_lost'],
@@ -18,7 +20,8 @@ const CLIENT_FAILURES = new Map<string, UnavailableReason>([
   ['Cannot use a pool after calling end on the pool', 'closed'],
 ])
 
-function typed(error: unknown): unknown {
+/** A failure of pg, typed: pg's callback forms give it as pg made it. */
+export function typed(error: unknown): unknown {
   if (!(error instanceof Error) || error instanceof pg.DatabaseError || 'code' in error) return error
   const reason = CLIENT_FAILURES.get(error.message)
   return reason ? new StoreUnavailableError(reason, error) : error
@@ -32,34 +35,70 @@ function typedCall(method: (...args: unknown[]) => unknown, self: unknown, args:
 
 /**
  * A statement whose text begins with this comment runs without the pool's client-side read timeout
- * (`query_timeout`): background work that may run for minutes (the first fold of the rollups after an
- * upgrade takes every row that shares the migration's transaction at once); its transaction also
- * lifts the server's `statement_timeout` (`SET LOCAL`, src/rollups.ts). Prisma's adapter cannot pass
- * pg per-query options; the text can.
+ * (StorePool's `readTimeoutMillis`): background work that may run for minutes (the first fold of the
+ * rollups after an upgrade takes every row that shares the migration's transaction at once); its
+ * transaction also lifts the server's `statement_timeout` (`SET LOCAL`, src/rollups.ts). Prisma's
+ * adapter cannot pass per-query options; the text can.
  */
 export const LONG_RUNNING = '/* long-running */'
-// pg takes 0 as "the connection's default": the longest timer Node.js keeps instead (24.8 days).
-const NO_READ_TIMEOUT = 2_147_483_647
-
-function withoutReadTimeout(args: any[]): any[] {
-  const [first, ...rest] = args
-  if (typeof first === 'string' && first.startsWith(LONG_RUNNING)) {
-    return [{ text: first, values: Array.isArray(rest[0]) ? rest[0] : undefined, query_timeout: NO_READ_TIMEOUT }, ...(Array.isArray(rest[0]) ? rest.slice(1) : rest)]
-  }
-  if (first && typeof first === 'object' && typeof first.text === 'string' && first.text.startsWith(LONG_RUNNING)) return [{ ...first, query_timeout: NO_READ_TIMEOUT }, ...rest]
-  return args
-}
 
 export class StoreClient extends pg.Client {
   // Any arguments: pg's overloads pass through as they are.
   override query(...args: any[]): any {
-    return typedCall(super.query, this, withoutReadTimeout(args))
+    return typedCall(super.query, this, args)
   }
 }
 
+export interface StorePoolConfig extends pg.PoolConfig {
+  /**
+   * The client-side read timeout: a connection whose statement has had no answer for this long is
+   * closed, and its statements fail as StoreUnavailableError('timeout'). It catches a database that
+   * takes connections and never answers, where the server's `statement_timeout` cannot. Not pg's
+   * `query_timeout`, whose timer and wrapping callback per statement made every scavenge of the
+   * collector keep ~300 KB more under load: one watch per pool looks at each connection's
+   * statement every quarter of a second instead (so a statement fails between the timeout and a
+   * quarter of a second later). Statements that begin with LONG_RUNNING are not timed.
+   */
+  readTimeoutMillis?: number
+}
+
+// pg's internals the watch reads: the statement a connection is running, and its socket.
+interface WatchedClient {
+  activeQuery?: { text?: unknown } | null
+  connection: { stream: { destroy(error: Error): void } }
+}
+
 export class StorePool extends pg.Pool {
-  constructor(config: pg.PoolConfig) {
+  readonly #running = new Map<WatchedClient, { query: unknown; since: number }>()
+  readonly #watch: NodeJS.Timeout | undefined
+
+  constructor({ readTimeoutMillis, ...config }: StorePoolConfig) {
     super({ ...config, Client: StoreClient })
+    if (!readTimeoutMillis) return
+    this.on('connect', (client) => this.#running.set(client as unknown as WatchedClient, { query: undefined, since: 0 }))
+    this.on('remove', (client) => this.#running.delete(client as unknown as WatchedClient))
+    this.#watch = setInterval(() => this.#expire(readTimeoutMillis), Math.min(250, readTimeoutMillis / 4)).unref()
+  }
+
+  #expire(timeout: number): void {
+    const now = performance.now()
+    for (const [client, seen] of this.#running) {
+      const query = client.activeQuery ?? undefined
+      if (query !== seen.query) {
+        seen.query = query
+        seen.since = now
+      } else if (query && now - seen.since >= timeout && !(typeof query.text === 'string' && query.text.startsWith(LONG_RUNNING))) {
+        seen.query = undefined
+        // pg fails the connection's statements with this error, emits it on the client (whoever holds
+        // the client listens: pg-pool, the hot path, Prisma's transaction) and then closes it.
+        client.connection.stream.destroy(new Error(READ_TIMEOUT))
+      }
+    }
+  }
+
+  override end(...args: any[]): any {
+    clearInterval(this.#watch)
+    return typedCall(super.end, this, args)
   }
 
   override query(...args: any[]): any {
