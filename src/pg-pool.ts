@@ -62,10 +62,16 @@ export interface StorePoolConfig extends pg.PoolConfig {
   readTimeoutMillis?: number
 }
 
-// pg's internals the watch reads: the statement a connection is running, and its socket.
+// pg's internals the watch reads: the statement a connection is running, those waiting for it (the
+// first waits with none running while the connection waits for the server's ReadyForQuery after an
+// error), and its socket.
 interface WatchedClient {
-  activeQuery?: { text?: unknown } | null
+  activeQuery?: WatchedQuery | null
+  queryQueue?: WatchedQuery[]
   connection: { stream: { destroy(error: Error): void } }
+}
+interface WatchedQuery {
+  text?: unknown
 }
 
 export class StorePool extends pg.Pool {
@@ -81,9 +87,12 @@ export class StorePool extends pg.Pool {
   }
 
   #expire(timeout: number): void {
+    // Not stopped by end(): the pool ends once every client is back, and a hung one comes back
+    // only by timing out.
+    if (this.ended) clearInterval(this.#watch)
     const now = performance.now()
     for (const [client, seen] of this.#running) {
-      const query = client.activeQuery ?? undefined
+      const query = client.activeQuery ?? client.queryQueue?.[0]
       if (query !== seen.query) {
         seen.query = query
         seen.since = now
@@ -94,11 +103,6 @@ export class StorePool extends pg.Pool {
         client.connection.stream.destroy(new Error(READ_TIMEOUT))
       }
     }
-  }
-
-  override end(...args: any[]): any {
-    clearInterval(this.#watch)
-    return typedCall(super.end, this, args)
   }
 
   override query(...args: any[]): any {

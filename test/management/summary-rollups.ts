@@ -310,8 +310,10 @@ async function expectedList(sheets: readonly string[], query: SummaryQuery, orde
 t.test('the summary equals the figures computed from the rows, folded or not, in any zone and range', async (t) => {
   await fc.assert(fc.asyncProperty(caseArb, check), { numRuns: 50 })
   t.ok(movedAfterFold >= 3, `conversions moved after their fold in ${movedAfterFold} of 50 cases`)
-  t.ok(listsPaged >= 15, `lists of one sheet over several pages: ${listsPaged} of ${listsChecked}`)
-  t.ok(bothPaged >= 15, `lists of two sheets over several pages: ${bothPaged}`)
+  // That paging was exercised, not how often: random cases give 25 to 39 of each in most runs, and
+  // once 14 (a bound of 15 failed a run).
+  t.ok(listsPaged >= 5, `lists of one sheet over several pages: ${listsPaged} of ${listsChecked}`)
+  t.ok(bothPaged >= 5, `lists of two sheets over several pages: ${bothPaged}`)
   t.comment(`paged lists: ${listsPaged} of one sheet, ${bothPaged} of two`)
 })
 

@@ -1,9 +1,11 @@
 // A PostgreSQL outage (the connection cut by a proxy, mid-load): 503 with Retry-After within a
 // bounded time, readiness reports not ready, the process goes on, and it recovers by itself.
 // PostgreSQL only (PGlite is in process): this file runs in the suite's PostgreSQL pass.
-import t from 'tap'
-import { newKeyHeader, newSheet, onPostgres, receiverUrl, testApp } from '../helpers.ts'
+import t, { type Test } from 'tap'
+import { newKeyHeader, newSheet, onPostgres, receiverUrl, testApp, testConfig } from '../helpers.ts'
+import { openDatabase, type Database } from '../../src/database.ts'
 import { TcpProxy } from '../fixtures/tcp-proxy.ts'
+import { StoreUnavailableError } from '../../src/storage-errors.ts'
 
 if (!onPostgres) {
   // The embedded store has no connection to lose; its failure is the store closing under the app.
@@ -119,5 +121,53 @@ if (!onPostgres) {
       if (!recovered) await new Promise((resolve) => setTimeout(resolve, 250))
     }
     t.ok(recovered, 'answers again once the database is back')
+  })
+
+  // The read timeout (StorePool's watch), where a statement hangs on the one connection of a store
+  // of its own (no app: nothing else takes the connection). Read timeout: 500 + 1000 ms.
+  const hangingStore = async (t: Test) => {
+    const held = new TcpProxy(target.hostname, Number(target.port || 5432))
+    await held.start()
+    t.teardown(() => held.cut())
+    const heldUrl = new URL(process.env.DATABASE_URL!)
+    heldUrl.port = String(held.port)
+    const db = await openDatabase(testConfig(t, { DATABASE_URL: heldUrl.toString(), DB_POOL_MAX: '1', DB_STATEMENT_TIMEOUT_MS: '500' }))
+    t.teardown(() => db.close())
+    return { db, proxy: held }
+  }
+  // A hot-path statement (run as a session function on a connection of the pool): 1 / divisor.
+  const divide = (db: Database, divisor: number) =>
+    db.query<{ quotient: number }>({ name: 'outage_divide', text: 'SELECT 1 / $1::int AS quotient', values: [divisor], signature: { parameters: ['divisor int'], returns: 'quotient int' } })
+  const settled = (promise: Promise<unknown>, ms: number) =>
+    Promise.race([promise.then(() => 'resolved', (error: unknown) => error), new Promise((resolve) => setTimeout(() => resolve('still waiting'), ms))])
+
+  t.test('a statement waiting for the server to be ready again (after an error) times out too', async (t) => {
+    const { db, proxy: held } = await hangingStore(t)
+    t.same(await divide(db, 1), [{ quotient: 1 }])
+    // The server's error goes through, its ReadyForQuery does not: the connection goes back to the
+    // pool (an error the server reported leaves it usable) and the next statement waits behind it.
+    held.holdAfter('E')
+    await t.rejects(divide(db, 0), { code: '22012' }, 'division by zero')
+    const began = Date.now()
+    const next = await settled(divide(db, 1), 5000)
+    t.ok(next instanceof StoreUnavailableError && next.reason === 'timeout', `failed as the store timing out: ${String(next)}`)
+    t.ok(Date.now() - began < 3000, `within the read timeout (${Date.now() - began} ms)`)
+    await held.restore()
+    t.same(await divide(db, 2), [{ quotient: 0 }], 'and a new connection answers')
+  })
+
+  t.test('closing the store while a statement hangs: the statement times out and the close ends', async (t) => {
+    const { db, proxy: held } = await hangingStore(t)
+    t.same(await divide(db, 1), [{ quotient: 1 }])
+    held.pause()
+    const hanging = settled(divide(db, 1), 5000)
+    // The pool hands its idle connection over on a later tick; by the next turn of the event loop
+    // the statement is on it (closed before that, the pool would end the idle connection instead).
+    await new Promise((resolve) => setImmediate(resolve))
+    const began = Date.now()
+    t.equal(await settled(db.close(), 5000), 'resolved', 'the store closed')
+    t.ok(Date.now() - began < 3000, `within the read timeout (${Date.now() - began} ms)`)
+    const outcome = await hanging
+    t.ok(outcome instanceof StoreUnavailableError && outcome.reason === 'timeout', `the statement failed as the store timing out: ${String(outcome)}`)
   })
 }
