@@ -64,15 +64,18 @@ export interface StorePoolConfig extends pg.PoolConfig {
 
 // pg's internals the watch reads: the statement a connection is running, those waiting for it (the
 // first waits with none running while the connection waits for the server's ReadyForQuery after an
-// error), and its socket.
+// error), whether it is closing (end(): Terminate sent, the server's close awaited), and its socket.
 interface WatchedClient {
   activeQuery?: WatchedQuery | null
   queryQueue?: WatchedQuery[]
-  connection: { stream: { destroy(error: Error): void } }
+  _ending?: boolean
+  connection: { stream: { destroy(error?: Error): void } }
 }
 interface WatchedQuery {
   text?: unknown
 }
+// What a closing connection waits for, timed like a statement.
+const CLOSING: WatchedQuery = {}
 
 export class StorePool extends pg.Pool {
   readonly #running = new Map<WatchedClient, { query: unknown; since: number }>()
@@ -92,15 +95,17 @@ export class StorePool extends pg.Pool {
     if (this.ended) clearInterval(this.#watch)
     const now = performance.now()
     for (const [client, seen] of this.#running) {
-      const query = client.activeQuery ?? client.queryQueue?.[0]
+      const query = client.activeQuery ?? client.queryQueue?.[0] ?? (client._ending ? CLOSING : undefined)
       if (query !== seen.query) {
         seen.query = query
         seen.since = now
       } else if (query && now - seen.since >= timeout && !(typeof query.text === 'string' && query.text.startsWith(LONG_RUNNING))) {
         seen.query = undefined
         // pg fails the connection's statements with this error, emits it on the client (whoever holds
-        // the client listens: pg-pool, the hot path, Prisma's transaction) and then closes it.
-        client.connection.stream.destroy(new Error(READ_TIMEOUT))
+        // the client listens: pg-pool, the hot path, Prisma's transaction) and then closes it. A
+        // connection closing (given back while the pool ends, say) against a server that never
+        // closes it is closed here, without an error: the pool waits for it to end.
+        client.connection.stream.destroy(query === CLOSING ? undefined : new Error(READ_TIMEOUT))
       }
     }
   }

@@ -128,11 +128,14 @@ if (!onPostgres) {
   const hangingStore = async (t: Test) => {
     const held = new TcpProxy(target.hostname, Number(target.port || 5432))
     await held.start()
-    t.teardown(() => held.cut())
     const heldUrl = new URL(process.env.DATABASE_URL!)
     heldUrl.port = String(held.port)
     const db = await openDatabase(testConfig(t, { DATABASE_URL: heldUrl.toString(), DB_POOL_MAX: '1', DB_STATEMENT_TIMEOUT_MS: '500' }))
-    t.teardown(() => db.close())
+    // The proxy first: a close that a test found hanging then ends.
+    t.teardown(async () => {
+      await held.cut()
+      await db.close()
+    })
     return { db, proxy: held }
   }
   // A hot-path statement (run as a session function on a connection of the pool): 1 / divisor.
@@ -169,5 +172,22 @@ if (!onPostgres) {
     t.ok(Date.now() - began < 3000, `within the read timeout (${Date.now() - began} ms)`)
     const outcome = await hanging
     t.ok(outcome instanceof StoreUnavailableError && outcome.reason === 'timeout', `the statement failed as the store timing out: ${String(outcome)}`)
+  })
+
+  t.test('closing the store while a statement runs, the database hanging after its answer: the close ends', async (t) => {
+    const { db, proxy: held } = await hangingStore(t)
+    t.same(await divide(db, 1), [{ quotient: 1 }])
+    // The next answer goes through whole; then the database hangs: the Terminate pg sends when the
+    // pool ends the connection (given back after the close began) never reaches the server, which
+    // never closes it, and the pool waits for it.
+    held.holdAfter('Z')
+    const answered = divide(db, 3)
+    // On the connection by now, its answer not yet back (it comes through the proxy, in this process).
+    await new Promise((resolve) => setImmediate(resolve))
+    const began = Date.now()
+    const closed = settled(db.close(), 5000)
+    t.same(await answered, [{ quotient: 0 }], 'the statement answered')
+    t.equal(await closed, 'resolved', 'the store closed')
+    t.ok(Date.now() - began < 3000, `within the read timeout (${Date.now() - began} ms)`)
   })
 }
