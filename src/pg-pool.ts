@@ -57,7 +57,8 @@ export interface StorePoolConfig extends pg.PoolConfig {
    * `query_timeout`, whose timer and wrapping callback per statement made every scavenge of the
    * collector keep ~300 KB more under load: one watch per pool looks at each connection's
    * statement every quarter of a second instead (so a statement fails between the timeout and a
-   * quarter of a second later). Statements that begin with LONG_RUNNING are not timed.
+   * quarter of a second later). Statements that begin with LONG_RUNNING are not timed. A connection
+   * that is closing (the server's close awaited) is timed too, so that the pool's end() ends.
    */
   readTimeoutMillis?: number
 }
