@@ -237,13 +237,10 @@ function poolFunctions(pool: StorePool): Database['query'] {
   return <Row>(statement: Statement) =>
     new Promise<Row[]>((resolve, reject) => run(statement, false, (error, rows) => (error ? reject(typed(error)) : resolve(rows as Row[]))))
 
-  function run(statement: Statement, again: boolean, done: (error: Error | undefined, rows?: unknown[]) => void): void {
+  function run(statement: Statement, again: boolean, done: Done): void {
     const { name, signature, text, values } = statement
-    if (!name || !signature || refused) {
-      const plain = !name || !signature ? statement : { name: `${name}_plain`, text, values }
-      pool.query(plain, (error: Error | undefined, result: pg.QueryResult) => done(error, result?.rows))
-      return
-    }
+    if (!name || !signature) return plain(statement, done)
+    if (refused) return plain({ name: `${name}_plain`, text, values }, done)
     pool.connect((error: Error | undefined, client?: pg.PoolClient) => {
       if (error || !client) return done(error)
       // A connection lost while checked out emits 'error' (its statement fails too); without a
@@ -279,7 +276,13 @@ function poolFunctions(pool: StorePool): Database['query'] {
       })
     })
   }
+
+  function plain(config: pg.QueryConfig, done: Done): void {
+    pool.query(config, (error: Error | undefined, result: pg.QueryResult) => done(error, result?.rows))
+  }
 }
+/** How a hot-path statement ended on PostgreSQL: pg's error, or its rows. */
+type Done = (error: Error | undefined, rows?: unknown[]) => void
 const INSUFFICIENT_PRIVILEGE = '42501'
 const UNDEFINED_FUNCTION = '42883'
 const ignore = () => {}

@@ -6,6 +6,7 @@ import { newKeyHeader, newSheet, onPostgres, receiverUrl, testApp, testConfig } 
 import { openDatabase, type Database } from '../../src/database.ts'
 import { TcpProxy } from '../fixtures/tcp-proxy.ts'
 import { StoreUnavailableError } from '../../src/storage-errors.ts'
+import { setImmediate as nextTurn, setTimeout as delay } from 'node:timers/promises'
 
 if (!onPostgres) {
   // The embedded store has no connection to lose; its failure is the store closing under the app.
@@ -23,13 +24,17 @@ if (!onPostgres) {
     t.equal((await app.inject({ method: 'GET', url: '/livez' })).statusCode, 200)
   })
 } else {
-  const target = new URL(process.env.DATABASE_URL!)
-  const proxy = new TcpProxy(target.hostname, Number(target.port || 5432))
-  await proxy.start()
+  // A proxy in front of the suite's database, and the database's URL through it.
+  const startProxy = async () => {
+    const target = new URL(process.env.DATABASE_URL!)
+    const started = new TcpProxy(target.hostname, Number(target.port || 5432))
+    await started.start()
+    target.port = String(started.port)
+    return { proxy: started, url: target.toString() }
+  }
+  const { proxy, url } = await startProxy()
   t.teardown(() => proxy.cut())
-  const url = new URL(process.env.DATABASE_URL!)
-  url.port = String(proxy.port)
-  const app = await testApp(t, { DATABASE_URL: url.toString(), DB_CONNECT_TIMEOUT_MS: '1000', DB_STATEMENT_TIMEOUT_MS: '2000', RETRY_AFTER_SECONDS: '3' })
+  const app = await testApp(t, { DATABASE_URL: url, DB_CONNECT_TIMEOUT_MS: '1000', DB_STATEMENT_TIMEOUT_MS: '2000', RETRY_AFTER_SECONDS: '3' })
   const sheet = await newSheet(app)
   let sequence = 0
   const deliver = () => app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: `o${sequence++}` }) })
@@ -126,11 +131,8 @@ if (!onPostgres) {
   // The read timeout (StorePool's watch), where a statement hangs on the one connection of a store
   // of its own (no app: nothing else takes the connection). Read timeout: 500 + 1000 ms.
   const hangingStore = async (t: Test) => {
-    const held = new TcpProxy(target.hostname, Number(target.port || 5432))
-    await held.start()
-    const heldUrl = new URL(process.env.DATABASE_URL!)
-    heldUrl.port = String(held.port)
-    const db = await openDatabase(testConfig(t, { DATABASE_URL: heldUrl.toString(), DB_POOL_MAX: '1', DB_STATEMENT_TIMEOUT_MS: '500' }))
+    const { proxy: held, url: heldUrl } = await startProxy()
+    const db = await openDatabase(testConfig(t, { DATABASE_URL: heldUrl, DB_POOL_MAX: '1', DB_STATEMENT_TIMEOUT_MS: '500' }))
     // The proxy first: a close that a test found hanging then ends.
     t.teardown(async () => {
       await held.cut()
@@ -141,8 +143,7 @@ if (!onPostgres) {
   // A hot-path statement (run as a session function on a connection of the pool): 1 / divisor.
   const divide = (db: Database, divisor: number) =>
     db.query<{ quotient: number }>({ name: 'outage_divide', text: 'SELECT 1 / $1::int AS quotient', values: [divisor], signature: { parameters: ['divisor int'], returns: 'quotient int' } })
-  const settled = (promise: Promise<unknown>, ms: number) =>
-    Promise.race([promise.then(() => 'resolved', (error: unknown) => error), new Promise((resolve) => setTimeout(() => resolve('still waiting'), ms))])
+  const settled = (promise: Promise<unknown>, ms: number) => Promise.race([promise.then(() => 'resolved', (error: unknown) => error), delay(ms, 'still waiting')])
 
   t.test('a statement waiting for the server to be ready again (after an error) times out too', async (t) => {
     const { db, proxy: held } = await hangingStore(t)
@@ -166,7 +167,7 @@ if (!onPostgres) {
     const hanging = settled(divide(db, 1), 5000)
     // The pool hands its idle connection over on a later tick; by the next turn of the event loop
     // the statement is on it (closed before that, the pool would end the idle connection instead).
-    await new Promise((resolve) => setImmediate(resolve))
+    await nextTurn()
     const began = Date.now()
     t.equal(await settled(db.close(), 5000), 'resolved', 'the store closed')
     t.ok(Date.now() - began < 3000, `within the read timeout (${Date.now() - began} ms)`)
@@ -183,7 +184,7 @@ if (!onPostgres) {
     held.holdAfter('Z')
     const answered = divide(db, 3)
     // On the connection by now, its answer not yet back (it comes through the proxy, in this process).
-    await new Promise((resolve) => setImmediate(resolve))
+    await nextTurn()
     const began = Date.now()
     const closed = settled(db.close(), 5000)
     t.same(await answered, [{ quotient: 0 }], 'the statement answered')
