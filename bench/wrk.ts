@@ -68,12 +68,19 @@ const url = new URL(args['pg-url'])
 url.pathname = `/${database}`
 await admin(`CREATE DATABASE ${database}`)
 const serverEnv = envPairs(args.env)
-const spawnServer = (mode: string[], env: Record<string, string>) =>
-  spawn(process.execPath, [...(args.perf ? ['--perf-basic-prof-only-functions'] : []), '--import', 'tsx', 'bench/server.ts', '511', ...mode], {
+// Each server's stdout is a pipe that a process of its own reads and discards, as a container's
+// log collector reads a service's stdout (not /dev/null, which a server may write in other ways).
+const spawnServer = (mode: string[], env: Record<string, string>) => {
+  const collector = spawn('cat', [], { stdio: ['pipe', 'ignore', 'inherit'] })
+  const child = spawn(process.execPath, [...(args.perf ? ['--perf-basic-prof-only-functions'] : []), '--import', 'tsx', 'bench/server.ts', '511', ...mode], {
     cwd: ROOT,
     env: { ...process.env, HOST: '127.0.0.1', PORT: '0', DATABASE_URL: url.toString(), ...env },
-    stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
+    stdio: ['ignore', collector.stdin, 'inherit', 'ipc'],
   })
+  // The server holds the pipe's write end now: the collector's input ends when the server's does.
+  collector.stdin.destroy()
+  return child
+}
 const SERVER_MODES: Record<string, string[]> = { app: [], ...FLOOR_MODES }
 // The app's server always: it migrates the bench's database.
 const servers = new Map(
