@@ -6,7 +6,8 @@
 // Options: --duration S per route and mix (10), --rounds N (2), --warmup S per route before the
 // first mix (2; the floor is a process of its own and would otherwise pay its start-up, JIT and
 // connections in its first measured slice), --connections N (50), --threads N (1), --pg-url URL,
-// --env NAME=VALUE for the server, --routes (noop,floor,bare-floor,naive,receiver), --perf FILE: Linux perf's
+// --env NAME=VALUE for the server, --routes (noop,floor,bare-floor,naive,receiver), --mixes
+// (unique,half-repeats,updates, in the order given), --perf FILE: Linux perf's
 // samples of both servers during the measured rounds into FILE, and where their CPU went per request
 // (bench/perf-summary.ts; with --routes floor,receiver the app server's column is the receiver's). Beside each route's rate and latency: the CPU its server and
 // PostgreSQL's backends for the bench's database used per request while measured (from /proc), and how
@@ -31,6 +32,7 @@ const { values: args } = parseArgs({
     'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
     env: { type: 'string', multiple: true, default: [] },
     routes: { type: 'string', default: 'noop,floor,bare-floor,naive,receiver' },
+    mixes: { type: 'string', default: 'unique,half-repeats,updates' },
     perf: { type: 'string' },
   },
 })
@@ -49,7 +51,16 @@ const routes = args.routes.split(',').map((route) => {
 // The server process of each route: the floors have one each, the other routes share the app's.
 type ServerName = 'app' | 'floor' | 'bare-floor'
 const serverOf = (route: Route): ServerName => (Object.hasOwn(FLOOR_MODES, route) ? (route as ServerName) : 'app')
-const MIXES = ['unique', 'half-repeats', 'updates'] as const
+const MIX_NAMES = ['unique', 'half-repeats', 'updates'] as const
+type Mix = (typeof MIX_NAMES)[number]
+// In the order given: the first mix runs on the freshest database and the least warmed-up servers.
+const MIXES = args.mixes.split(',').map((mix) => {
+  if (!(MIX_NAMES as readonly string[]).includes(mix)) {
+    console.error(`--mixes: unknown mix ${mix} (${MIX_NAMES.join(', ')})`)
+    process.exit(2)
+  }
+  return mix as Mix
+})
 
 if (spawnSync('wrk', ['--version']).error) {
   console.error('wrk is not installed: apt-get install -y wrk')
@@ -116,7 +127,7 @@ try {
 
   console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${warmup} s warm-up per route, then ${rounds} rounds of ${slice} s per route; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
   const stamp = Date.now().toString(36)
-  const runWrk = (route: Route, seconds: number, prefix: string, mix: (typeof MIXES)[number]) =>
+  const runWrk = (route: Route, seconds: number, prefix: string, mix: Mix) =>
     spawnSync(
       'wrk',
       ['-t', args.threads, '-c', args.connections, '-d', `${seconds}s`, '--timeout', '10s', '--latency', '-s', 'bench/wrk/postback.lua', baseOf(route)],
@@ -143,9 +154,9 @@ try {
   if (perf) await new Promise((resolve) => setTimeout(resolve, 1000))
   if (perf && (perf.exitCode !== null || perf.signalCode !== null)) throw new Error(`perf record ended at once (${perf.exitCode ?? perf.signalCode}): ${perfErrors.trim()}`)
   const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
-  const ratios: string[][] = [['mix', 'receiver / floor', 'receiver / bare floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
+  const ratios: string[][] = [['mix', 'receiver / floor', 'by round', 'receiver / bare floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
-    const totals = new Map<Route, { requests: number; seconds: number; p50: number[]; p99: number[]; non2xx: number; errors: number; server: number; postgres: number; idle: number; ticks: number }>()
+    const totals = new Map<Route, { requests: number; seconds: number; rates: number[]; p50: number[]; p99: number[]; non2xx: number; errors: number; server: number; postgres: number; idle: number; ticks: number }>()
     const order = routes
     for (let round = 0; round < rounds; round++) {
       for (let i = 0; i < order.length; i++) {
@@ -154,16 +165,18 @@ try {
         const result = runWrk(route, slice, `${stamp}-${mix}-${route}-${round}`, mix)
         const machine = machineTicks()
         const out = result.stdout
-        const total = totals.get(route) ?? { requests: 0, seconds: 0, p50: [], p99: [], non2xx: 0, errors: 0, server: 0, postgres: 0, idle: 0, ticks: 0 }
+        const total = totals.get(route) ?? { requests: 0, seconds: 0, rates: [], p50: [], p99: [], non2xx: 0, errors: 0, server: 0, postgres: 0, idle: 0, ticks: 0 }
         total.server += cpuSeconds(pidOf(route)) - before.server
         total.postgres += postgresCpuUsed(before.postgres, postgresCpuSeconds(database)).backends
         total.idle += machine.idle - before.machine.idle
         total.ticks += machine.total - before.machine.total
         const done = /(\d+) requests in ([\d.]+)(ms|s|m)/.exec(out)
         if (!done) throw new Error(`unexpected wrk output:\n${out}\n${result.stderr}`)
+        const seconds = Number(done[2]) * (done[3] === 'ms' ? 0.001 : done[3] === 'm' ? 60 : 1)
         total.requests += Number(done[1])
         answered.set(serverOf(route), (answered.get(serverOf(route)) ?? 0) + Number(done[1]))
-        total.seconds += Number(done[2]) * (done[3] === 'ms' ? 0.001 : done[3] === 'm' ? 60 : 1)
+        total.seconds += seconds
+        total.rates.push(Number(done[1]) / seconds)
         const ms = (text: string | undefined) => (!text ? NaN : text.endsWith('us') ? parseFloat(text) / 1000 : text.endsWith('ms') ? parseFloat(text) : parseFloat(text) * 1000)
         total.p50.push(ms(/^\s+50%\s+(\S+)/m.exec(out)?.[1]))
         total.p99.push(ms(/^\s+99%\s+(\S+)/m.exec(out)?.[1]))
@@ -183,9 +196,15 @@ try {
       rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), String(t.non2xx), String(t.errors), `${micros(t.server)} + ${micros(t.postgres)}`, String(idle)])
     }
     const over = (a: Route, b: Route) => (totals.has(a) && totals.has(b) ? (rps(a) / rps(b)).toFixed(2) : '-')
-    ratios.push([mix, over('receiver', 'floor'), over('receiver', 'bare-floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
+    // The rounds' own ratios, lowest to highest: how far one round's machine differs from the next.
+    const byRound = (a: Route, b: Route) => {
+      if (!totals.has(a) || !totals.has(b)) return '-'
+      const each = totals.get(a)!.rates.map((rate, round) => rate / totals.get(b)!.rates[round]!)
+      return `${Math.min(...each).toFixed(2)} to ${Math.max(...each).toFixed(2)}`
+    }
+    ratios.push([mix, over('receiver', 'floor'), byRound('receiver', 'floor'), over('receiver', 'bare-floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
   }
-  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's; CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
+  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's; by round: the lowest and highest of the rounds' own ratios (a round runs each route once); CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
   if (perf) {
     perf.kill('SIGINT')
     await perfExited
