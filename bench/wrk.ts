@@ -79,8 +79,9 @@ const url = new URL(args['pg-url'])
 url.pathname = `/${database}`
 await admin(`CREATE DATABASE ${database}`)
 const serverEnv = envPairs(args.env)
-// Each server's stdout is a pipe that a process of its own reads and discards, as a container's
-// log collector reads a service's stdout (not /dev/null, which a server may write in other ways).
+// Each server's stdout goes to a process of its own that reads and discards it, as a log collector
+// reads a service's stdout (not /dev/null, which a server writes in other ways). It is a Unix socket
+// pair (what Node.js makes for 'pipe'); a container runtime's is a FIFO, which the log's tests use.
 const spawnServer = (mode: string[], env: Record<string, string>) => {
   const collector = spawn('cat', [], { stdio: ['pipe', 'ignore', 'inherit'] })
   const child = spawn(process.execPath, [...(args.perf ? ['--perf-basic-prof-only-functions'] : []), '--import', 'tsx', 'bench/server.ts', '511', ...mode], {

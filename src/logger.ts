@@ -43,24 +43,35 @@ function quoted(text: string): string {
 }
 
 const FLUSH_INTERVAL_MS = 250
-// Lines are handed on in chunks of at most this many bytes (fewer when the timer or the exit flushes),
-// into a file or a pipe alike. Each hand-off to a pipe wakes another thread and its reader, which
-// preempt the main thread under load: 16 KB chunks into a pipe that a process reads cost the
-// receiver 0.79 µs a request in the write's hand-off, 64 KB chunks 0.34 (BENCHMARKS.md). A chunk
-// that fills a pipe's buffer (64 KB) waits for the reader on the thread pool, not on the main thread.
+// Lines are handed on in chunks of at most this many bytes (fewer when the timer or the exit flushes).
+// Each hand-off to a pipe wakes its reader (and, written asynchronously, a pool thread), which
+// preempt the main thread under load: 64 KB chunks cost a quarter of the hand-offs of 16 KB ones.
 const CHUNK_BYTES = 64 * 1024
 // How long the exit waits for a pipe's reader to take the last lines.
 const EXIT_WRITE_MS = 2000
+// How soon a pipe's reader is offered again what it had no room for, when no new chunk comes first.
+const RETRY_MS = 5
+
+/** Where a ChunkedStdout hands its chunks of bytes. */
+export interface ChunkSink {
+  write(chunk: Buffer): unknown
+  /** Calls `done` once everything handed on is written, or with the error that stopped the writing. */
+  flush(done: (error?: Error) => void): void
+}
 
 /** What pino writes lines into: the process's stdout, buffered (`bufferedStdout`). */
 export class ChunkedStdout {
   #chunk: Buffer
   #used = 0
 
+  readonly sink: ChunkSink
+
+  /** `sink`: a NonBlockingOut, or a pino destination (sonic-boom) with contentMode 'buffer', which takes bytes too. */
   constructor(
-    readonly stream: ReturnType<typeof pino.destination>,
+    sink: ChunkSink | ReturnType<typeof pino.destination>,
     private readonly chunkBytes: number,
   ) {
+    this.sink = sink as ChunkSink
     this.#chunk = Buffer.allocUnsafe(chunkBytes)
   }
 
@@ -76,7 +87,7 @@ export class ChunkedStdout {
     if (this.#used + 3 * line.length > this.chunkBytes) {
       this.#handOn()
       if (3 * line.length > this.chunkBytes) {
-        this.stream.write(Buffer.from(line) as unknown as string)
+        this.sink.write(Buffer.from(line))
         return true
       }
     }
@@ -87,13 +98,13 @@ export class ChunkedStdout {
   /** Writes out what is waiting; `done` once it is written. */
   flush(done?: (error?: Error) => void): void {
     this.#handOn()
-    if (done) this.stream.flush(done)
+    if (done) this.sink.flush(done)
   }
 
   /** The bytes gathered and not yet handed on, taken out. */
   take(): Buffer {
     const bytes = this.#chunk.subarray(0, this.#used)
-    // A new chunk: the stream may hold the old one until an asynchronous write is done.
+    // A new chunk: the sink may hold the old one until its write is done.
     if (this.#used > 0) this.#chunk = Buffer.allocUnsafe(this.chunkBytes)
     this.#used = 0
     return bytes
@@ -101,9 +112,78 @@ export class ChunkedStdout {
 
   #handOn(): void {
     const bytes = this.take()
-    // As bytes (the stream's contentMode is 'buffer'): given a string, sonic-boom measures its
-    // byte length, writes it, then encodes it again to see what was written.
-    if (bytes.length > 0) this.stream.write(bytes as unknown as string)
+    // As bytes: given a string, sonic-boom measures its byte length, writes it, then encodes it
+    // again to see what was written.
+    if (bytes.length > 0) this.sink.write(bytes)
+  }
+}
+
+/**
+ * Chunks written in place to a descriptor that does not block (a pipe or a socket, which libuv has
+ * made non-blocking): write(2) on the caller's thread, no hand-off to the thread pool. What the
+ * reader has no room for yet (EAGAIN, or the part of a chunk a write could not take) waits, in
+ * order, and is offered again at the next chunk or after RETRY_MS: a reader that lags holds up
+ * nothing but its own lines, and what is waiting is known to the byte, so that the exit writes
+ * exactly the rest. Any other failure (EPIPE: the reader is gone) stops the writing for good and
+ * goes to `onError`.
+ */
+export class NonBlockingOut implements ChunkSink {
+  #waiting: Buffer[] = []
+  #flushes: Array<(error?: Error) => void> = []
+  #retry: NodeJS.Timeout | undefined
+  #failed: Error | undefined
+
+  constructor(
+    readonly fd: number,
+    private readonly onError: (error: Error) => void,
+  ) {}
+
+  write(chunk: Buffer): void {
+    if (this.#failed) return
+    this.#waiting.push(chunk)
+    this.#writeWaiting()
+  }
+
+  flush(done: (error?: Error) => void): void {
+    this.#writeWaiting()
+    if (this.#failed || this.#waiting.length === 0) {
+      const error = this.#failed
+      process.nextTick(() => done(error))
+    } else this.#flushes.push(done)
+  }
+
+  /** What is still waiting, taken out (the exit writes it itself). */
+  take(): Buffer[] {
+    clearTimeout(this.#retry)
+    this.#retry = undefined
+    return this.#waiting.splice(0)
+  }
+
+  #writeWaiting(): void {
+    while (this.#waiting.length > 0) {
+      const chunk = this.#waiting[0]!
+      let written: number
+      try {
+        written = writeSync(this.fd, chunk)
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EAGAIN') {
+          // Unref'd: a process with nothing else to do goes on to its exit, which writes the rest.
+          this.#retry ??= setTimeout(() => {
+            this.#retry = undefined
+            this.#writeWaiting()
+          }, RETRY_MS).unref()
+          return
+        }
+        this.#failed = error as Error
+        this.take()
+        for (const done of this.#flushes.splice(0)) done(this.#failed)
+        this.onError(this.#failed)
+        return
+      }
+      if (written < chunk.length) this.#waiting[0] = chunk.subarray(written)
+      else this.#waiting.shift()
+    }
+    for (const done of this.#flushes.splice(0)) done()
   }
 }
 
@@ -111,48 +191,56 @@ let stdout: ChunkedStdout | undefined
 
 /**
  * The process's stdout for log lines, buffered: lines are written in chunks of CHUNK_BYTES, and
- * whatever is waiting at least every FLUSH_INTERVAL_MS,
- * instead of one write(2) per line on the request's path (one access line per request cost the
- * receiver about 4.5 µs of CPU in writes alone). What is left is written out when the process
- * exits, also after an uncaught error; a process killed outright (SIGKILL) loses at most the last
- * quarter second of lines; at exit a pipe whose reader lags is waited for up to EXIT_WRITE_MS.
+ * whatever is waiting at least every FLUSH_INTERVAL_MS, instead of one write(2) per line on the
+ * request's path (one access line per request cost the receiver about 4.5 µs of CPU in writes
+ * alone). What is left is written out when the process exits, also after an uncaught error; a
+ * process killed outright (SIGKILL) loses at most the last quarter second of lines; at exit a pipe
+ * whose reader lags is waited for up to EXIT_WRITE_MS, and no longer.
  *
- * A regular file is written in place: an asynchronous write goes through the thread pool, and
- * with both cores busy the hand-off cost the request path 4.4 to 4.9 µs a line against 0.7 to 1.0
+ * A regular file is written in place: an asynchronous write goes through the thread pool, and with
+ * both cores busy the hand-off cost the request path 4.4 to 4.9 µs a line against 0.7 to 1.0
  * written in place (100,000 lines at the receiver's pace beside two busy processes, the profile's
- * time in the write call). Anything else (a pipe or socket: a container's log collector; a
- * terminal, which can stop reading) is written asynchronously, so that a reader that stalls never
- * holds up requests. Written in place into a pipe made non-blocking (what the reader has no room for
- * kept and offered again), the write's wake of the reader preempted the main thread itself: 0.65 µs
- * a request against 0.34 through the thread pool, 64 KB chunks both.
+ * time in the write call). A pipe or a socket (a container's log collector) is written in place
+ * too, without blocking (NonBlockingOut). Asynchronous writes into a pipe through sonic-boom, as
+ * before, lost lines at exit (a chunk partly written when the reader lagged was passed over by
+ * pino's exit flush) and made the exit wait for as long as the reader did. Anything else (a
+ * terminal, which can stop reading; a device) is written asynchronously.
  */
 export function bufferedStdout(): ChunkedStdout {
   if (stdout) return stdout
-  const sync = writtenInPlace(1)
-  // Each chunk is written at once (a minLength of 0 would make flush() call back before an
-  // asynchronous write is done).
-  const stream = pino.destination({ sync, minLength: 1, contentMode: 'buffer' })
-  const chunked = new ChunkedStdout(stream, CHUNK_BYTES)
   // A failed write (a full disk, a reader gone) ends the process: from a synchronous write, instead
   // of throwing from whichever log call wrote next.
   let failed = false
-  stream.on('error', (error) => {
+  const fail = (error: Error) => {
     failed = true
-    // pino's exit handler would retry the failing write forever (sonic-boom's flushSync retries
-    // EBADF and EPIPE too): nothing more is written.
-    stream.flushSync = () => {}
     process.nextTick(() => {
       throw error
     })
-  })
+  }
+  const file = writtenInPlace(1)
+  let sink: ChunkSink
+  if (!file && nonBlockingStream()) sink = new NonBlockingOut(1, fail)
+  else {
+    // Each chunk is written at once (a minLength of 0 would make flush() call back before an
+    // asynchronous write is done).
+    const stream = pino.destination({ sync: file, minLength: 1, contentMode: 'buffer' })
+    stream.on('error', (error) => {
+      // pino's exit handler would retry the failing write forever (sonic-boom's flushSync retries
+      // EBADF and EPIPE too): nothing more is written.
+      stream.flushSync = () => {}
+      fail(error)
+    })
+    sink = stream as unknown as ChunkSink
+  }
+  const chunked = new ChunkedStdout(sink, CHUNK_BYTES)
   // When the event loop empties, what is gathered is handed on, so that the process ends once it
   // is written.
   process.prependListener('beforeExit', () => chunked.flush())
-  // At exit, after pino's own exit handler has written out what an asynchronous destination holds
-  // (it registered with pino.destination, before this), the lines gathered here, written directly
-  // (writeOutSync).
+  // At exit (after pino's own exit handler has written out what an asynchronous destination holds:
+  // it registered with pino.destination, before this) the lines still waiting here, written
+  // directly (writeOutSync): a NonBlockingOut's waiting bytes first, then the gathered chunk.
   process.once('exit', () => {
-    const rest = chunked.take()
+    const rest = sink instanceof NonBlockingOut ? Buffer.concat([...sink.take(), chunked.take()]) : chunked.take()
     if (!failed && rest.length > 0) writeOutSync(1, rest, EXIT_WRITE_MS)
   })
   setInterval(() => {
@@ -163,6 +251,16 @@ export function bufferedStdout(): ChunkedStdout {
     }
   }, FLUSH_INTERVAL_MS).unref()
   return (stdout = chunked)
+}
+
+/**
+ * Whether stdout is a pipe or a socket that Node.js opens as a stream (asking for process.stdout
+ * opens it), which makes the descriptor non-blocking (libuv's uv_pipe_open, uv_tcp_open): a write
+ * that the reader has no room for then fails with EAGAIN instead of waiting for it.
+ */
+function nonBlockingStream(): boolean {
+  const kind = (process.stdout as unknown as { _handle?: object })._handle?.constructor.name
+  return kind === 'Pipe' || kind === 'TCP'
 }
 
 /**

@@ -1,11 +1,13 @@
 // Logs as an operator reads them: JSON lines, a request id on each request's lines and in the
 // x-request-id header, secrets redacted, one line per rejected postback, probes kept quiet.
-import { readFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { closeSync, constants, openSync, readFileSync, readSync } from 'node:fs'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
-import { ChunkedStdout } from '../../src/logger.ts'
+import { ChunkedStdout, NonBlockingOut } from '../../src/logger.ts'
 import { isSecretParameter, redactQueryValues } from '../../src/logging.ts'
 import { capturedLog, newSheet, receiverUrl, scratchDir, testConfig } from '../helpers.ts'
 
@@ -207,3 +209,46 @@ for (const sync of [true, false]) {
     t.equal(readFileSync(file, 'utf8'), written.join(''))
   })
 }
+
+t.test('into a pipe whose reader has no room, chunks wait in order and a flush calls back once all are written; a reader gone is an error', async (t) => {
+  const fifo = join(scratchDir(t), 'pipe')
+  execFileSync('mkfifo', [fifo])
+  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+  const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+  t.teardown(() => closeSync(writeFd))
+  const errors: Error[] = []
+  const out = new NonBlockingOut(writeFd, (error) => errors.push(error))
+  // 200 KB, ten chunks of one letter each: a pipe holds 64 KB.
+  const chunks = Array.from({ length: 10 }, (_, index) => Buffer.alloc(20_000, 97 + index))
+  const started = performance.now()
+  for (const chunk of chunks) out.write(chunk)
+  t.ok(performance.now() - started < 500, 'the writes return at once')
+  let flushed: Error | null | undefined = null
+  out.flush((error) => (flushed = error))
+  await sleep(50)
+  t.equal(flushed, null, 'no flush while the reader takes nothing')
+  const read: Buffer[] = []
+  const buffer = Buffer.alloc(65_536)
+  let total = 0
+  const deadline = performance.now() + 5000
+  while (total < 200_000 && performance.now() < deadline) {
+    try {
+      const n = readSync(readFd, buffer)
+      read.push(Buffer.from(buffer.subarray(0, n)))
+      total += n
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
+      // Room in the pipe: the waiting chunks are offered again within a few milliseconds.
+      await sleep(2)
+    }
+  }
+  await sleep(10)
+  t.equal(flushed, undefined, 'flushed, without an error, once all was written')
+  t.ok(Buffer.concat(read).equals(Buffer.concat(chunks)), 'every byte, in order')
+  t.same(errors, [])
+  closeSync(readFd)
+  out.write(Buffer.from('after the reader left\n'))
+  t.match(errors, [{ code: 'EPIPE' }], 'a write with no reader: the error goes to onError')
+  const failed = await new Promise<Error | undefined>((resolve) => out.flush(resolve))
+  t.match(failed, { code: 'EPIPE' }, 'and a flush calls back with it')
+})

@@ -22,6 +22,18 @@ function runWithStdoutFile(t: Parameters<typeof scratchDir>[0], fixture: string,
   return { result, file }
 }
 
+/** A FIFO's write end, opened non-blocking once a reader has opened the other end (ENXIO until then). */
+async function openWhenRead(fifo: string): Promise<number> {
+  for (;;) {
+    try {
+      return openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+  }
+}
+
 function freePort(): Promise<number> {
   return new Promise((resolve) => {
     const server = createServer().listen(0, '127.0.0.1', () => {
@@ -108,15 +120,7 @@ t.test("the exit's write of the last lines waits for a pipe whose reader lags, f
     const out = join(dir, `out-${waitMs}`)
     // The reader opens the pipe at once, then takes nothing for half a second.
     const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; sleep 0.5; cat <&3 > "${out}"`])
-    let fd: number | undefined
-    while (fd === undefined) {
-      try {
-        fd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error
-        await new Promise((resolve) => setTimeout(resolve, 10))
-      }
-    }
+    const fd = await openWhenRead(fifo)
     const written = writeOutSync(fd, Buffer.from(text), waitMs)
     closeSync(fd)
     await once(reader, 'exit')
@@ -128,6 +132,44 @@ t.test("the exit's write of the last lines waits for a pipe whose reader lags, f
   const gaveUp = await write(50)
   t.ok(gaveUp.written < Buffer.byteLength(text), `a reader that does not come back in time: ${gaveUp.written} bytes, then the exit goes on`)
   t.equal(gaveUp.read, text.slice(0, gaveUp.written))
+})
+
+t.test("a pipe whose reader lags gets every line, in order, before the exit; one that stalls holds the exit up for the exit's bound only", async (t) => {
+  const dir = scratchDir(t)
+  // The reader opens the pipe at once, then takes nothing for `pauseMs`; the fixture logs more than
+  // the pipe holds and exits 300 ms later.
+  const runWithReader = async (pauseMs: number) => {
+    const fifo = join(dir, `pipe-${pauseMs}`)
+    const out = join(dir, `out-${pauseMs}`)
+    execFileSync('mkfifo', [fifo])
+    const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; sleep ${pauseMs / 1000}; cat <&3 > "${out}"`])
+    const readerDone = once(reader, 'exit')
+    const waiting = await openWhenRead(fifo)
+    // The reader is there: opened again, blocking, as a supervisor hands a service its stdout (the
+    // service's own Node.js makes it non-blocking).
+    const fd = openSync(fifo, constants.O_WRONLY)
+    closeSync(waiting)
+    const child = spawn(process.execPath, ['--import=tsx', 'test/fixtures/log-to-lagging-pipe.ts'], { cwd: ROOT, stdio: ['ignore', fd, 'pipe'] })
+    const childDone = once(child, 'exit')
+    closeSync(fd)
+    let exiting = 0
+    child.stderr!.on('data', (data: Buffer) => {
+      if (data.toString().includes('exiting')) exiting = performance.now()
+    })
+    const [code] = (await childDone) as [number | null]
+    const exitMs = performance.now() - exiting
+    await readerDone
+    const lines = readFileSync(out, 'utf8').split('\n').filter(Boolean).map((text) => (JSON.parse(text) as { line: number }).line)
+    return { code, exitMs, lines }
+  }
+  const lagging = await runWithReader(1000)
+  t.equal(lagging.code, 0)
+  t.same(lagging.lines, Array.from({ length: 3000 }, (_, index) => index + 1), 'a reader back within the bound: every line, whole and in order')
+  const stalled = await runWithReader(7000)
+  t.equal(stalled.code, 0)
+  t.ok(stalled.exitMs < 4000, `a reader gone for 7 s: the exit waited ${Math.round(stalled.exitMs)} ms (bound 2 s)`)
+  t.ok(stalled.lines.length < 3000, `the lines it had no room for are lost (${stalled.lines.length} written)`)
+  t.same(stalled.lines, Array.from({ length: stalled.lines.length }, (_, index) => index + 1), 'what came through: the first lines, whole and in order')
 })
 
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
