@@ -224,7 +224,11 @@ t.test('into a pipe whose reader has no room, chunks wait in order and a flush c
   for (const chunk of chunks) out.write(chunk)
   t.ok(performance.now() - started < 500, 'the writes return at once')
   let flushed: Error | null | undefined = null
-  out.flush((error) => (flushed = error))
+  let flushes = 0
+  out.flush((error) => {
+    flushes++
+    flushed = error
+  })
   await sleep(50)
   t.equal(flushed, null, 'no flush while the reader takes nothing')
   const read: Buffer[] = []
@@ -244,6 +248,7 @@ t.test('into a pipe whose reader has no room, chunks wait in order and a flush c
   }
   await sleep(10)
   t.equal(flushed, undefined, 'flushed, without an error, once all was written')
+  t.equal(flushes, 1, 'called back once')
   t.ok(Buffer.concat(read).equals(Buffer.concat(chunks)), 'every byte, in order')
   t.same(errors, [])
   closeSync(readFd)
@@ -251,4 +256,24 @@ t.test('into a pipe whose reader has no room, chunks wait in order and a flush c
   t.match(errors, [{ code: 'EPIPE' }], 'a write with no reader: the error goes to onError')
   const failed = await new Promise<Error | undefined>((resolve) => out.flush(resolve))
   t.match(failed, { code: 'EPIPE' }, 'and a flush calls back with it')
+})
+
+t.test('what waits for a stalled reader holds only its own bytes, not the 64 KB chunk a short flush was cut from', async (t) => {
+  const fifo = join(scratchDir(t), 'pipe')
+  execFileSync('mkfifo', [fifo])
+  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+  const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+  t.teardown(() => {
+    closeSync(writeFd)
+    closeSync(readFd)
+  })
+  const out = new NonBlockingOut(writeFd, (error) => t.fail(error.message))
+  // The pipe full, then a flush's chunk: one short line in a chunk's 64 KB buffer.
+  out.write(Buffer.alloc(200_000, 120))
+  out.write(Buffer.alloc(65_536, 121).subarray(0, 100))
+  const waiting = out.take()
+  t.equal(waiting.length, 2)
+  t.equal(waiting[1]!.length, 100)
+  t.ok(waiting[1]!.buffer.byteLength < 65_536, `the short line kept in ${waiting[1]!.buffer.byteLength} bytes`)
+  t.ok(waiting[1]!.equals(Buffer.alloc(100, 121)))
 })

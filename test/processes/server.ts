@@ -86,7 +86,7 @@ t.test('the buffered log is written out when the process dies of an uncaught err
       .trim()
       .split('\n')
       .map((line) => (JSON.parse(line) as { line: number }).line)
-  // stdout a pipe: written asynchronously.
+  // stdout a pipe (a socket pair): written in place, without blocking.
   const piped = await run(['--import=tsx', 'test/fixtures/log-then-crash.ts'], {})
   t.equal(piped.code, 1)
   t.match(piped.stderr, /Error: crash/)
@@ -159,12 +159,16 @@ t.test("a pipe whose reader lags gets every line, in order, before the exit; one
     const [code] = (await childDone) as [number | null]
     const exitMs = performance.now() - exiting
     await readerDone
-    const lines = readFileSync(out, 'utf8').split('\n').filter(Boolean).map((text) => (JSON.parse(text) as { line: number }).line)
-    return { code, exitMs, lines }
+    const text = readFileSync(out, 'utf8')
+    // Whole lines only: a reader that never came back in time may have been cut off mid-line.
+    const whole = text.slice(0, text.lastIndexOf('\n') + 1)
+    const lines = whole.split('\n').filter(Boolean).map((line) => (JSON.parse(line) as { line: number }).line)
+    return { code, exitMs, lines, cut: text.length - whole.length }
   }
   const lagging = await runWithReader(1000)
   t.equal(lagging.code, 0)
   t.same(lagging.lines, Array.from({ length: 3000 }, (_, index) => index + 1), 'a reader back within the bound: every line, whole and in order')
+  t.equal(lagging.cut, 0, 'nothing after the last line')
   const stalled = await runWithReader(7000)
   t.equal(stalled.code, 0)
   t.ok(stalled.exitMs < 4000, `a reader gone for 7 s: the exit waited ${Math.round(stalled.exitMs)} ms (bound 2 s)`)

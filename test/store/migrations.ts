@@ -179,7 +179,14 @@ t.test('the change-feed migration puts stored and moved conversions in the feed,
     // A move after the migration.
     await session.exec(`UPDATE conversions SET status = 'rejected', updated_at = now() WHERE transaction_id = 'm'`)
   })
-  const page = await changesPage(older.prisma, new ChangeSignal(), null, {})
+  // The feed shows a change once every transaction older than it has ended, in the whole cluster:
+  // another test's open transaction on the same PostgreSQL server holds it back for a while.
+  let page = await changesPage(older.prisma, new ChangeSignal(), null, {})
+  const deadline = Date.now() + 20_000
+  while (page.data.length < 4 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    page = await changesPage(older.prisma, new ChangeSignal(), null, {})
+  }
   t.same(
     page.data.map((change) => `${change.kind} ${change.conversion.transaction_id} ${change.conversion.status}`),
     ['stored s approved', 'stored m pending', 'updated m approved', 'updated m rejected'],
