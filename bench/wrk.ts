@@ -36,7 +36,7 @@ const { values: args } = parseArgs({
     perf: { type: 'string' },
   },
 })
-const rounds = Math.max(1, Number(args.rounds))
+const rounds = Math.max(1, Math.floor(Number(args.rounds)) || 1)
 const slice = Number(args.duration) / rounds
 const warmup = Number(args.warmup)
 const ROUTES = { noop: '/bench/noop', floor: FLOOR_PATH, 'bare-floor': FLOOR_PATH, naive: '/bench/naive', receiver: '/meta/postback/conversion' } as const
@@ -48,6 +48,13 @@ const routes = args.routes.split(',').map((route) => {
   }
   return route as Route
 })
+// Each route and mix once: a round's ratios pair one run of each route, and a run's ids are unique by mix, route and round.
+for (const [option, list] of [['--routes', args.routes], ['--mixes', args.mixes]] as const) {
+  if (new Set(list.split(',')).size !== list.split(',').length) {
+    console.error(`${option}: each at most once (${list})`)
+    process.exit(2)
+  }
+}
 // The server process of each route: the floors have one each, the other routes share the app's.
 type ServerName = 'app' | 'floor' | 'bare-floor'
 const serverOf = (route: Route): ServerName => (Object.hasOwn(FLOOR_MODES, route) ? (route as ServerName) : 'app')
