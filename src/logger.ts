@@ -3,6 +3,7 @@
 // Fastify logging: https://fastify.dev/docs/latest/Reference/Logging/
 import { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import { fstatSync, writeSync } from 'node:fs'
+import { hostname } from 'node:os'
 import pino from 'pino'
 import type { Config } from './config.ts'
 import { redactQueryValues, redactSecrets, requestId } from './logging.ts'
@@ -51,6 +52,10 @@ const CHUNK_BYTES = 64 * 1024
 const EXIT_WRITE_MS = 2000
 // How soon a pipe's reader is offered again what it had no room for, when no new chunk comes first.
 const RETRY_MS = 5
+// At most this much waits in memory for a pipe's reader that takes nothing; later chunks are dropped
+// (and counted, in a line written once the reader takes lines again) instead of growing the heap
+// until the process is killed.
+const WAITING_LIMIT_BYTES = 32 * 1024 * 1024
 
 /** Where a ChunkedStdout hands its chunks of bytes. */
 export interface ChunkSink {
@@ -124,11 +129,14 @@ export class ChunkedStdout {
  * reader has no room for yet (EAGAIN, or the part of a chunk a write could not take) waits, in
  * order, and is offered again at the next chunk or after RETRY_MS: a reader that lags holds up
  * nothing but its own lines, and what is waiting is known to the byte, so that the exit writes
- * exactly the rest. Any other failure (EPIPE: the reader is gone) stops the writing for good and
- * goes to `onError`.
+ * exactly the rest. Past `limitBytes` waiting, new chunks are dropped; once the reader has taken
+ * what waited, a warning line says how many bytes were (also at exit). Any other failure (EPIPE: the
+ * reader is gone) stops the writing for good and goes to `onError`.
  */
 export class NonBlockingOut implements ChunkSink {
   #waiting: Buffer[] = []
+  #waitingBytes = 0
+  #dropped = 0
   #flushes: Array<(error?: Error) => void> = []
   #retry: NodeJS.Timeout | undefined
   #failed: Error | undefined
@@ -136,11 +144,18 @@ export class NonBlockingOut implements ChunkSink {
   constructor(
     readonly fd: number,
     private readonly onError: (error: Error) => void,
+    private readonly limitBytes = WAITING_LIMIT_BYTES,
   ) {}
 
   write(chunk: Buffer): void {
     if (this.#failed) return
+    if (this.#waiting.length > 0 && this.#waitingBytes + chunk.length > this.limitBytes) {
+      this.#dropped += chunk.length
+      this.#writeWaiting()
+      return
+    }
     this.#waiting.push(chunk)
+    this.#waitingBytes += chunk.length
     this.#writeWaiting()
     if (this.#waiting.length > 0) this.#keep()
   }
@@ -153,15 +168,27 @@ export class NonBlockingOut implements ChunkSink {
     } else this.#flushes.push(done)
   }
 
-  /** What is still waiting, taken out (the exit writes it itself). */
+  /** What is still waiting, taken out, with the warning of what was dropped (the exit writes it itself). */
   take(): Buffer[] {
     clearTimeout(this.#retry)
     this.#retry = undefined
-    return this.#waiting.splice(0)
+    const rest = this.#waiting.splice(0)
+    if (this.#dropped > 0) rest.push(droppedWarning(this.#dropped, this.limitBytes))
+    this.#dropped = 0
+    this.#waitingBytes = 0
+    return rest
   }
 
   #writeWaiting(): void {
-    while (this.#waiting.length > 0) {
+    for (;;) {
+      if (this.#waiting.length === 0) {
+        if (this.#dropped === 0) break
+        // The reader has taken everything that waited: it hears what it missed.
+        const warning = droppedWarning(this.#dropped, this.limitBytes)
+        this.#dropped = 0
+        this.#waiting.push(warning)
+        this.#waitingBytes += warning.length
+      }
       const chunk = this.#waiting[0]!
       let written: number
       try {
@@ -181,6 +208,7 @@ export class NonBlockingOut implements ChunkSink {
         this.#called(this.#failed)
         return
       }
+      this.#waitingBytes -= written
       if (written < chunk.length) this.#waiting[0] = chunk.subarray(written)
       else this.#waiting.shift()
     }
@@ -203,6 +231,14 @@ export class NonBlockingOut implements ChunkSink {
   }
 }
 
+/** The line that says how much of the log a stalled reader missed: a warning, as pino writes one. */
+function droppedWarning(bytes: number, limitBytes: number): Buffer {
+  return Buffer.from(
+    `{"level":40,"time":${Date.now()},"pid":${process.pid},"hostname":${JSON.stringify(hostname())},"droppedBytes":${bytes}` +
+      `,"msg":"log lines dropped: stdout's reader took nothing while ${limitBytes} bytes of lines waited"}\n`,
+  )
+}
+
 let stdout: ChunkedStdout | undefined
 
 /**
@@ -212,7 +248,8 @@ let stdout: ChunkedStdout | undefined
  * alone). What is left is written out when the process exits, also after an uncaught error; a
  * process killed outright (SIGKILL) loses the last quarter second of lines, and what a lagging
  * pipe's reader had no room for; at exit such a reader is waited for up to EXIT_WRITE_MS, and no
- * longer. While a reader stalls, what it has no room for is kept in memory.
+ * longer. While a reader stalls, up to WAITING_LIMIT_BYTES of what it has no room for waits in
+ * memory; past that, lines are dropped and counted (NonBlockingOut).
  *
  * A regular file is written in place: an asynchronous write goes through the thread pool, and with
  * both cores busy the hand-off cost the request path 4.4 to 4.9 µs a line against 0.7 to 1.0

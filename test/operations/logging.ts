@@ -210,12 +210,26 @@ for (const sync of [true, false]) {
   })
 }
 
-t.test('into a pipe whose reader has no room, chunks wait in order and a flush calls back once all are written; a reader gone is an error', async (t) => {
+/** A new FIFO's two ends, both non-blocking; each is closed after the test unless the test closed it (`close`). */
+function fifoEnds(t: Parameters<typeof scratchDir>[0]) {
   const fifo = join(scratchDir(t), 'pipe')
   execFileSync('mkfifo', [fifo])
   const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
   const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
-  t.teardown(() => closeSync(writeFd))
+  const open = new Set([readFd, writeFd])
+  t.teardown(() => open.forEach((fd) => closeSync(fd)))
+  return {
+    readFd,
+    writeFd,
+    close: (fd: number) => {
+      open.delete(fd)
+      closeSync(fd)
+    },
+  }
+}
+
+t.test('into a pipe whose reader has no room, chunks wait in order and a flush calls back once all are written; a reader gone is an error', async (t) => {
+  const { readFd, writeFd, close } = fifoEnds(t)
   const errors: Error[] = []
   const out = new NonBlockingOut(writeFd, (error) => errors.push(error))
   // 200 KB, ten chunks of one letter each: a pipe holds 64 KB.
@@ -251,7 +265,7 @@ t.test('into a pipe whose reader has no room, chunks wait in order and a flush c
   t.equal(flushes, 1, 'called back once')
   t.ok(Buffer.concat(read).equals(Buffer.concat(chunks)), 'every byte, in order')
   t.same(errors, [])
-  closeSync(readFd)
+  close(readFd)
   out.write(Buffer.from('after the reader left\n'))
   t.match(errors, [{ code: 'EPIPE' }], 'a write with no reader: the error goes to onError')
   const failed = await new Promise<Error | undefined>((resolve) => out.flush(resolve))
@@ -259,14 +273,7 @@ t.test('into a pipe whose reader has no room, chunks wait in order and a flush c
 })
 
 t.test('what waits for a stalled reader holds only its own bytes, not the 64 KB chunk a short flush was cut from', async (t) => {
-  const fifo = join(scratchDir(t), 'pipe')
-  execFileSync('mkfifo', [fifo])
-  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
-  const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
-  t.teardown(() => {
-    closeSync(writeFd)
-    closeSync(readFd)
-  })
+  const { writeFd } = fifoEnds(t)
   const out = new NonBlockingOut(writeFd, (error) => t.fail(error.message))
   // The pipe full, then a flush's chunk: one short line in a chunk's 64 KB buffer.
   out.write(Buffer.alloc(200_000, 120))
@@ -278,4 +285,32 @@ t.test('what waits for a stalled reader holds only its own bytes, not the 64 KB 
   // A copy (in Node.js's pool of small buffers, shared with others), not a view of the chunk.
   t.not(waiting[1]!.buffer, chunk.buffer, 'the short line is a copy of its own')
   t.ok(waiting[1]!.equals(Buffer.alloc(100, 121)))
+})
+
+t.test('past its limit, what a stalled reader has no room for is dropped, and a warning says how much once the reader takes lines again', async (t) => {
+  const { readFd, writeFd } = fifoEnds(t)
+  const out = new NonBlockingOut(writeFd, (error) => t.fail(error.message), 100_000)
+  // More than the pipe holds: its rest waits, and is within the limit; every later chunk goes past it.
+  const kept = Buffer.alloc(150_000, 120)
+  out.write(kept)
+  for (let chunk = 0; chunk < 10; chunk++) out.write(Buffer.alloc(20_000, 121))
+  const flushed = new Promise<Error | undefined>((resolve) => out.flush(resolve))
+  const read: Buffer[] = []
+  const buffer = Buffer.alloc(65_536)
+  const deadline = performance.now() + 5000
+  // Until the warning's line has come whole (nothing before it has a newline).
+  while (!Buffer.concat(read).includes('\n') && performance.now() < deadline) {
+    try {
+      const n = readSync(readFd, buffer)
+      read.push(Buffer.from(buffer.subarray(0, n)))
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
+      await sleep(2)
+    }
+  }
+  t.equal(await flushed, undefined)
+  const text = Buffer.concat(read).toString('latin1')
+  t.equal(text.slice(0, 150_000), kept.toString('latin1'), 'what waited within the limit, whole')
+  const warning = JSON.parse(text.slice(150_000)) as { level: number; droppedBytes: number; msg: string }
+  t.match(warning, { level: 40, droppedBytes: 200_000, msg: /log lines dropped/ }, 'then the warning, with the bytes dropped')
 })
