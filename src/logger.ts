@@ -52,8 +52,8 @@ const CHUNK_BYTES = 64 * 1024
 const EXIT_WRITE_MS = 2000
 // How soon a pipe's reader is offered again what it had no room for, when no new chunk comes first.
 const RETRY_MS = 5
-// At most this much waits in memory for a pipe's reader that takes nothing; later chunks are dropped
-// (and counted, in a line written once the reader takes lines again) instead of growing the heap
+// At most about this much waits in memory for a pipe's reader that lags; later chunks are dropped,
+// and a warning line takes their place in the log (droppedWarning), instead of the heap growing
 // until the process is killed.
 const WAITING_LIMIT_BYTES = 32 * 1024 * 1024
 
@@ -129,9 +129,10 @@ export class ChunkedStdout {
  * reader has no room for yet (EAGAIN, or the part of a chunk a write could not take) waits, in
  * order, and is offered again at the next chunk or after RETRY_MS: a reader that lags holds up
  * nothing but its own lines, and what is waiting is known to the byte, so that the exit writes
- * exactly the rest. Past `limitBytes` waiting, new chunks are dropped; once the reader has taken
- * what waited, a warning line says how many bytes were (also at exit). Any other failure (EPIPE: the
- * reader is gone) stops the writing for good and goes to `onError`.
+ * exactly the rest. Past `limitBytes` waiting, new chunks are dropped; one warning line stands
+ * where they would have been (written before the next chunk kept, once what waited is written, or at
+ * exit), with the bytes dropped. Any other failure (EPIPE: the reader is gone) stops the writing for
+ * good and goes to `onError`.
  */
 export class NonBlockingOut implements ChunkSink {
   #waiting: Buffer[] = []
@@ -149,11 +150,15 @@ export class NonBlockingOut implements ChunkSink {
 
   write(chunk: Buffer): void {
     if (this.#failed) return
+    // The reader is offered what waits first: the limit counts what it still has no room for.
+    if (this.#waiting.length > 0) this.#writeWaiting()
+    if (this.#failed) return
     if (this.#waiting.length > 0 && this.#waitingBytes + chunk.length > this.limitBytes) {
       this.#dropped += chunk.length
-      this.#writeWaiting()
       return
     }
+    // Kept after a gap: the warning marks the gap, before it.
+    if (this.#dropped > 0) this.#warn()
     this.#waiting.push(chunk)
     this.#waitingBytes += chunk.length
     this.#writeWaiting()
@@ -172,9 +177,8 @@ export class NonBlockingOut implements ChunkSink {
   take(): Buffer[] {
     clearTimeout(this.#retry)
     this.#retry = undefined
+    if (this.#dropped > 0) this.#warn()
     const rest = this.#waiting.splice(0)
-    if (this.#dropped > 0) rest.push(droppedWarning(this.#dropped, this.limitBytes))
-    this.#dropped = 0
     this.#waitingBytes = 0
     return rest
   }
@@ -184,10 +188,7 @@ export class NonBlockingOut implements ChunkSink {
       if (this.#waiting.length === 0) {
         if (this.#dropped === 0) break
         // The reader has taken everything that waited: it hears what it missed.
-        const warning = droppedWarning(this.#dropped, this.limitBytes)
-        this.#dropped = 0
-        this.#waiting.push(warning)
-        this.#waitingBytes += warning.length
+        this.#warn()
       }
       const chunk = this.#waiting[0]!
       let written: number
@@ -225,6 +226,14 @@ export class NonBlockingOut implements ChunkSink {
     if (chunk.buffer.byteLength > 2 * chunk.length) this.#waiting[last] = Buffer.from(chunk)
   }
 
+  /** The warning of the chunks dropped since the last one, in line where they would have been. */
+  #warn(): void {
+    const warning = droppedWarning(this.#dropped, this.limitBytes)
+    this.#dropped = 0
+    this.#waiting.push(warning)
+    this.#waitingBytes += warning.length
+  }
+
   // Flush callbacks run on a later tick, never inside the log call whose chunk ended the wait.
   #called(error?: Error): void {
     for (const done of this.#flushes.splice(0)) process.nextTick(done, error)
@@ -235,7 +244,7 @@ export class NonBlockingOut implements ChunkSink {
 function droppedWarning(bytes: number, limitBytes: number): Buffer {
   return Buffer.from(
     `{"level":40,"time":${Date.now()},"pid":${process.pid},"hostname":${JSON.stringify(hostname())},"droppedBytes":${bytes}` +
-      `,"msg":"log lines dropped: stdout's reader took nothing while ${limitBytes} bytes of lines waited"}\n`,
+      `,"msg":"log lines dropped here: stdout's reader lagged while ${limitBytes} bytes of lines waited for it"}\n`,
   )
 }
 
@@ -248,8 +257,8 @@ let stdout: ChunkedStdout | undefined
  * alone). What is left is written out when the process exits, also after an uncaught error; a
  * process killed outright (SIGKILL) loses the last quarter second of lines, and what a lagging
  * pipe's reader had no room for; at exit such a reader is waited for up to EXIT_WRITE_MS, and no
- * longer. While a reader stalls, up to WAITING_LIMIT_BYTES of what it has no room for waits in
- * memory; past that, lines are dropped and counted (NonBlockingOut).
+ * longer. While a reader lags, about WAITING_LIMIT_BYTES of what it has no room for waits in memory
+ * at most; past that, lines are dropped and a warning stands in their place (NonBlockingOut).
  *
  * A regular file is written in place: an asynchronous write goes through the thread pool, and with
  * both cores busy the hand-off cost the request path 4.4 to 4.9 µs a line against 0.7 to 1.0
