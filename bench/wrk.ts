@@ -50,7 +50,8 @@ const routes = args.routes.split(',').map((route) => {
 })
 // Each route and mix once: a round's ratios pair one run of each route, and a run's ids are unique by mix, route and round.
 for (const [option, list] of [['--routes', args.routes], ['--mixes', args.mixes]] as const) {
-  if (new Set(list.split(',')).size !== list.split(',').length) {
+  const names = list.split(',')
+  if (new Set(names).size !== names.length) {
     console.error(`${option}: each at most once (${list})`)
     process.exit(2)
   }

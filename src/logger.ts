@@ -57,6 +57,8 @@ const RETRY_MS = 5
 // until the process is killed.
 const WAITING_LIMIT_BYTES = 32 * 1024 * 1024
 
+type Destination = ReturnType<typeof pino.destination>
+
 /** Where a ChunkedStdout hands its chunks of bytes. */
 export interface ChunkSink {
   write(chunk: Buffer): unknown
@@ -73,7 +75,7 @@ export class ChunkedStdout {
 
   /** `sink`: a NonBlockingOut, or a pino destination (sonic-boom) with contentMode 'buffer', which takes bytes too. */
   constructor(
-    sink: ChunkSink | ReturnType<typeof pino.destination>,
+    sink: ChunkSink | Destination,
     private readonly chunkBytes: number,
   ) {
     this.sink = sink as ChunkSink
@@ -150,10 +152,12 @@ export class NonBlockingOut implements ChunkSink {
 
   write(chunk: Buffer): void {
     if (this.#failed) return
-    // The reader is offered what waits first: the limit counts what it still has no room for.
+    // The reader is offered what waits first: the limit counts what it still has no room for, and
+    // the chunk goes out now only if nothing waits before it.
     if (this.#waiting.length > 0) this.#writeWaiting()
     if (this.#failed) return
-    if (this.#waiting.length > 0 && this.#waitingBytes + chunk.length > this.limitBytes) {
+    const behind = this.#waiting.length > 0
+    if (behind && this.#waitingBytes + chunk.length > this.limitBytes) {
       this.#dropped += chunk.length
       return
     }
@@ -161,7 +165,8 @@ export class NonBlockingOut implements ChunkSink {
     if (this.#dropped > 0) this.#warn()
     this.#waiting.push(chunk)
     this.#waitingBytes += chunk.length
-    this.#writeWaiting()
+    // Behind others, the reader has just had no room: the retry timer offers it again.
+    if (!behind) this.#writeWaiting()
     if (this.#waiting.length > 0) this.#keep()
   }
 
@@ -281,7 +286,7 @@ export function bufferedStdout(): ChunkedStdout {
     })
   }
   const file = writtenInPlace(1)
-  let sink: ChunkSink
+  let sink: NonBlockingOut | Destination
   if (!file && nonBlockingStream()) sink = new NonBlockingOut(1, fail)
   else {
     // Each chunk is written at once (a minLength of 0 would make flush() call back before an
@@ -293,7 +298,7 @@ export function bufferedStdout(): ChunkedStdout {
       stream.flushSync = () => {}
       fail(error)
     })
-    sink = stream as unknown as ChunkSink
+    sink = stream
   }
   const chunked = new ChunkedStdout(sink, CHUNK_BYTES)
   // When the event loop empties, what is gathered is handed on, so that the process ends once it

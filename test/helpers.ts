@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
 import { Writable } from 'node:stream'
+import { setTimeout as delay } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { buildApp } from '../src/app.ts'
@@ -13,7 +14,7 @@ import { loadConfig, type Config } from '../src/config.ts'
 import { createApiKey } from '../src/api-keys.ts'
 import { createClient, type PostbackClient } from '../client/src/index.ts'
 import { run as runAdmin } from '../src/cli.ts'
-import { openDatabase, type Database } from '../src/database.ts'
+import { openDatabase, type Database, type PrismaClient } from '../src/database.ts'
 import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { EMPTY_TEMPLATE_DIR, TEMPLATE_DIR } from './setup.ts'
@@ -140,6 +141,21 @@ export async function awaitLockWaiter(client: pg.Client, attempts = 50): Promise
 }
 
 /** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */
+/**
+ * Waits, 30 s at most, until every transaction that began before now has ended anywhere on the
+ * database server: the change feed and the rollup fold see a change only below that horizon, and on
+ * PostgreSQL another test's open transaction, in any database, holds it back for a while.
+ */
+export async function awaitHorizon(prisma: PrismaClient): Promise<void> {
+  const [{ now }] = await prisma.$queryRaw<[{ now: string }]>`SELECT pg_current_xact_id()::text AS now`
+  const deadline = Date.now() + 30_000
+  for (;;) {
+    const [{ past }] = await prisma.$queryRaw<[{ past: boolean }]>`SELECT pg_snapshot_xmin(pg_current_snapshot()) > ${now}::xid8 AS past`
+    if (past || Date.now() > deadline) return
+    await delay(50)
+  }
+}
+
 export function testConfig(t: Test, overrides: Record<string, string> = {}): Config {
   // Background folds of the summary rollups only where a test asks for them (they are folded by the
   // tests of the rollups themselves): a first fold in a new store costs a third of a second of CPU.

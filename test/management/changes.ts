@@ -3,7 +3,7 @@
 import pg from 'pg'
 import t from 'tap'
 import type { FastifyInstance } from 'fastify'
-import { deliverAll, newKeyHeader, newPostgresDatabase, newSheet, onPostgres, testApp } from '../helpers.ts'
+import { awaitHorizon, deliverAll, newKeyHeader, newPostgresDatabase, newSheet, onPostgres, testApp } from '../helpers.ts'
 
 interface Change {
   position: string
@@ -21,24 +21,9 @@ async function changes(app: FastifyInstance, headers: { authorization: string },
   return response.json<Page>()
 }
 
-/**
- * Until every transaction that began before now, anywhere on the database server, has ended: the
- * feed shows a change only then, and another test's open transaction on the same server can hold
- * it back for a while.
- */
-async function settled(app: FastifyInstance): Promise<void> {
-  const [{ now }] = await app.prisma.$queryRaw<[{ now: string }]>`SELECT pg_current_xact_id()::text AS now`
-  const deadline = Date.now() + 20_000
-  for (;;) {
-    const [{ done }] = await app.prisma.$queryRaw<[{ done: boolean }]>`SELECT pg_snapshot_xmin(pg_current_snapshot()) > ${now}::xid8 AS done`
-    if (done || Date.now() > deadline) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
-
 /** Every change from `after` on, page by page, and the last `next`. */
 async function follow(app: FastifyInstance, headers: { authorization: string }, query: Record<string, string> = {}) {
-  await settled(app)
+  await awaitHorizon(app.prisma)
   const all: Change[] = []
   let after = query.after
   for (;;) {

@@ -15,7 +15,7 @@ import { importCsv } from '../../src/import.ts'
 import { foldAll, foldRollups } from '../../src/rollups.ts'
 import type { SummaryQuery, SummaryRow } from '../../src/schemas/management.ts'
 import { createSheet } from '../../src/sheets.ts'
-import { deliverAll, newPostgresDatabase, newSheet, onPostgres, storeEnv, testApp, uniqueId } from '../helpers.ts'
+import { awaitHorizon, deliverAll, newPostgresDatabase, newSheet, onPostgres, storeEnv, testApp, uniqueId } from '../helpers.ts'
 
 // On PostgreSQL a database of its own: these tests fold, step by step, what they imported, and the
 // servers of other test processes fold whatever waits in the shared database every second.
@@ -162,22 +162,6 @@ async function foldPast(...sheets: string[]): Promise<void> {
       SELECT coalesce(max(greatest(c.stored_key, coalesce(c.change_key, c.stored_key))) < (SELECT watermark FROM rollup_state), true) AS done
       FROM conversions c WHERE c.sheet_id = ANY(${sheets}::text[])`
     if (state?.done || Date.now() > deadline) return
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-}
-
-/**
- * Waits until every change of the sheets is below the fold's horizon (the oldest transaction running
- * anywhere on the server: on PostgreSQL another test's open transaction, in any database, holds it
- * back), 30 s at most, so that a fold taken next finds them all waiting.
- */
-async function awaitHorizon(...sheets: string[]): Promise<void> {
-  const deadline = Date.now() + 30_000
-  for (;;) {
-    const [state] = await prisma.$queryRaw<Array<{ past: boolean }>>`
-      SELECT coalesce(max(greatest(c.stored_key, coalesce(c.change_key, c.stored_key))) < pg_snapshot_xmin(pg_current_snapshot()), true) AS past
-      FROM conversions c WHERE c.sheet_id = ANY(${sheets}::text[])`
-    if (state?.past || Date.now() > deadline) return
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
 }
@@ -417,7 +401,7 @@ t.test('summaries taken while folds commit read each fold whole or not at all (o
   const query: SummaryQuery = { sheet_id: sheet, group_by: 'campaign' }
   const expected = await summarizeRows(prisma, [sheet], query, 'UTC')
   // Steps of a few changes: the watermark moves many times while the summaries run.
-  await awaitHorizon(sheet)
+  await awaitHorizon(prisma)
   const folds = foldInSteps(3)
   const wrong: unknown[] = []
   let taken = 0
@@ -457,7 +441,7 @@ t.test('filtered list pages taken while folds commit give every matching row onc
     return ids
   }
   const expected = await Promise.all(lists.map((list) => expectedList([sheet], list.filters, list.order)))
-  await awaitHorizon(sheet)
+  await awaitHorizon(prisma)
   const folds = foldInSteps(1)
   const wrong: unknown[] = []
   let taken = 0

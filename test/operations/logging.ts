@@ -228,6 +228,22 @@ function fifoEnds(t: Parameters<typeof scratchDir>[0]) {
   }
 }
 
+/** Reads a non-blocking pipe's read end into `read` until `done` holds, 5 s at most (between reads, the writer's retries run). */
+async function readUntil(readFd: number, read: Buffer[], done: () => boolean): Promise<void> {
+  const buffer = Buffer.alloc(65_536)
+  const deadline = performance.now() + 5000
+  while (!done() && performance.now() < deadline) {
+    try {
+      const n = readSync(readFd, buffer)
+      read.push(Buffer.from(buffer.subarray(0, n)))
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
+      // Room in the pipe: the waiting chunks are offered again within a few milliseconds.
+      await sleep(2)
+    }
+  }
+}
+
 t.test('into a pipe whose reader has no room, chunks wait in order and a flush calls back once all are written; a reader gone is an error', async (t) => {
   const { readFd, writeFd, close } = fifoEnds(t)
   const errors: Error[] = []
@@ -246,20 +262,7 @@ t.test('into a pipe whose reader has no room, chunks wait in order and a flush c
   await sleep(50)
   t.equal(flushed, null, 'no flush while the reader takes nothing')
   const read: Buffer[] = []
-  const buffer = Buffer.alloc(65_536)
-  let total = 0
-  const deadline = performance.now() + 5000
-  while (total < 200_000 && performance.now() < deadline) {
-    try {
-      const n = readSync(readFd, buffer)
-      read.push(Buffer.from(buffer.subarray(0, n)))
-      total += n
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
-      // Room in the pipe: the waiting chunks are offered again within a few milliseconds.
-      await sleep(2)
-    }
-  }
+  await readUntil(readFd, read, () => Buffer.concat(read).length >= 200_000)
   await sleep(10)
   t.equal(flushed, undefined, 'flushed, without an error, once all was written')
   t.equal(flushes, 1, 'called back once')
@@ -291,21 +294,8 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   const { readFd, writeFd } = fifoEnds(t)
   const out = new NonBlockingOut(writeFd, (error) => t.fail(error.message), 100_000)
   const read: Buffer[] = []
-  const buffer = Buffer.alloc(65_536)
   const text = () => Buffer.concat(read).toString('latin1')
-  // Reads until `done` holds, or 5 s (the filler has no newline).
-  const readUntil = async (done: () => boolean) => {
-    const deadline = performance.now() + 5000
-    while (!done() && performance.now() < deadline) {
-      try {
-        const n = readSync(readFd, buffer)
-        read.push(Buffer.from(buffer.subarray(0, n)))
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
-        await sleep(2)
-      }
-    }
-  }
+  // The filler has no newline: the lines read are the warnings and the line kept.
   const newlines = () => text().split('\n').length - 1
   // More than a pipe holds (64 KB here; 1 MB where pages are 64 KB): its rest waits, past the limit
   // already, so the next chunks are dropped.
@@ -313,9 +303,9 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   out.write(first)
   for (let chunk = 0; chunk < 10; chunk++) out.write(Buffer.alloc(20_000, 121))
   // The reader catches up partly: what waits is under the limit again, and the next line is kept.
-  await readUntil(() => Buffer.concat(read).length >= 1_900_000)
+  await readUntil(readFd, read, () => Buffer.concat(read).length >= 1_900_000)
   out.write(Buffer.from('{"msg":"after the gap"}\n'))
-  await readUntil(() => newlines() >= 2)
+  await readUntil(readFd, read, () => newlines() >= 2)
   t.equal(text().slice(0, 2_000_000), first.toString('latin1'), 'what waited within the limit, whole')
   const [warning, after] = text().slice(2_000_000).split('\n')
   t.match(JSON.parse(warning!), { level: 40, droppedBytes: 200_000, msg: /log lines dropped/ }, 'then the warning, where the dropped lines would have been')
@@ -324,7 +314,7 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   const second = Buffer.alloc(2_000_000, 122)
   out.write(second)
   for (let chunk = 0; chunk < 3; chunk++) out.write(Buffer.alloc(20_000, 121))
-  await readUntil(() => newlines() >= 3)
+  await readUntil(readFd, read, () => newlines() >= 3)
   const rest = text().slice(2_000_000 + warning!.length + after!.length + 2)
   t.equal(rest.slice(0, 2_000_000), second.toString('latin1'))
   t.match(JSON.parse(rest.slice(2_000_000)), { level: 40, droppedBytes: 60_000 }, 'one warning for the second gap, after what waited')

@@ -4,6 +4,7 @@ import { once } from 'node:events'
 import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
+import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
 import { writeOutSync } from '../../src/logger.ts'
 import { admin, scratchDir, storeEnv, uniqueId } from '../helpers.ts'
@@ -29,7 +30,7 @@ async function openWhenRead(fifo: string): Promise<number> {
       return openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'ENXIO') throw error
-      await new Promise((resolve) => setTimeout(resolve, 10))
+      await delay(10)
     }
   }
 }

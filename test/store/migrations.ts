@@ -10,7 +10,7 @@ import { loadConfig } from '../../src/config.ts'
 import { createSheet } from '../../src/sheets.ts'
 import { openDatabase, type Database } from '../../src/database.ts'
 import { migrate, MIGRATIONS_DIR, readMigrations, type Migration } from '../../src/migrations.ts'
-import { newPostgresDatabase, onPostgres, pgliteCopy } from '../helpers.ts'
+import { awaitHorizon, newPostgresDatabase, onPostgres, pgliteCopy } from '../helpers.ts'
 
 /** An empty database: a new one on the PostgreSQL server (with its URL), or a new PGlite folder. */
 async function emptyDatabase(): Promise<{ db: Database; url?: string }> {
@@ -179,14 +179,8 @@ t.test('the change-feed migration puts stored and moved conversions in the feed,
     // A move after the migration.
     await session.exec(`UPDATE conversions SET status = 'rejected', updated_at = now() WHERE transaction_id = 'm'`)
   })
-  // The feed shows a change once every transaction older than it has ended, in the whole cluster:
-  // another test's open transaction on the same PostgreSQL server holds it back for a while.
-  let page = await changesPage(older.prisma, new ChangeSignal(), null, {})
-  const deadline = Date.now() + 20_000
-  while (page.data.length < 4 && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 100))
-    page = await changesPage(older.prisma, new ChangeSignal(), null, {})
-  }
+  await awaitHorizon(older.prisma)
+  const page = await changesPage(older.prisma, new ChangeSignal(), null, {})
   t.same(
     page.data.map((change) => `${change.kind} ${change.conversion.transaction_id} ${change.conversion.status}`),
     ['stored s approved', 'stored m pending', 'updated m approved', 'updated m rejected'],
