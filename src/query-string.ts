@@ -32,19 +32,26 @@ Parameters.prototype = Object.create(null)
 
 export function parseQueryString(query: string): ParsedQuery {
   const result = new (Parameters as unknown as new () => ParsedQuery)()
-  if (query === '') return result
-  for (const pair of query.split('&')) {
-    if (pair === '') continue
-    const eq = pair.indexOf('=')
-    const key = decode(eq === -1 ? pair : pair.slice(0, eq))
-    // A name that cannot be decoded is left out (`typeof`: an instanceof test of a string calls
-    // into V8's runtime, about 0.2 µs a request for the receiver's nine parameters).
-    if (typeof key !== 'string') continue
-    const value = decode(eq === -1 ? '' : pair.slice(eq + 1))
-    const existing = result[key]
-    if (existing === undefined) result[key] = value
-    else if (Array.isArray(existing)) existing.push(value)
-    else result[key] = [existing, value]
+  // Pair by pair with indexOf: query.split('&') went to V8's runtime (about 0.8 µs a request for
+  // the receiver's nine parameters).
+  for (let start = 0; start <= query.length; ) {
+    let end = query.indexOf('&', start)
+    if (end === -1) end = query.length
+    if (end > start) {
+      const eq = query.indexOf('=', start)
+      const split = eq !== -1 && eq < end
+      const key = decode(query.slice(start, split ? eq : end))
+      // A name that cannot be decoded is left out (`typeof`: an instanceof test of a string calls
+      // into V8's runtime, about 0.2 µs a request for the receiver's nine parameters).
+      if (typeof key === 'string') {
+        const value = decode(split ? query.slice(eq + 1, end) : '')
+        const existing = result[key]
+        if (existing === undefined) result[key] = value
+        else if (Array.isArray(existing)) existing.push(value)
+        else result[key] = [existing, value]
+      }
+    }
+    start = end + 1
   }
   return result
 }
