@@ -32,13 +32,15 @@ Parameters.prototype = Object.create(null)
 
 export function parseQueryString(query: string): ParsedQuery {
   const result = new (Parameters as unknown as new () => ParsedQuery)()
-  // Pair by pair with indexOf: query.split('&') went to V8's runtime (about 0.8 µs a request for
-  // the receiver's nine parameters).
+  // Pair by pair with indexOf: query.split('&') went to V8's runtime (about 0.5 µs a request for
+  // the receiver's query). The next '=' is looked for again only once the pairs have passed it, so
+  // that pairs without one cost no more than a scan of the query in all.
+  let eq = query.indexOf('=')
   for (let start = 0; start <= query.length; ) {
     let end = query.indexOf('&', start)
     if (end === -1) end = query.length
     if (end > start) {
-      const eq = query.indexOf('=', start)
+      if (eq !== -1 && eq < start) eq = query.indexOf('=', start)
       const split = eq !== -1 && eq < end
       const key = decode(query.slice(start, split ? eq : end))
       // A name that cannot be decoded is left out (`typeof`: an instanceof test of a string calls
