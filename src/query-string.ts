@@ -36,7 +36,8 @@ export function parseQueryString(query: string): ParsedQuery {
   // the receiver's query). The next '=' is looked for again only once the pairs have passed it, so
   // that pairs without one cost no more than a scan of the query in all.
   let eq = query.indexOf('=')
-  for (let start = 0; start <= query.length; ) {
+  let start = 0
+  while (start <= query.length) {
     let end = query.indexOf('&', start)
     if (end === -1) end = query.length
     if (end > start) {
