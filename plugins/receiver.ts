@@ -7,7 +7,7 @@ import { parseDelivery, parseTestFlag } from '../src/delivery.ts'
 import { isUnavailableError } from '../src/storage-errors.ts'
 import { AppError, InputError, UnknownSheetError } from '../src/errors.ts'
 import type { ParsedQuery } from '../src/query-string.ts'
-import { receiverRouteSchema, type Delivery } from '../src/schemas/receiver.ts'
+import { receiverRouteSchema, type Delivery, type DeliveryAccepted } from '../src/schemas/receiver.ts'
 import { checkDelivery, type SheetSecurity } from '../src/sheet-security.ts'
 import { isSheetId } from '../src/sheets.ts'
 import { clientKey } from './rate-limit.ts'
@@ -27,6 +27,26 @@ declare module 'fastify' {
     /** A test postback (`test=1`; a malformed flag counts as one); set before validation. */
     postbackTest: boolean
   }
+}
+
+/**
+ * The answer to a delivery the writer took (DeliveryAccepted), which the route's serializer writes as
+ * JSON by hand: its two statuses are words of fixed sets and its id is a bigint's digits, so nothing
+ * in it needs escaping. JSON.stringify took about 0.4 µs a delivery in a loop (1.1 µs on the
+ * receiver's path, by perf).
+ */
+export class Accepted implements DeliveryAccepted {
+  constructor(
+    readonly status: DeliveryAccepted['status'],
+    readonly conversion_id: string,
+    readonly conversion_status: DeliveryAccepted['conversion_status'],
+  ) {}
+}
+
+/** The route's serializer: an Accepted by hand, anything else (a test's answer, an error's body) by JSON.stringify. */
+export function serializeAnswer(payload: unknown): string {
+  if (!(payload instanceof Accepted)) return JSON.stringify(payload)
+  return `{"status":"${payload.status}","conversion_id":"${payload.conversion_id}","conversion_status":"${payload.conversion_status}"}`
 }
 
 function rawQuery(request: FastifyRequest): string {
@@ -134,7 +154,7 @@ export default async function receiver(fastify: FastifyInstance) {
       // The answers are this route's and the error handler's own objects, with only the documented
       // fields: plain JSON writes them as the schema says. fast-json-stringify checked every 200
       // against the union's branches with ajv to pick one (about 1 µs a delivery).
-      serializerCompiler: () => JSON.stringify,
+      serializerCompiler: () => serializeAnswer,
       // No automatic HEAD route: a link checker's HEAD must not store a conversion.
       exposeHeadRoute: false,
       // Both checks in one stage: the query is parsed before onRequest, and a preValidation stage of
@@ -164,7 +184,7 @@ export default async function receiver(fastify: FastifyInstance) {
           app.metrics.postbacks.inc({ outcome: status })
           if (status !== 'stored') app.deliveryLog.recordOutcome(delivery.sheet_id, status)
           if (status === 'updated') request.log.info({ conversionId, conversionStatus }, 'conversion updated')
-          reply.send({ status, conversion_id: conversionId, conversion_status: conversionStatus })
+          reply.send(new Accepted(status, conversionId, conversionStatus))
         } catch (failure) {
           untyped.send(failure)
         }

@@ -5,6 +5,8 @@ import t from 'tap'
 import { ErrorBody } from '../../src/schemas/common.ts'
 import { receiverRouteSchema } from '../../src/schemas/receiver.ts'
 import { disableSheet } from '../../src/sheets.ts'
+import { STATUSES } from '../../src/lifecycle.ts'
+import { Accepted, serializeAnswer } from '../../plugins/receiver.ts'
 import { keysNotStoredOnce, newKeyHeader, newSheet, receiverUrl, testApp, uniqueId } from '../helpers.ts'
 
 const app = await testApp(t)
@@ -19,6 +21,18 @@ async function storedRows(sheetId: string) {
     SELECT id::text, transaction_id, payout::text, currency, campaign_id, adset_id, ad_id
     FROM conversions WHERE sheet_id = ${sheetId} ORDER BY id`
 }
+
+t.test("the answer to a delivery, written by hand, is JSON.stringify's text of the same fields", async (t) => {
+  for (const status of ['stored', 'updated', 'duplicate'] as const) {
+    for (const conversionStatus of STATUSES) {
+      for (const id of ['1', '9223372036854775807']) {
+        const fields = { status, conversion_id: id, conversion_status: conversionStatus }
+        t.equal(serializeAnswer(new Accepted(status, id, conversionStatus)), JSON.stringify(fields), `${status}, ${conversionStatus}, ${id}`)
+      }
+    }
+  }
+  t.equal(serializeAnswer({ status: 'test', conversion_status: 'pending' }), '{"status":"test","conversion_status":"pending"}', 'any other answer: JSON.stringify')
+})
 
 t.test('a first delivery is stored with every field as sent, and read back exactly', async (t) => {
   const sheet = await newSheet(app)
