@@ -397,7 +397,7 @@ const childTemplates = new WeakMap<pino.Logger, pino.Logger>()
  *
  * With the app's own logger options (a caller may set only the level and the stream) the
  * `request completed` line is put together here, as pino would write it: the same fields in the
- * same order (a test compares the two), for a third of pino's cost (its serializers, formatters
+ * same order (a test compares the two; the time taken to the microsecond), for a third of pino's cost (its serializers, formatters
  * and generic JSON for every field: about 2 µs a line on the receiver's path).
  */
 class AccessLog extends LogController {
@@ -419,10 +419,22 @@ class AccessLog extends LogController {
       stream.write(
         `{"level":30,"time":${Date.now()}${internals[chindingsSym] as string}` +
           `,"req":${requestJson(request)},"res":{"statusCode":${reply.statusCode}}` +
-          `,"responseTime":${reply.elapsedTime},"msg":"request completed"}\n`,
+          `,"responseTime":${millisJson(reply.elapsedTime)},"msg":"request completed"}\n`,
       )
     }
   }
+}
+
+/**
+ * A duration in ms as JSON, to the microsecond ("19.879", where pino writes 19.878717999999935): by
+ * integers only, as a double's shortest text took V8 about 0.3 µs in a loop (0.5 µs a request on
+ * the receiver's path, by perf). Not a finite duration: null, as JSON.stringify writes it.
+ */
+export function millisJson(ms: number): string {
+  const micros = Math.round(ms * 1000)
+  if (!Number.isSafeInteger(micros) || micros < 0) return JSON.stringify(Number.isFinite(ms) ? ms : null)
+  const fraction = micros % 1000
+  return `${(micros - fraction) / 1000}.${fraction < 10 ? '00' : fraction < 100 ? '0' : ''}${fraction}`
 }
 
 /**

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
-import { ChunkedStdout, NonBlockingOut } from '../../src/logger.ts'
+import { ChunkedStdout, millisJson, NonBlockingOut } from '../../src/logger.ts'
 import { isSecretParameter, redactQueryValues } from '../../src/logging.ts'
 import { capturedLog, newSheet, receiverUrl, scratchDir, testConfig } from '../helpers.ts'
 
@@ -147,6 +147,28 @@ t.test('which query parameters count as secret', async (t) => {
   t.equal(redactQueryValues('/a?token'), '/a?token', 'a name without a value has nothing to hide')
   t.equal(redactQueryValues('/a?token=&x=1'), '/a?token=[REDACTED]&x=1')
   t.equal(redactQueryValues('/a?%ZZkey=1&key=a=b'), '/a?%ZZkey=1&key=[REDACTED]', 'a malformed name is compared as sent')
+})
+
+t.test('the access line writes the time taken to the microsecond, as a JSON number', async (t) => {
+  const cases: Array<[number, string]> = [
+    [19.878717999999935, '19.879'],
+    [0, '0.000'],
+    [0.0004, '0.000'],
+    [0.0105, '0.011'],
+    [7.05, '7.050'],
+    [12345.6789, '12345.679'],
+    [Number.NaN, 'null'],
+    [Number.POSITIVE_INFINITY, 'null'],
+  ]
+  for (const [ms, text] of cases) t.equal(millisJson(ms), text, String(ms))
+  for (let i = 0; i < 2000; i++) {
+    const ms = Math.random() * 10 ** ((i % 6) - 1)
+    const written = millisJson(ms)
+    if (!/^\d+\.\d{3}$/.test(written) || Math.abs(JSON.parse(written) - ms) > 0.0005) t.fail(`${ms} written ${written}`)
+  }
+  await app.inject({ method: 'GET', url: receiverUrl({ sheet_id: sheet, transaction_id: 'L-time' }), headers: { 'x-request-id': 'access-line-time' } })
+  const line = raw.find((text) => text.includes('"reqId":"access-line-time"') && text.includes('"request completed"'))
+  t.match(line, /,"responseTime":\d+\.\d{3},/, 'the access line')
 })
 
 t.test("a request's lines, put together by the app's logger, are the lines pino writes for them", async (t) => {
