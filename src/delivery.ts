@@ -83,18 +83,32 @@ export function parseTestFlag(value: QueryValue | undefined): boolean {
 
 export function parseDelivery(query: ParsedQuery): Delivery {
   // One pass, no copies (the receiver's hot path): the status word is mapped to its canonical status
-  // and kept as sent; the mapping parameters only serve that and are not stored.
-  const delivery: Record<string, string> = {}
+  // and kept as sent; the mapping parameters only serve that and are not stored. Every field is there
+  // from the start (undefined until given), so that storing one changes no object shape: added one by
+  // one under names read from the rules, the fields took V8's slow path each (about 0.7 µs a
+  // delivery of seven fields in a loop, a third of the check's time).
+  const delivery: Record<keyof Delivery, string | undefined> = {
+    sheet_id: undefined,
+    transaction_id: undefined,
+    payout: undefined,
+    currency: undefined,
+    campaign_id: undefined,
+    adset_id: undefined,
+    ad_id: undefined,
+    event: undefined,
+    status: undefined,
+    network_status: undefined,
+  }
   let mapping: StatusMapping | undefined
   let word: string | undefined
   for (const rule of RULES) {
     const value = readParameter(rule, query[rule.name])
     if (value === undefined) continue
-    if (rule.role === 'field') delivery[rule.name] = value
+    if (rule.role === 'field') delivery[rule.name as keyof Delivery] = value
     else if (rule.role === 'status') word = value
     else (mapping ??= {})[rule.name as keyof StatusMapping] = value
   }
-  const result = delivery as Delivery
+  const result = delivery as unknown as Delivery
   result.status = mapStatus(word, mapping)
   if (word !== undefined) result.network_status = word
   return result
@@ -102,10 +116,11 @@ export function parseDelivery(query: ParsedQuery): Delivery {
 
 function readParameter(rule: Rule, input: QueryValue | undefined): string | undefined {
   const name = rule.name
-  if (Array.isArray(input)) {
+  // `typeof` first: an instanceof test of a string calls into V8's runtime.
+  if (typeof input !== 'string' && Array.isArray(input)) {
     throw new InputError('repeated_parameter', name, `${name} is given ${input.length} times; send it once`)
   }
-  if (input instanceof MalformedValue) {
+  if (typeof input === 'object' && input instanceof MalformedValue) {
     if (isUnreplacedMacro(input.raw)) throw macroError(name, input.raw)
     throw new InputError('invalid_parameter', name, `${name} has an invalid percent-encoding: ${quote(input.raw)}`)
   }
@@ -116,7 +131,8 @@ function readParameter(rule: Rule, input: QueryValue | undefined): string | unde
     if (rule.required) throw new InputError('missing_parameter', name, `${name} is required`)
     return undefined
   }
-  if (isNoValue(input)) throw noValueError(name, input)
+  // A plain value has no space to trim: only one as short as the words is looked up.
+  if (plain ? input.length <= NO_VALUE_MAX_LENGTH && NO_VALUE.has(input.toLowerCase()) : isNoValue(input)) throw noValueError(name, input)
   // A plain value is a placeholder only as one of its words (7 or 8 letters).
   if (plain ? (input.length === 7 || input.length === 8) && PLACEHOLDER.test(input) : isUnreplacedMacro(input)) throw macroError(name, input)
   if (!plain && CONTROL.test(input)) {
@@ -181,6 +197,8 @@ export function normalizePayout(input: string): string {
 }
 
 function parseCurrency(input: string): string {
+  // As most networks send it: a code of the list, in capitals.
+  if (CURRENCIES.has(input)) return input
   if (!/^[A-Za-z]{3}$/.test(input)) {
     throw new InputError('invalid_parameter', 'currency', `currency ${quote(input)} is not a 3-letter ISO 4217 code`)
   }
