@@ -198,6 +198,9 @@ t.test("a request's lines, put together by the app's logger, are the lines pino 
     t.same(requestLines(throughPino.raw, id), byHand, request.url)
   }
   t.match(requestLines(raw, 'access-line-0'), [/"msg":"postback rejected"/, /"msg":"request completed"/], 'a line besides the access line')
+  for (const line of throughPino.raw.filter((text) => text.includes('"msg":"request completed"'))) {
+    t.match(line, /"responseTime":\d+(?:\.\d{1,3})?,/, 'through pino too, the time taken to the microsecond')
+  }
   t.notMatch(raw.join('\n'), /SEKRET30/)
 })
 
