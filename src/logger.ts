@@ -285,9 +285,10 @@ export function bufferedStdout(): ChunkedStdout {
       throw error
     })
   }
-  const file = writtenInPlace(1)
+  const kind = stdoutKind()
+  const file = kind === 'file'
   let sink: NonBlockingOut | Destination
-  if (!file && nonBlockingStream()) sink = new NonBlockingOut(1, fail)
+  if (kind === 'stream') sink = new NonBlockingOut(1, fail)
   else {
     // Each chunk is written at once (a minLength of 0 would make flush() call back before an
     // asynchronous write is done).
@@ -322,13 +323,26 @@ export function bufferedStdout(): ChunkedStdout {
 }
 
 /**
- * Whether stdout is a pipe or a socket that Node.js opens as a stream (asking for process.stdout
- * opens it), which makes the descriptor non-blocking (libuv's uv_pipe_open, uv_tcp_open): a write
- * that the reader has no room for then fails with EAGAIN instead of waiting for it.
+ * What stdout is, by fstat (public; until 2026-12-01 by the class of process.stdout's private
+ * `_handle`): a regular file, written in place without blocking for long; a pipe or a socket (a
+ * FIFO, a Unix or TCP socket), which Node.js opens as a stream when process.stdout is first asked
+ * for (asked here), making the descriptor non-blocking (libuv's uv_pipe_open, uv_tcp_open): a write
+ * that the reader has no room for then fails with EAGAIN instead of waiting for it (NonBlockingOut
+ * writes a descriptor left blocking correctly too, waiting as for a file); or anything else (a
+ * terminal, a device, a closed descriptor).
  */
-function nonBlockingStream(): boolean {
-  const kind = (process.stdout as unknown as { _handle?: object })._handle?.constructor.name
-  return kind === 'Pipe' || kind === 'TCP'
+function stdoutKind(): 'file' | 'stream' | 'other' {
+  let stat
+  try {
+    stat = fstatSync(1)
+  } catch {
+    return 'other'
+  }
+  if (stat.isFile()) return 'file'
+  if (!stat.isFIFO() && !stat.isSocket()) return 'other'
+  // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- asking opens it
+  process.stdout
+  return 'stream'
 }
 
 /**
@@ -350,15 +364,6 @@ export function writeOutSync(fd: number, bytes: Buffer, waitMs: number): number 
     }
   }
   return written
-}
-
-/** Whether a file descriptor is a regular file: written without blocking for long. */
-function writtenInPlace(fd: number): boolean {
-  try {
-    return fstatSync(fd).isFile()
-  } catch {
-    return false
-  }
 }
 
 const { streamSym, chindingsSym, formattersSym } = pino.symbols
