@@ -1,10 +1,11 @@
 // Prometheus metrics at GET /metrics: requests by route and status with latency, postbacks by outcome,
-// the group-commit writer's batch sizes and queue depth, database errors, and process metrics.
+// the group-commit writer's batch sizes and queue depth, database errors, log bytes dropped, and process metrics.
 // prom-client: https://github.com/siimon/prom-client
 // One registry per app instance (never prom-client's global one), so several apps can live in one process.
 import fp from 'fastify-plugin'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
 import { AppError } from '../src/errors.ts'
+import { logBytesDropped } from '../src/logger.ts'
 import { probeLogLevel } from '../src/logging.ts'
 import { isUnavailableError } from '../src/storage-errors.ts'
 
@@ -149,6 +150,19 @@ export default fp(
       collect() {
         // Read at scrape time: the ingest plugin decorates the writer after this plugin.
         this.set(app.hasDecorator('conversionWriter') ? app.conversionWriter.depth : 0)
+      },
+    })
+    // Read at scrape time from the log's stdout (process-wide): a reader that lagged past the limit
+    // lost lines, and the warning line that marks the gap is in the log that may not be read.
+    // eslint-disable-next-line no-new
+    new Counter({
+      name: 'postback_log_dropped_bytes_total',
+      help: "Bytes of log lines dropped because stdout's reader (a pipe, a socket) lagged with about 32 MB of lines waiting for it",
+      registers,
+      collect() {
+        this.reset()
+        const dropped = logBytesDropped()
+        if (dropped > 0) this.inc(dropped)
       },
     })
     app.decorate('metrics', metrics)

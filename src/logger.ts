@@ -125,6 +125,14 @@ export class ChunkedStdout {
   }
 }
 
+// Bytes of log dropped by every NonBlockingOut of the process (the metric postback_log_dropped_bytes_total).
+let droppedTotal = 0
+
+/** Bytes of log lines this process has dropped because stdout's reader lagged past the limit (NonBlockingOut). */
+export function logBytesDropped(): number {
+  return droppedTotal
+}
+
 /**
  * Chunks written in place to a descriptor that does not block (a pipe or a socket, which libuv has
  * made non-blocking): write(2) on the caller's thread, no hand-off to the thread pool. What the
@@ -159,6 +167,7 @@ export class NonBlockingOut implements ChunkSink {
     const behind = this.#waiting.length > 0
     if (behind && this.#waitingBytes + chunk.length > this.limitBytes) {
       this.#dropped += chunk.length
+      droppedTotal += chunk.length
       return
     }
     // Kept after a gap: the warning marks the gap, before it.

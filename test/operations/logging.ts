@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
 import t from 'tap'
 import { buildApp } from '../../src/app.ts'
-import { ChunkedStdout, millisJson, NonBlockingOut } from '../../src/logger.ts'
+import { ChunkedStdout, logBytesDropped, millisJson, NonBlockingOut } from '../../src/logger.ts'
 import { isSecretParameter, redactQueryValues } from '../../src/logging.ts'
 import { capturedLog, newSheet, receiverUrl, scratchDir, testConfig } from '../helpers.ts'
 
@@ -318,6 +318,7 @@ t.test('what waits for a stalled reader holds only its own bytes, not the 64 KB 
 t.test('past its limit, what a lagging reader has no room for is dropped, and one warning stands where it would have been', async (t) => {
   const { readFd, writeFd } = fifoEnds(t)
   const out = new NonBlockingOut(writeFd, (error) => t.fail(error.message), 100_000)
+  const droppedBefore = logBytesDropped()
   const read: Buffer[] = []
   const text = () => Buffer.concat(read).toString('latin1')
   // The filler has no newline: the lines read are the warnings and the line kept.
@@ -343,4 +344,7 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   const rest = text().slice(2_000_000 + warning!.length + after!.length + 2)
   t.equal(rest.slice(0, 2_000_000), second.toString('latin1'))
   t.match(JSON.parse(rest.slice(2_000_000)), { level: 40, droppedBytes: 60_000 }, 'one warning for the second gap, after what waited')
+  t.equal(logBytesDropped() - droppedBefore, 260_000, "the process's count of dropped bytes")
+  const metrics = await app.inject({ method: 'GET', url: '/metrics' })
+  t.match(metrics.body, new RegExp(`^postback_log_dropped_bytes_total ${logBytesDropped()}$`, 'm'), 'and the metric, at the scrape')
 })
