@@ -1,7 +1,7 @@
 // The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs'
+import { closeSync, constants, openSync, readFileSync, readSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
@@ -175,6 +175,50 @@ t.test("a pipe whose reader lags gets every line, in order, before the exit; one
   t.ok(stalled.exitMs < 4000, `a reader gone for 7 s: the exit waited ${Math.round(stalled.exitMs)} ms (bound 2 s)`)
   t.ok(stalled.lines.length < 3000, `the lines it had no room for are lost (${stalled.lines.length} written)`)
   t.same(stalled.lines, Array.from({ length: stalled.lines.length }, (_, index) => index + 1), 'what came through: the first lines, whole and in order')
+})
+
+t.test('on SIGTERM, with a log pipe whose reader has stalled, the server waits 2 s for it, then up to 2 s more at exit, and exits 0', async (t) => {
+  const fifo = join(scratchDir(t), 'pipe')
+  execFileSync('mkfifo', [fifo])
+  // The reader: this test, which reads until the server says where it listens, then takes nothing.
+  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+  t.teardown(() => closeSync(readFd))
+  const fd = openSync(fifo, constants.O_WRONLY)
+  const child = spawn(process.execPath, ['--import=tsx', 'src/server.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, ...storeEnv(t), LOG_LEVEL: 'info', PORT: '0' },
+    stdio: ['ignore', fd, 'pipe'],
+  })
+  closeSync(fd)
+  t.teardown(() => child.kill('SIGKILL'))
+  const exited = once(child, 'exit')
+  let seen = ''
+  let url: string | undefined
+  const buffer = Buffer.alloc(65_536)
+  const deadline = performance.now() + 60_000
+  while (url === undefined) {
+    if (performance.now() > deadline) throw new Error(`the server did not listen: ${seen}`)
+    try {
+      seen += buffer.toString('utf8', 0, readSync(readFd, buffer))
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
+      await delay(20)
+    }
+    url = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(seen)?.[1]
+  }
+  // More request lines than the pipe holds (64 KB): the rest waits in the server.
+  for (let batch = 0; batch < 20; batch++) {
+    const answers = await Promise.all(Array.from({ length: 40 }, (_, index) => fetch(`${url}/nowhere-${batch}-${index}`)))
+    t.ok(answers.every((answer) => answer.status === 404), `batch ${batch} answered`)
+  }
+  // The log hands its lines on at least every quarter second.
+  await delay(600)
+  const signalled = performance.now()
+  child.kill('SIGTERM')
+  const [code] = (await exited) as [number | null]
+  const tookMs = performance.now() - signalled
+  t.equal(code, 0, 'a clean exit')
+  t.ok(tookMs >= 3500 && tookMs < 8000, `the exit waited ${Math.round(tookMs)} ms for the reader: 2 s for the shutdown's flush, then 2 s at exit`)
 })
 
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
