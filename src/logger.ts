@@ -3,6 +3,7 @@
 // Fastify logging: https://fastify.dev/docs/latest/Reference/Logging/
 import { LogController, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import { fstatSync, writeSync } from 'node:fs'
+import { Socket } from 'node:net'
 import { hostname } from 'node:os'
 import pino from 'pino'
 import type { Config } from './config.ts'
@@ -332,13 +333,14 @@ export function bufferedStdout(): ChunkedStdout {
 }
 
 /**
- * What stdout is, by fstat (public; until 2026-12-01 by the class of process.stdout's private
- * `_handle`): a regular file, written in place without blocking for long; a pipe or a socket (a
- * FIFO, a Unix or TCP socket), which Node.js opens as a stream when process.stdout is first asked
- * for (asked here), making the descriptor non-blocking (libuv's uv_pipe_open, uv_tcp_open): a write
- * that the reader has no room for then fails with EAGAIN instead of waiting for it (NonBlockingOut
- * writes a descriptor left blocking correctly too, waiting as for a file); or anything else (a
- * terminal, a device, a closed descriptor).
+ * What stdout is (by public calls; until 2026-12-01 by the class of process.stdout's private
+ * `_handle`): a regular file, written in place without blocking for long; a pipe or a stream socket
+ * (a FIFO, a Unix or TCP socket), which Node.js opens as a net.Socket when process.stdout is first
+ * asked for (asked here), making the descriptor non-blocking (libuv's uv_pipe_open, uv_tcp_open): a
+ * write that the reader has no room for then fails with EAGAIN instead of waiting for it; or
+ * anything else (a terminal, a device; a datagram socket, which Node.js neither opens as a stream
+ * nor makes non-blocking: written in place, a write into it would wait for its reader for as long
+ * as it takes).
  */
 function stdoutKind(): 'file' | 'stream' | 'other' {
   let stat
@@ -348,10 +350,7 @@ function stdoutKind(): 'file' | 'stream' | 'other' {
     return 'other'
   }
   if (stat.isFile()) return 'file'
-  if (!stat.isFIFO() && !stat.isSocket()) return 'other'
-  // eslint-disable-next-line @typescript-eslint/no-unused-expressions -- asking opens it
-  process.stdout
-  return 'stream'
+  return (stat.isFIFO() || stat.isSocket()) && process.stdout instanceof Socket ? 'stream' : 'other'
 }
 
 /**

@@ -196,19 +196,26 @@ t.test('on SIGTERM, with a log pipe whose reader has stalled, the server waits 2
   let url: string | undefined
   const buffer = Buffer.alloc(65_536)
   const deadline = performance.now() + 60_000
+  let stderr = ''
+  child.stderr!.on('data', (data: Buffer) => (stderr += data.toString()))
   while (url === undefined) {
-    if (performance.now() > deadline) throw new Error(`the server did not listen: ${seen}`)
+    if (performance.now() > deadline || child.exitCode !== null) throw new Error(`the server did not listen: ${seen} ${stderr}`)
     try {
-      seen += buffer.toString('utf8', 0, readSync(readFd, buffer))
+      const read = readSync(readFd, buffer)
+      // End of file: the server has gone (its exit ends the loop above).
+      if (read === 0) await delay(20)
+      seen += buffer.toString('utf8', 0, read)
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
       await delay(20)
     }
     url = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(seen)?.[1]
   }
-  // More request lines than the pipe holds (64 KB): the rest waits in the server.
-  for (let batch = 0; batch < 20; batch++) {
-    const answers = await Promise.all(Array.from({ length: 40 }, (_, index) => fetch(`${url}/nowhere-${batch}-${index}`)))
+  // More request lines than the pipe holds (64 KB; 1 MB where pages are 64 KB): 160 lines with a
+  // URL of 8,000 characters, the rest waits in the server.
+  const padding = 'x'.repeat(8000)
+  for (let batch = 0; batch < 8; batch++) {
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, index) => fetch(`${url}/nowhere-${batch}-${index}?padding=${padding}`)))
     t.ok(answers.every((answer) => answer.status === 404), `batch ${batch} answered`)
   }
   // The log hands its lines on at least every quarter second.
