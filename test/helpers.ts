@@ -1,7 +1,8 @@
 // Test helpers: an app on a real store (a copy of a prepared PGlite folder, or the PostgreSQL that
 // DATABASE_URL names), sheets with unique ids so test files never step on each other, and a
 // receiver URL builder.
-import { accessSync, constants, cpSync, mkdtempSync, rmSync, statfsSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { accessSync, closeSync, constants, cpSync, mkdtempSync, openSync, readSync, rmSync, statfsSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomBytes } from 'node:crypto'
@@ -140,7 +141,6 @@ export async function awaitLockWaiter(client: pg.Client, attempts = 50): Promise
   return false
 }
 
-/** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */
 /**
  * Waits, 30 s at most, until every transaction that began before now has ended anywhere on the
  * database server: the change feed and the rollup fold see a change only below that horizon, and on
@@ -156,6 +156,46 @@ export async function awaitHorizon(prisma: PrismaClient): Promise<void> {
   }
 }
 
+/** A new FIFO's two ends, both non-blocking; each is closed after the test unless the test closed it (`close`). */
+export function fifoEnds(t: Test) {
+  const fifo = join(scratchDir(t), 'pipe')
+  execFileSync('mkfifo', [fifo])
+  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
+  const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
+  const open = new Set([readFd, writeFd])
+  t.teardown(() => open.forEach((fd) => closeSync(fd)))
+  return {
+    readFd,
+    writeFd,
+    close: (fd: number) => {
+      open.delete(fd)
+      closeSync(fd)
+    },
+  }
+}
+
+/**
+ * Reads a non-blocking pipe's read end into `read` until `done` holds, `timeoutMs` at most (between
+ * reads, the writer's retries run).
+ */
+export async function readUntil(readFd: number, read: Buffer[], done: () => boolean, timeoutMs = 5000): Promise<void> {
+  const buffer = Buffer.alloc(65_536)
+  const deadline = performance.now() + timeoutMs
+  while (!done() && performance.now() < deadline) {
+    try {
+      const n = readSync(readFd, buffer)
+      read.push(Buffer.from(buffer.subarray(0, n)))
+      // End of file: every writer has gone.
+      if (n === 0) await delay(20)
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
+      // Room in the pipe: the waiting chunks are offered again within a few milliseconds.
+      await delay(2)
+    }
+  }
+}
+
+/** A config for tests: PostgreSQL when DATABASE_URL is set, else a fresh copy of the PGlite template. */
 export function testConfig(t: Test, overrides: Record<string, string> = {}): Config {
   // Background folds of the summary rollups only where a test asks for them (they are folded by the
   // tests of the rollups themselves): a first fold in a new store costs a third of a second of CPU.

@@ -6,6 +6,9 @@ import { admin } from './helpers.ts'
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 
+/** The server's line once it listens, with its URL. */
+export const LISTENING = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/
+
 export interface Finished {
   code: number | null
   signal: NodeJS.Signals | null
@@ -53,7 +56,7 @@ export async function startServer(env: Record<string, string | undefined>): Prom
     const timer = setTimeout(() => reject(new Error(`server did not listen: ${seen}`)), 60_000)
     child.stdout!.on('data', (chunk) => {
       seen += chunk
-      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(seen)
+      const match = LISTENING.exec(seen)
       if (match) {
         clearTimeout(timer)
         resolve(match[1]!)

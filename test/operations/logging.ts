@@ -1,7 +1,6 @@
 // Logs as an operator reads them: JSON lines, a request id on each request's lines and in the
 // x-request-id header, secrets redacted, one line per rejected postback, probes kept quiet.
-import { execFileSync } from 'node:child_process'
-import { closeSync, constants, openSync, readFileSync, readSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import pino from 'pino'
@@ -9,7 +8,7 @@ import t from 'tap'
 import { buildApp } from '../../src/app.ts'
 import { ChunkedStdout, logBytesDropped, millisJson, NonBlockingOut } from '../../src/logger.ts'
 import { isSecretParameter, redactQueryValues } from '../../src/logging.ts'
-import { capturedLog, newSheet, receiverUrl, scratchDir, testConfig } from '../helpers.ts'
+import { capturedLog, fifoEnds, newSheet, readUntil, receiverUrl, scratchDir, testConfig } from '../helpers.ts'
 
 interface LogLine {
   level: number
@@ -233,40 +232,6 @@ for (const sync of [true, false]) {
     await new Promise<void>((resolve, reject) => chunked.flush((error) => (error ? reject(error) : resolve())))
     t.equal(readFileSync(file, 'utf8'), written.join(''))
   })
-}
-
-/** A new FIFO's two ends, both non-blocking; each is closed after the test unless the test closed it (`close`). */
-function fifoEnds(t: Parameters<typeof scratchDir>[0]) {
-  const fifo = join(scratchDir(t), 'pipe')
-  execFileSync('mkfifo', [fifo])
-  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
-  const writeFd = openSync(fifo, constants.O_WRONLY | constants.O_NONBLOCK)
-  const open = new Set([readFd, writeFd])
-  t.teardown(() => open.forEach((fd) => closeSync(fd)))
-  return {
-    readFd,
-    writeFd,
-    close: (fd: number) => {
-      open.delete(fd)
-      closeSync(fd)
-    },
-  }
-}
-
-/** Reads a non-blocking pipe's read end into `read` until `done` holds, 5 s at most (between reads, the writer's retries run). */
-async function readUntil(readFd: number, read: Buffer[], done: () => boolean): Promise<void> {
-  const buffer = Buffer.alloc(65_536)
-  const deadline = performance.now() + 5000
-  while (!done() && performance.now() < deadline) {
-    try {
-      const n = readSync(readFd, buffer)
-      read.push(Buffer.from(buffer.subarray(0, n)))
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
-      // Room in the pipe: the waiting chunks are offered again within a few milliseconds.
-      await sleep(2)
-    }
-  }
 }
 
 t.test('into a pipe whose reader has no room, chunks wait in order and a flush calls back once all are written; a reader gone is an error', async (t) => {

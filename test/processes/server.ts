@@ -1,14 +1,14 @@
 // The server entry as `npm start` runs it: listens, serves, and exits 0 on SIGTERM.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { once } from 'node:events'
-import { closeSync, constants, openSync, readFileSync, readSync, writeFileSync } from 'node:fs'
+import { closeSync, constants, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import t from 'tap'
 import { writeOutSync } from '../../src/logger.ts'
-import { admin, scratchDir, storeEnv, uniqueId } from '../helpers.ts'
-import { ROOT, run, start, waitForOutput } from '../processes.ts'
+import { admin, fifoEnds, readUntil, scratchDir, storeEnv, uniqueId } from '../helpers.ts'
+import { LISTENING, ROOT, run, start, waitForOutput } from '../processes.ts'
 
 /**
  * Runs a fixture (test/fixtures) with stdout a new file in the test's scratch folder, opened for
@@ -178,44 +178,27 @@ t.test("a pipe whose reader lags gets every line, in order, before the exit; one
 })
 
 t.test('on SIGTERM, with a log pipe whose reader has stalled, the server waits 2 s for it, then up to 2 s more at exit, and exits 0', async (t) => {
-  const fifo = join(scratchDir(t), 'pipe')
-  execFileSync('mkfifo', [fifo])
   // The reader: this test, which reads until the server says where it listens, then takes nothing.
-  const readFd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK)
-  t.teardown(() => closeSync(readFd))
-  const fd = openSync(fifo, constants.O_WRONLY)
+  const { readFd, writeFd, close } = fifoEnds(t)
   const child = spawn(process.execPath, ['--import=tsx', 'src/server.ts'], {
     cwd: ROOT,
     env: { ...process.env, ...storeEnv(t), LOG_LEVEL: 'info', PORT: '0' },
-    stdio: ['ignore', fd, 'pipe'],
+    stdio: ['ignore', writeFd, 'pipe'],
   })
-  closeSync(fd)
+  close(writeFd)
   t.teardown(() => child.kill('SIGKILL'))
   const exited = once(child, 'exit')
-  let seen = ''
-  let url: string | undefined
-  const buffer = Buffer.alloc(65_536)
-  const deadline = performance.now() + 60_000
   let stderr = ''
   child.stderr!.on('data', (data: Buffer) => (stderr += data.toString()))
-  while (url === undefined) {
-    if (performance.now() > deadline || child.exitCode !== null) throw new Error(`the server did not listen: ${seen} ${stderr}`)
-    try {
-      const read = readSync(readFd, buffer)
-      // End of file: the server has gone (its exit ends the loop above).
-      if (read === 0) await delay(20)
-      seen += buffer.toString('utf8', 0, read)
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error
-      await delay(20)
-    }
-    url = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(seen)?.[1]
-  }
+  const read: Buffer[] = []
+  const url = () => LISTENING.exec(Buffer.concat(read).toString())?.[1]
+  await readUntil(readFd, read, () => url() !== undefined || child.exitCode !== null, 60_000)
+  if (url() === undefined) throw new Error(`the server did not listen: ${Buffer.concat(read).toString()} ${stderr}`)
   // More request lines than the pipe holds (64 KB; 1 MB where pages are 64 KB): 160 lines with a
   // URL of 8,000 characters, the rest waits in the server.
   const padding = 'x'.repeat(8000)
   for (let batch = 0; batch < 8; batch++) {
-    const answers = await Promise.all(Array.from({ length: 20 }, (_, index) => fetch(`${url}/nowhere-${batch}-${index}?padding=${padding}`)))
+    const answers = await Promise.all(Array.from({ length: 20 }, (_, index) => fetch(`${url()}/nowhere-${batch}-${index}?padding=${padding}`)))
     t.ok(answers.every((answer) => answer.status === 404), `batch ${batch} answered`)
   }
   // The log hands its lines on at least every quarter second.
