@@ -45,9 +45,12 @@ export function isUnreplacedMacro(value: string): boolean {
   return MACRO.test(value) || PLACEHOLDER.test(value.trim())
 }
 
-/** A word for "no value" as the whole value: stored, every later one would be its duplicate. */
-export function isNoValue(value: string): boolean {
-  const trimmed = value.trim()
+/**
+ * A word for "no value" as the whole value: stored, every later one would be its duplicate.
+ * `plain`: the value is known to have no space to trim (the receiver's PLAIN test).
+ */
+export function isNoValue(value: string, plain = false): boolean {
+  const trimmed = plain ? value : value.trim()
   // Most values are longer than any of the words: no lower-cased copy for them.
   return trimmed.length <= NO_VALUE_MAX_LENGTH && NO_VALUE.has(trimmed.toLowerCase())
 }
@@ -131,8 +134,7 @@ function readParameter(rule: Rule, input: QueryValue | undefined): string | unde
     if (rule.required) throw new InputError('missing_parameter', name, `${name} is required`)
     return undefined
   }
-  // A plain value has no space to trim: only one as short as the words is looked up.
-  if (plain ? input.length <= NO_VALUE_MAX_LENGTH && NO_VALUE.has(input.toLowerCase()) : isNoValue(input)) throw noValueError(name, input)
+  if (isNoValue(input, plain)) throw noValueError(name, input)
   // A plain value is a placeholder only as one of its words (7 or 8 letters).
   if (plain ? (input.length === 7 || input.length === 8) && PLACEHOLDER.test(input) : isUnreplacedMacro(input)) throw macroError(name, input)
   if (!plain && CONTROL.test(input)) {
