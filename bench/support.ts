@@ -3,8 +3,8 @@ import { readdirSync, readFileSync } from 'node:fs'
 import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { createApiKey } from '../src/api-keys.ts'
-import { writeDeliveries } from '../src/conversion-batch.ts'
-import type { Database } from '../src/database.ts'
+import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
+import type { Database, Statement } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
 
 /** The arguments of bench/server.ts after its backlog for each floor route: the floor, the bare floor (bench/floor.ts). */
@@ -198,4 +198,23 @@ export function machineTicks(): { idle: number; total: number } {
   const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number)
   // user nice system idle iowait irq softirq steal (guest and guest_nice, next, are counted in user and nice).
   return { idle: fields[3]! + fields[4]!, total: fields.slice(0, 8).reduce((sum, value) => sum + value, 0) }
+}
+
+/**
+ * `db.query` with the batch statement's function under another name and without its plan_cache_mode
+ * setting: the plan left to the server's choice (plan_cache_mode = auto: a custom plan, made again at
+ * each call, while that looks cheaper than the cached one). For bench/statement-cost.ts and
+ * bench/pglite-statement.ts.
+ */
+export function withPlanChoice(db: Database): Database['query'] {
+  return <Row>(statement: Statement) =>
+    db.query<Row>(
+      statement.name !== BATCH_STATEMENT.name
+        ? statement
+        : {
+            ...statement,
+            name: `${statement.name}_auto`,
+            signature: { ...statement.signature!, settings: statement.signature!.settings!.filter((setting) => !setting.startsWith('plan_cache_mode')) },
+          },
+    )
 }

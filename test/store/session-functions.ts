@@ -73,6 +73,51 @@ if (onPostgres) {
     t.ok(after.byIndex.has(KEY), 'the key index is there')
   })
 
+  t.test("a small batch's call runs on its cached plan, not one planned again at every call", async (t) => {
+    // PostgreSQL plans a statement of a function again at each call while that custom plan looks
+    // cheaper than the cached generic one: for a batch of a few rows it does, and planning the batch
+    // statement cost more than running it. The function's own plan_cache_mode keeps the cached plan.
+    const url = await newPostgresDatabase(t, {}, { migrated: true })
+    const admin = new pg.Client({ connectionString: url })
+    await admin.connect()
+    t.teardown(() => admin.end())
+    await admin.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('s1', 's1', 'USD')`)
+    const db = await openDatabase(loadConfig({ DATABASE_URL: url, DB_POOL_MAX: '1' }))
+    t.teardown(() => db.close())
+    await writeDeliveries(db.query.bind(db), [{ sheet_id: 's1', transaction_id: 'first' } as Delivery])
+    // The function as the app's session made it, made again in a session of the test's own, where
+    // every plan made is reported and, unless the function says otherwise, planned at each run.
+    const made = await admin.query(
+      `SELECT pg_get_functiondef(p.oid) AS definition FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+       WHERE p.proname = $1 AND n.nspname LIKE 'pg_temp%'`,
+      [BATCH_STATEMENT.name],
+    )
+    t.equal(made.rows.length, 1, "the function is in the app's session")
+    const session = new pg.Client({ connectionString: url })
+    await session.connect()
+    t.teardown(() => session.end())
+    await session.query((made.rows[0].definition as string).replace(/FUNCTION pg_temp_\d+\./, 'FUNCTION pg_temp.'))
+    await session.query(`SET plan_cache_mode = force_custom_plan`)
+    await session.query(`SET client_min_messages = log`)
+    await session.query(`SET log_planner_stats = on`)
+    let plans = 0
+    session.on('notice', (notice) => {
+      if (notice.message === 'PLANNER STATISTICS') plans++
+    })
+    const call = `SELECT * FROM pg_temp.${BATCH_STATEMENT.name}(${BATCH_STATEMENT.signature.parameters.map((type, index) => `$${index + 1}::${type}`).join(', ')})`
+    const planned: number[] = []
+    for (let n = 0; n < 6; n++) {
+      const before = plans
+      const { rows } = await session.query(call, [['s1'], [`tx-${n}`], [''], ['1.5'], [null], [null], [null], [null], ['approved'], [null]])
+      t.match(rows, [{ transaction_id: `tx-${n}`, outcome: 'stored' }], `call ${n} stored its delivery`)
+      planned.push(plans - before)
+    }
+    // Each call's own SELECT is planned (the session's setting); the function's statements only at
+    // the first call.
+    t.ok(planned[0]! > 1, `the first call planned the function's statements (${planned[0]} plans)`)
+    t.same(planned.slice(1), [1, 1, 1, 1, 1], 'later calls planned only their own SELECT')
+  })
+
   t.test('a role without TEMPORARY on its database stores and answers deliveries, repeats too, by plain statements', async (t) => {
     const url = await newPostgresDatabase(t)
     // Migrated by the server's own role, then used by one that may not create temporary objects.

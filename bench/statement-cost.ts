@@ -1,0 +1,81 @@
+// The cost of the receiver's batch statement on PostgreSQL by batch size, one statement after
+// another on one connection: as the app runs it (a function of the session on its cached plan),
+// the same function left to PostgreSQL's choice of plan (plan_cache_mode = auto: a custom plan, made
+// again at each call, while that looks cheaper), and the floor's upsert (bench/floor.ts) as a prepared
+// statement; alternating rounds, new conversions only. Per statement: wall time, this process's CPU
+// and the CPU of PostgreSQL's backends for the scratch database (from /proc).
+//   npx tsx bench/statement-cost.ts [--sizes 4,25] [--statements 500] [--rounds 4] [--pg-url URL]
+import { parseArgs } from 'node:util'
+import pg from 'pg'
+import { run } from '../src/cli.ts'
+import { loadConfig } from '../src/config.ts'
+import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
+import { openDatabase } from '../src/database.ts'
+import type { Delivery } from '../src/schemas/receiver.ts'
+import { FIELDS, FLOOR_UPSERT } from './floor.ts'
+import { postgresCpuSeconds, postgresCpuUsed, scratchDatabase, table, withPlanChoice } from './support.ts'
+
+const { values: args } = parseArgs({
+  options: {
+    sizes: { type: 'string', default: '4,25' },
+    statements: { type: 'string', default: '500' },
+    rounds: { type: 'string', default: '4' },
+    'pg-url': { type: 'string', default: 'postgresql://postgres@127.0.0.1:5432/postgres' },
+  },
+})
+const STATEMENTS = Number(args.statements)
+const ROUNDS = Number(args.rounds)
+const scratch = await scratchDatabase(args['pg-url'], `statement_cost_${process.pid}`)
+const database = new URL(scratch.url).pathname.slice(1)
+try {
+  const env = { DATABASE_URL: scratch.url, LOG_LEVEL: 'silent', DB_POOL_MAX: '1' }
+  const quiet = { stdout: { write: () => true }, stderr: { write: () => true } }
+  await run(['migrate'], env, quiet)
+  await run(['sheet', 'create', '--id', 'busy'], env, quiet)
+  const db = await openDatabase(loadConfig(env))
+  const pool = new pg.Pool({ connectionString: scratch.url, max: 1 })
+  let n = 0
+  const batch = (rows: number) =>
+    Array.from(
+      { length: rows },
+      () => ({ sheet_id: 'busy', transaction_id: `t${n++}`, payout: '12.50', currency: 'USD', campaign_id: '120210000000000001', adset_id: '120210000000000002', ad_id: '120210000000000003' }) as Delivery,
+    )
+  const auto = withPlanChoice(db)
+  const floor = (rows: Delivery[]) => {
+    const value = (row: Delivery, field: (typeof FIELDS)[number]) => (field === 'event' ? '' : field === 'status' ? 'approved' : (row[field] ?? null))
+    return pool.query({ ...FLOOR_UPSERT, values: FIELDS.map((field) => rows.map((row) => value(row, field))) })
+  }
+  const paths: Array<[string, (rows: Delivery[]) => Promise<unknown>]> = [
+    ['receiver, as the app runs it', (rows) => writeDeliveries((statement) => db.query(statement), rows)],
+    ['receiver, plans chosen by PostgreSQL', (rows) => writeDeliveries(auto, rows)],
+    ['floor (with moves)', floor],
+  ]
+  const lines = [['rows', 'path', 'wall µs a statement', 'this process µs', 'PostgreSQL µs']]
+  for (const size of args.sizes.split(',').map(Number)) {
+    const totals = new Map<string, { ms: number; cpu: number; postgres: number }>()
+    // Warm-up of every path first (JIT, the connections' plans), so the first path measured pays no more.
+    for (const [, statement] of paths) for (let i = 0; i < 200; i++) await statement(batch(size))
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [label, statement] of round % 2 === 0 ? paths : [...paths].reverse()) {
+        const before = postgresCpuSeconds(database)
+        const cpu = process.cpuUsage()
+        const started = performance.now()
+        for (let i = 0; i < STATEMENTS; i++) await statement(batch(size))
+        const ms = performance.now() - started
+        const used = process.cpuUsage(cpu)
+        const total = totals.get(label) ?? { ms: 0, cpu: 0, postgres: 0 }
+        total.ms += ms
+        total.cpu += (used.user + used.system) / 1000
+        total.postgres += postgresCpuUsed(before, postgresCpuSeconds(database)).backends * 1000
+        totals.set(label, total)
+      }
+    }
+    const each = (ms: number) => ((1000 * ms) / (ROUNDS * STATEMENTS)).toFixed(0)
+    for (const [label, total] of totals) lines.push([String(size), label, each(total.ms), each(total.cpu), each(total.postgres)])
+  }
+  console.log(`${STATEMENTS} statements per path and size in each of ${ROUNDS} alternating rounds, one connection (${BATCH_STATEMENT.name})\n\n${table(lines)}`)
+  await db.close()
+  await pool.end()
+} finally {
+  await scratch.drop()
+}
