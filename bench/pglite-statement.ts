@@ -2,8 +2,8 @@
 // (db.query: a function of the session, planned once), as a plain statement through PGlite's query
 // (parsed and planned at each run), the function left to PGlite's choice of plan, and through
 // Prisma's raw query; beside them the floor's two
-// statements (bench/floor.ts: the bare INSERT, and the upsert that makes moves), on one PGlite
-// folder, in alternating rounds.
+// statements (bench/floor.ts: the bare INSERT, and the upsert that makes moves; each as the floor runs
+// it, a function of the session, and planned at each run), on one PGlite folder, in alternating rounds.
 //   npx tsx bench/pglite-statement.ts [--rows 29] [--statements 400] [--rounds 3]
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -14,7 +14,7 @@ import { loadConfig } from '../src/config.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase, type Statement } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
-import { FIELDS, FLOOR_INSERT, FLOOR_UPSERT } from './floor.ts'
+import { FIELDS, FLOOR_INSERT, FLOOR_UPSERT, floorFunction } from './floor.ts'
 import { withPlanChoice } from './support.ts'
 
 const { values: args } = parseArgs({ options: { rows: { type: 'string', default: '29' }, statements: { type: 'string', default: '400' }, rounds: { type: 'string', default: '3' } } })
@@ -29,21 +29,26 @@ const db = await openDatabase(loadConfig(env))
 let n = 0
 const batch = () => Array.from({ length: ROWS }, () => ({ sheet_id: 'busy', transaction_id: `t${n++}`, payout: '1.5', currency: 'USD', campaign_id: 'c1', adset_id: 's1', ad_id: 'a1' }) as Delivery)
 const plain = <Row>(statement: Statement) => db.query<Row>({ text: statement.text, values: statement.values })
-// A batch through one of the floor's statements (bench/floor.ts), as a plain statement.
-function floorBatch(text: string) {
+// A batch through one of the floor's statements (bench/floor.ts): as a plain statement, or (`asFunction`)
+// through its session function, as bench/floor.ts runs it on PGlite.
+function floorBatch(statement: { name: string; text: string }, asFunction: boolean) {
   const rows = batch()
   // In the statements' parameter order; no event, every delivery approved.
   const value = (row: Delivery, field: (typeof FIELDS)[number]) => (field === 'event' ? '' : field === 'status' ? 'approved' : (row[field] ?? null))
+  const text = asFunction ? `SELECT * FROM pg_temp.${statement.name}(${FIELDS.map((_, index) => `$${index + 1}`).join(', ')})` : statement.text
   return plain({ text, values: FIELDS.map((field) => rows.map((row) => value(row, field))) })
 }
+for (const statement of [FLOOR_INSERT, FLOOR_UPSERT]) await db.query({ text: floorFunction(statement), values: [] })
 const auto = withPlanChoice(db)
 const paths: Array<[string, () => Promise<unknown>]> = [
   ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],
   ['receiver, plans chosen by PGlite', () => writeDeliveries(auto, batch())],
   ['receiver, planned at each run', () => writeDeliveries(plain, batch())],
   ['receiver, through Prisma', () => writeDeliveries((s) => db.prisma.$queryRawUnsafe(s.text, ...s.values), batch())],
-  ['floor (bare INSERT)', () => floorBatch(FLOOR_INSERT.text)],
-  ['floor (with moves)', () => floorBatch(FLOOR_UPSERT.text)],
+  ['floor (bare INSERT)', () => floorBatch(FLOOR_INSERT, true)],
+  ['floor (with moves)', () => floorBatch(FLOOR_UPSERT, true)],
+  ['floor (bare), planned at each run', () => floorBatch(FLOOR_INSERT, false)],
+  ['floor (moves), planned at each run', () => floorBatch(FLOOR_UPSERT, false)],
 ]
 const totals = new Map<string, { ms: number; cpu: number }>()
 for (let round = 0; round < Number(args.rounds); round++) {
@@ -61,7 +66,7 @@ const count = STATEMENTS * Number(args.rounds)
 console.log(`${ROWS} new conversions a statement, ${count} statements per path, ${args.rounds} alternating rounds (${BATCH_STATEMENT.name})`)
 const floor = totals.get('floor (bare INSERT)')!.ms
 for (const [label, { ms, cpu }] of totals) {
-  console.log(`${label.padEnd(32)} ${(ms / count).toFixed(3)} ms a statement (${((ms / count / ROWS) * 1000).toFixed(1)} µs a row), CPU ${(cpu / count).toFixed(3)} ms, ÷ floor ${(ms / floor).toFixed(2)}`)
+  console.log(`${label.padEnd(36)} ${(ms / count).toFixed(3)} ms a statement (${((ms / count / ROWS) * 1000).toFixed(1)} µs a row), CPU ${(cpu / count).toFixed(3)} ms, ÷ floor ${(ms / floor).toFixed(2)}`)
 }
 await db.close()
 rmSync(dir, { recursive: true, force: true })

@@ -2,7 +2,7 @@
 // another on one connection: as the app runs it (a function of the session on its cached plan),
 // the same function left to PostgreSQL's choice of plan (plan_cache_mode = auto: a custom plan, made
 // again at each call, while that looks cheaper), and the floor's upsert (bench/floor.ts) as a prepared
-// statement; alternating rounds, new conversions only. Per statement: wall time, this process's CPU
+// statement, as the floor runs it and on its cached plan; alternating rounds, new conversions only. Per statement: wall time, this process's CPU
 // and the CPU of PostgreSQL's backends for the scratch database (from /proc).
 //   npx tsx bench/statement-cost.ts [--sizes 4,25] [--statements 500] [--rounds 4] [--pg-url URL]
 import { parseArgs } from 'node:util'
@@ -27,28 +27,41 @@ const STATEMENTS = Number(args.statements)
 const ROUNDS = Number(args.rounds)
 const scratch = await scratchDatabase(args['pg-url'], `statement_cost_${process.pid}`)
 const database = new URL(scratch.url).pathname.slice(1)
+const env = { DATABASE_URL: scratch.url, LOG_LEVEL: 'silent', DB_POOL_MAX: '1' }
+// Each path on a connection of its own: the session's cached plans (and PostgreSQL's record of
+// custom against generic plan costs) are per connection.
+const open: Array<{ close(): Promise<void> }> = []
 try {
-  const env = { DATABASE_URL: scratch.url, LOG_LEVEL: 'silent', DB_POOL_MAX: '1' }
   const quiet = { stdout: { write: () => true }, stderr: { write: () => true } }
   await run(['migrate'], env, quiet)
   await run(['sheet', 'create', '--id', 'busy'], env, quiet)
   const db = await openDatabase(loadConfig(env))
-  const pool = new pg.Pool({ connectionString: scratch.url, max: 1 })
+  open.push(db)
+  const other = await openDatabase(loadConfig(env))
+  open.push(other)
+  const auto = withPlanChoice(other)
+  const floorPool = (options?: string) => {
+    const pool = new pg.Pool({ connectionString: scratch.url, max: 1, options })
+    open.push({ close: () => pool.end() })
+    return pool
+  }
+  const floorAuto = floorPool()
+  const floorCached = floorPool('-c plan_cache_mode=force_generic_plan')
   let n = 0
   const batch = (rows: number) =>
     Array.from(
       { length: rows },
       () => ({ sheet_id: 'busy', transaction_id: `t${n++}`, payout: '12.50', currency: 'USD', campaign_id: '120210000000000001', adset_id: '120210000000000002', ad_id: '120210000000000003' }) as Delivery,
     )
-  const auto = withPlanChoice(db)
-  const floor = (rows: Delivery[]) => {
+  const floor = (pool: pg.Pool) => (rows: Delivery[]) => {
     const value = (row: Delivery, field: (typeof FIELDS)[number]) => (field === 'event' ? '' : field === 'status' ? 'approved' : (row[field] ?? null))
     return pool.query({ ...FLOOR_UPSERT, values: FIELDS.map((field) => rows.map((row) => value(row, field))) })
   }
   const paths: Array<[string, (rows: Delivery[]) => Promise<unknown>]> = [
     ['receiver, as the app runs it', (rows) => writeDeliveries((statement) => db.query(statement), rows)],
     ['receiver, plans chosen by PostgreSQL', (rows) => writeDeliveries(auto, rows)],
-    ['floor (with moves)', floor],
+    ['floor (with moves), as bench/floor.ts runs it', floor(floorAuto)],
+    ['floor (with moves), on its cached plan', floor(floorCached)],
   ]
   const lines = [['rows', 'path', 'wall µs a statement', 'this process µs', 'PostgreSQL µs']]
   for (const size of args.sizes.split(',').map(Number)) {
@@ -73,9 +86,8 @@ try {
     const each = (ms: number) => ((1000 * ms) / (ROUNDS * STATEMENTS)).toFixed(0)
     for (const [label, total] of totals) lines.push([String(size), label, each(total.ms), each(total.cpu), each(total.postgres)])
   }
-  console.log(`${STATEMENTS} statements per path and size in each of ${ROUNDS} alternating rounds, one connection (${BATCH_STATEMENT.name})\n\n${table(lines)}`)
-  await db.close()
-  await pool.end()
+  console.log(`${STATEMENTS} statements per path and size in each of ${ROUNDS} alternating rounds, each path on a connection of its own (${BATCH_STATEMENT.name})\n\n${table(lines)}`)
 } finally {
+  for (const connection of open) await connection.close()
   await scratch.drop()
 }

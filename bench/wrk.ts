@@ -162,7 +162,7 @@ try {
   // container's seccomp) has ended by then.
   if (perf) await new Promise((resolve) => setTimeout(resolve, 1000))
   if (perf && (perf.exitCode !== null || perf.signalCode !== null)) throw new Error(`perf record ended at once (${perf.exitCode ?? perf.signalCode}): ${perfErrors.trim()}`)
-  const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'p99 ms, median round', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
+  const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'p99 ms, median of rounds', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
   const ratios: string[][] = [['mix', 'receiver / floor', 'by round', 'receiver / bare floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
     const totals = new Map<Route, { requests: number; seconds: number; rates: number[]; p50: number[]; p99: number[]; non2xx: number; errors: number; server: number; postgres: number; idle: number; ticks: number }>()
@@ -197,7 +197,12 @@ try {
     }
     const rps = (route: Route) => totals.get(route)!.requests / totals.get(route)!.seconds
     const worst = (values: number[]) => Math.max(...values).toFixed(1)
-    const middle = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!.toFixed(1)
+    // The median: of an even count, the mean of the two middle values.
+    const middle = (values: number[]) => {
+      const sorted = [...values].sort((a, b) => a - b)
+      const half = Math.floor(sorted.length / 2)
+      return (sorted.length % 2 === 1 ? sorted[half]! : (sorted[half - 1]! + sorted[half]!) / 2).toFixed(1)
+    }
     for (const route of order) {
       const t = totals.get(route)!
       const micros = (seconds: number) => ((1e6 * seconds) / Math.max(1, t.requests)).toFixed(1)
@@ -213,7 +218,7 @@ try {
     }
     ratios.push([mix, over('receiver', 'floor'), byRound('receiver', 'floor'), over('receiver', 'bare-floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
   }
-  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's, and the median round's (one stall of the machine in one round sets the worst); by round: the lowest and highest of the rounds' own ratios (a round runs each route once); CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
+  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's, and the median of the rounds' (one stall of the machine in one round sets the worst; with 2 rounds, their mean); by round: the lowest and highest of the rounds' own ratios (a round runs each route once); CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
   if (perf) {
     perf.kill('SIGINT')
     await perfExited

@@ -204,13 +204,14 @@ export const BATCH_STATEMENT = {
       IF answered < cardinality($1) AND cardinality($1) <= ${IN_CALL_KEYS} THEN
         RETURN QUERY ${storedText(' AND c.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid')};
       END IF;`,
-    // And always that cached plan: left to choose (plan_cache_mode = auto), PostgreSQL planned the
-    // statements again at each call while such a custom plan looked cheaper than the cached one,
-    // as it does for a batch of a few rows, and planning them cost more than running them. One
+    // And always those cached plans (the call's triggers and foreign-key checks too): left to choose
+    // (plan_cache_mode = auto), PostgreSQL planned the statements again at each call while such a
+    // custom plan looked cheaper than the cached one, as it does for a batch of a few rows. One
     // connection, statements one after another (`npx tsx bench/statement-cost.ts`): a batch of 4
-    // rows cost PostgreSQL 400 µs of CPU instead of 625 (the floor's upsert: 475); of 25 rows, 838
-    // against 863, the cached plan either way. PGlite: 1.14 instead of 1.46 ms for 4 rows
-    // (`bench/pglite-statement.ts --rows 4`). A test counts the plans made (session-functions).
+    // rows cost PostgreSQL 400 µs of CPU instead of 625; of 25 rows, no difference (the cached plan
+    // either way). PGlite: 1.14 instead of 1.46 ms for 4 rows (`bench/pglite-statement.ts --rows 4`).
+    // A test counts the plans a call makes (test/store/session-functions.ts). A role that may not
+    // create the function runs the plain statements, whose plans PostgreSQL still chooses.
     settings: ['enable_seqscan = off', 'plan_cache_mode = force_generic_plan'],
   },
   text: BATCH_TEXT,
