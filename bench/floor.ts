@@ -19,18 +19,16 @@
 //   (`stored`, `updated`, or `duplicate` for a repeat or a refused move).
 // The statement is bare; the rows of repeats (keys it returned no row for) are read by a second
 // statement, only when there are any.
-// PostgreSQL: `pg` directly, the insert a named prepared statement on its cached plan
-// (plan_cache_mode = force_generic_plan for the connection, as the receiver's statement has; left
-// to choose, PostgreSQL plans a batch of a few rows again at every run: 400 instead of 281 µs of
-// its CPU for 4 rows, 556 instead of 463 for 12, `npx tsx bench/statement-cost.ts`; until
-// 2026-12-01 the floor paid that), up to as many statements in flight as the receiver may have
-// (DB_POOL_MAX / 2, 5 by default), each started at once. (The receiver runs one at a time while
-// they are quick, RECEIVER_PARALLEL_AFTER_MS: its batching policy, part of what is measured against
-// this one.)
+// PostgreSQL: `pg` directly, the insert a named prepared statement, up to as many statements in
+// flight as the receiver may have (DB_POOL_MAX / 2, 5 by default), each started at once. (The
+// receiver runs one at a time while they are quick, RECEIVER_PARALLEL_AFTER_MS: its batching policy,
+// part of what is measured against this one.) Its plans are PostgreSQL's choice, as the receiver's
+// are (plan_cache_mode = auto: a batch of a few rows is planned again at each run; forcing the
+// cached plan was tried on 2026-12-01 and undone: BENCHMARKS.md, tenth pass).
 // PGlite: its own query API on its one connection, one statement at a time; the insert as a
-// function of the session on its cached plan, as the receiver's statement is (PGlite prepares
-// nothing, and until 2026-12-01 the floor's insert was planned at every run there:
-// `npx tsx bench/pglite-statement.ts` times both).
+// function of the session, as the receiver's statement is (PGlite prepares nothing: until
+// 2026-12-01 the floor's insert was parsed and planned at every run there, which the receiver's is
+// not; `npx tsx bench/pglite-statement.ts` times both).
 // (Until 2026-11-29 (late) the insert on PostgreSQL also read the repeats' ids in its round trip, a UNION ALL
 // probing the key of every row: that made its backends spend 2 to 3 times the receiver's CPU a
 // delivery with unique ids, and put the receiver ahead of the floor.)
@@ -292,7 +290,7 @@ async function openFloorStore(config: Config, bare: boolean): Promise<FloorStore
     const inFlight = Math.max(1, Math.floor(config.DB_POOL_MAX / 2))
     // Idle connections kept 30 s, as the app's pool does (pg's default, 10 s, would close them while
     // the bench measures the other routes, and the floor would pay for reconnecting).
-    const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: inFlight, idleTimeoutMillis: 30_000, options: '-c plan_cache_mode=force_generic_plan' })
+    const pool = new pg.Pool({ connectionString: config.DATABASE_URL, max: inFlight, idleTimeoutMillis: 30_000 })
     pool.on('error', () => undefined)
     return {
       query: async (statement) => (await pool.query(statement)).rows,
@@ -323,14 +321,15 @@ async function openFloorStore(config: Config, bare: boolean): Promise<FloorStore
 }
 
 /**
- * The insert as a PL/pgSQL function of PGlite's session: its plans made once and kept (PGlite's
- * query parses and plans every statement it runs). Exported for bench/pglite-statement.ts.
+ * The insert as a PL/pgSQL function of PGlite's session, as the receiver's batch statement runs
+ * (src/database.ts): parsed once, its plans PGlite's choice (PGlite's query parses and plans every
+ * statement it runs). Exported for bench/pglite-statement.ts.
  */
 export function floorFunction(insert: { name: string; text: string }): string {
   return `
     CREATE OR REPLACE FUNCTION pg_temp.${insert.name}(${FIELDS.map(() => 'text[]').join(', ')})
     RETURNS TABLE (id text, sheet_id text, transaction_id text, event text, status text, stored boolean)
-    LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $function$
+    LANGUAGE plpgsql AS $function$
     #variable_conflict use_column
     BEGIN
       RETURN QUERY ${insert.text};

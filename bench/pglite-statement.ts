@@ -1,7 +1,7 @@
 // The cost of the receiver's batch statement on PGlite, by the path it takes: as the app runs it
 // (db.query: a function of the session, planned once), as a plain statement through PGlite's query
-// (parsed and planned at each run), the function left to PGlite's choice of plan, and through
-// Prisma's raw query; beside them the floor's two
+// (parsed and planned at each run), the function on its cached plan (plan_cache_mode =
+// force_generic_plan), and through Prisma's raw query; beside them the floor's two
 // statements (bench/floor.ts: the bare INSERT, and the upsert that makes moves; each as the floor runs
 // it, a function of the session, and planned at each run), on one PGlite folder, in alternating rounds.
 //   npx tsx bench/pglite-statement.ts [--rows 29] [--statements 400] [--rounds 3]
@@ -15,7 +15,7 @@ import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase, type Statement } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
 import { FIELDS, FLOOR_INSERT, FLOOR_UPSERT, floorFunction } from './floor.ts'
-import { withPlanChoice } from './support.ts'
+import { withCachedPlan } from './support.ts'
 
 const { values: args } = parseArgs({ options: { rows: { type: 'string', default: '29' }, statements: { type: 'string', default: '400' }, rounds: { type: 'string', default: '3' } } })
 const ROWS = Number(args.rows)
@@ -39,10 +39,10 @@ function floorBatch(statement: { name: string; text: string }, asFunction: boole
   return plain({ text, values: FIELDS.map((field) => rows.map((row) => value(row, field))) })
 }
 for (const statement of [FLOOR_INSERT, FLOOR_UPSERT]) await db.query({ text: floorFunction(statement), values: [] })
-const auto = withPlanChoice(db)
+const cached = withCachedPlan(db)
 const paths: Array<[string, () => Promise<unknown>]> = [
   ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],
-  ['receiver, plans chosen by PGlite', () => writeDeliveries(auto, batch())],
+  ['receiver, on its cached plan', () => writeDeliveries(cached, batch())],
   ['receiver, planned at each run', () => writeDeliveries(plain, batch())],
   ['receiver, through Prisma', () => writeDeliveries((s) => db.prisma.$queryRawUnsafe(s.text, ...s.values), batch())],
   ['floor (bare INSERT)', () => floorBatch(FLOOR_INSERT, true)],

@@ -201,20 +201,21 @@ export function machineTicks(): { idle: number; total: number } {
 }
 
 /**
- * `db.query` with the batch statement's function under another name and without its plan_cache_mode
- * setting: the plan left to the server's choice (plan_cache_mode = auto: a custom plan, made again at
- * each call, while that looks cheaper than the cached one). For bench/statement-cost.ts and
- * bench/pglite-statement.ts.
+ * `db.query` with the batch statement's function under another name and with plan_cache_mode =
+ * force_generic_plan among its settings: its plans made once and kept, where PostgreSQL's own choice
+ * (auto, as the app runs it) makes a batch of a few rows a custom plan at each call. For
+ * bench/statement-cost.ts and bench/pglite-statement.ts (tried in the app on 2026-12-01 and undone:
+ * BENCHMARKS.md, tenth pass).
  */
-export function withPlanChoice(db: Database): Database['query'] {
+export function withCachedPlan(db: Database): Database['query'] {
   return <Row>(statement: Statement) =>
     db.query<Row>(
       statement.name !== BATCH_STATEMENT.name
         ? statement
         : {
             ...statement,
-            name: `${statement.name}_auto`,
-            signature: { ...statement.signature!, settings: statement.signature!.settings!.filter((setting) => !setting.startsWith('plan_cache_mode')) },
+            name: `${statement.name}_cached`,
+            signature: { ...statement.signature!, settings: [...(statement.signature!.settings ?? []), 'plan_cache_mode = force_generic_plan'] },
           },
     )
 }

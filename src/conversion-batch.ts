@@ -177,7 +177,7 @@ const BATCH_TEXT = `
 export const IN_CALL_KEYS = 64
 
 export const BATCH_STATEMENT = {
-  name: 'postback_conversion_batch_v7',
+  name: 'postback_conversion_batch_v6',
   signature: {
     parameters: Array<string>(10).fill('text[]'),
     returns: 'id text, sheet_id text, transaction_id text, event text, status text, outcome text',
@@ -204,15 +204,7 @@ export const BATCH_STATEMENT = {
       IF answered < cardinality($1) AND cardinality($1) <= ${IN_CALL_KEYS} THEN
         RETURN QUERY ${storedText(' AND c.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid')};
       END IF;`,
-    // And always those cached plans (the call's triggers and foreign-key checks too): left to choose
-    // (plan_cache_mode = auto), PostgreSQL planned the statements again at each call while such a
-    // custom plan looked cheaper than the cached one, as it does for a batch of a few rows. One
-    // connection, statements one after another (`npx tsx bench/statement-cost.ts`): a batch of 4
-    // rows cost PostgreSQL 400 µs of CPU instead of 625; of 25 rows, no difference (the cached plan
-    // either way). PGlite: 1.14 instead of 1.46 ms for 4 rows (`bench/pglite-statement.ts --rows 4`).
-    // A test counts the plans a call makes (test/store/session-functions.ts). A role that may not
-    // create the function runs the plain statements, whose plans PostgreSQL still chooses.
-    settings: ['enable_seqscan = off', 'plan_cache_mode = force_generic_plan'],
+    settings: ['enable_seqscan = off'],
   },
   text: BATCH_TEXT,
 }

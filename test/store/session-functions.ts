@@ -73,66 +73,6 @@ if (onPostgres) {
     t.ok(after.byIndex.has(KEY), 'the key index is there')
   })
 
-  t.test("a small batch's call runs on its cached plans, not ones planned again at every call", async (t) => {
-    // PostgreSQL plans a statement of a function again at each call while that custom plan looks
-    // cheaper than the cached generic one, as it does for a batch of a few rows. The function's own
-    // plan_cache_mode keeps the cached plans.
-    const url = await newPostgresDatabase(t, {}, { migrated: true })
-    const admin = new pg.Client({ connectionString: url })
-    await admin.connect()
-    t.teardown(() => admin.end())
-    await admin.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('s1', 's1', 'USD')`)
-    const db = await openDatabase(loadConfig({ DATABASE_URL: url, DB_POOL_MAX: '1' }))
-    t.teardown(() => db.close())
-    await writeDeliveries(db.query.bind(db), [{ sheet_id: 's1', transaction_id: 'first' } as Delivery])
-    // The function as the app's session made it, made again in a session of the test's own, where
-    // every plan made is reported (debug_print_plan: a "plan:" message each) and, unless the
-    // function says otherwise, a statement is planned at each run.
-    const made = await admin.query(
-      `SELECT pg_get_functiondef(p.oid) AS definition FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-       WHERE p.proname = $1 AND n.nspname LIKE 'pg_temp%'`,
-      [BATCH_STATEMENT.name],
-    )
-    t.equal(made.rows.length, 1, "the function is in the app's session")
-    const session = new pg.Client({ connectionString: url })
-    await session.connect()
-    t.teardown(() => session.end())
-    await session.query((made.rows[0].definition as string).replace(/FUNCTION pg_temp_\d+\./, 'FUNCTION pg_temp.'))
-    await session.query(`SET plan_cache_mode = force_custom_plan`)
-    await session.query(`SET client_min_messages = log`)
-    await session.query(`SET debug_print_plan = on`)
-    let plans = 0
-    session.on('notice', (notice) => {
-      if (notice.message === 'plan:') plans++
-    })
-    const call = `SELECT * FROM pg_temp.${BATCH_STATEMENT.name}(${BATCH_STATEMENT.signature.parameters.map((type, index) => `$${index + 1}::${type}`).join(', ')})`
-    // Each call: a new conversion (pending), a move of the one before (to approved: the insert's
-    // conflict path and the move's triggers) and a repeat of the one before that (its row read by
-    // the function's second statement).
-    const batch = (n: number) => {
-      const keys = [`tx-${n}`, `tx-${n - 1}`, `tx-${n - 2}`]
-      return [['s1', 's1', 's1'], keys, ['', '', ''], ['1.5', null, null], [null, null, null], [null, null, null], [null, null, null], [null, null, null], ['pending', 'approved', 'approved'], [null, null, null]]
-    }
-    await session.query(call, batch(1))
-    await session.query(call, batch(2))
-    const planned: number[] = []
-    for (let n = 3; n < 9; n++) {
-      const before = plans
-      const { rows } = await session.query(call, batch(n))
-      t.same(
-        rows.map((row) => `${row.transaction_id} ${row.outcome} ${row.status}`).sort(),
-        [`tx-${n - 2} duplicate approved`, `tx-${n - 1} updated approved`, `tx-${n} stored pending`],
-        `call ${n}: stored, moved and repeated`,
-      )
-      planned.push(plans - before)
-    }
-    // Each call's own SELECT is planned (the session's setting); the function's statements, its
-    // triggers' and the foreign key's checks only until their plans are cached. One call may plan
-    // again: anything that invalidates the session's cached plans (a reset of its caches) does that.
-    t.ok(planned[0]! >= 1, `a call's own SELECT is planned (${planned[0]} plans)`)
-    t.ok(planned.filter((count) => count > 1).length <= 1, `at most one call planned more than its own SELECT (plans a call: ${planned.join(', ')})`)
-  })
-
   t.test('a role without TEMPORARY on its database stores and answers deliveries, repeats too, by plain statements', async (t) => {
     const url = await newPostgresDatabase(t)
     // Migrated by the server's own role, then used by one that may not create temporary objects.
