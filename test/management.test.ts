@@ -1,4 +1,5 @@
-// The management API: keys and roles, conversions, summaries, diagnostics.
+// The management API: keys and roles, conversions, diagnostics (the feed, summaries and
+// reconciliation: the reporting area).
 import { runArea } from './area.ts'
 
 runArea(import.meta.url)
