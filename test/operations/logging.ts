@@ -286,18 +286,41 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   const droppedBefore = logBytesDropped()
   const read: Buffer[] = []
   const text = () => Buffer.concat(read).toString('latin1')
+  // Bytes and newlines read so far, counted as chunks come in: joining every chunk read at each
+  // check (4 MB, 64 KB a read) took longer than readUntil's wait on a busy CI machine.
+  let counted = 0
+  let bytes = 0
+  let newlineCount = 0
+  const count = () => {
+    for (; counted < read.length; counted++) {
+      const chunk = read[counted]!
+      bytes += chunk.length
+      for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, at + 1)) newlineCount++
+    }
+  }
   // The filler has no newline: the lines read are the warnings and the line kept.
-  const newlines = () => text().split('\n').length - 1
+  const newlines = () => {
+    count()
+    return newlineCount
+  }
+  const readBytes = () => {
+    count()
+    return bytes
+  }
+  // Each wait ends as soon as its lines are read; the bound is only for a writer that never writes them.
+  const WAIT_MS = 30_000
   // More than a pipe holds (64 KB here; 1 MB where pages are 64 KB): its rest waits, past the limit
   // already, so the next chunks are dropped.
   const first = Buffer.alloc(2_000_000, 120)
   out.write(first)
   for (let chunk = 0; chunk < 10; chunk++) out.write(Buffer.alloc(20_000, 121))
   // The reader catches up partly: what waits is under the limit again, and the next line is kept.
-  await readUntil(readFd, read, () => Buffer.concat(read).length >= 1_900_000)
+  await readUntil(readFd, read, () => readBytes() >= 1_900_000, WAIT_MS)
   out.write(Buffer.from('{"msg":"after the gap"}\n'))
-  await readUntil(readFd, read, () => newlines() >= 2)
-  t.equal(text().slice(0, 2_000_000), first.toString('latin1'), 'what waited within the limit, whole')
+  await readUntil(readFd, read, () => newlines() >= 2, WAIT_MS)
+  // t.ok, not t.equal: a failing comparison of two 2 MB strings had tap's reporter diffing them for
+  // longer than CI waits.
+  t.ok(text().slice(0, 2_000_000) === first.toString('latin1'), 'what waited within the limit, whole')
   const [warning, after] = text().slice(2_000_000).split('\n')
   t.match(JSON.parse(warning!), { level: 40, droppedBytes: 200_000, msg: /log lines dropped/ }, 'then the warning, where the dropped lines would have been')
   t.equal(after, '{"msg":"after the gap"}', 'then the line kept after the gap')
@@ -305,9 +328,9 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   const second = Buffer.alloc(2_000_000, 122)
   out.write(second)
   for (let chunk = 0; chunk < 3; chunk++) out.write(Buffer.alloc(20_000, 121))
-  await readUntil(readFd, read, () => newlines() >= 3)
+  await readUntil(readFd, read, () => newlines() >= 3, WAIT_MS)
   const rest = text().slice(2_000_000 + warning!.length + after!.length + 2)
-  t.equal(rest.slice(0, 2_000_000), second.toString('latin1'))
+  t.ok(rest.slice(0, 2_000_000) === second.toString('latin1'), 'the second stall: what waited, whole')
   t.match(JSON.parse(rest.slice(2_000_000)), { level: 40, droppedBytes: 60_000 }, 'one warning for the second gap, after what waited')
   t.equal(logBytesDropped() - droppedBefore, 260_000, "the process's count of dropped bytes")
   // Twice: a scrape must not add the count to what an earlier one showed.
