@@ -302,7 +302,12 @@ async function openFloorStore(config: Config, bare: boolean): Promise<FloorStore
   mkdirSync(config.DATA_DIR, { recursive: true })
   const lock = lockDataDir(config.DATA_DIR)
   const pglite = await PGlite.create(config.DATA_DIR)
-  await pglite.exec(floorFunction(insert))
+  try {
+    await pglite.exec(floorFunction(insert))
+  } catch (error) {
+    await pglite.close().finally(() => lock.release())
+    throw error
+  }
   return {
     // The insert through its function; the repeats' read as it is.
     query: async (statement) =>

@@ -1,9 +1,10 @@
 // The cost of the receiver's batch statement on PGlite, by the path it takes: as the app runs it
-// (db.query: a function of the session, planned once), as a plain statement through PGlite's query
-// (parsed and planned at each run), the function on its cached plan (plan_cache_mode =
-// force_generic_plan), and through Prisma's raw query; beside them the floor's two
-// statements (bench/floor.ts: the bare INSERT, and the upsert that makes moves; each as the floor runs
-// it, a function of the session, and planned at each run), on one PGlite folder, in alternating rounds.
+// (db.query: a function of the session, parsed once, its plans PGlite's choice), the same function
+// on its cached plan (plan_cache_mode = force_generic_plan), as a plain statement (parsed and planned
+// at each run), and through Prisma's raw query; beside them the floor's two statements
+// (bench/floor.ts: the bare INSERT, and the upsert that makes moves, the floor the bench measures
+// against), each as the floor runs it (a function of the session) and as a plain statement, on one
+// PGlite folder, in alternating rounds. "÷ floor": against the upsert as the floor runs it.
 //   npx tsx bench/pglite-statement.ts [--rows 29] [--statements 400] [--rounds 3]
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -43,12 +44,12 @@ const cached = withCachedPlan(db)
 const paths: Array<[string, () => Promise<unknown>]> = [
   ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],
   ['receiver, on its cached plan', () => writeDeliveries(cached, batch())],
-  ['receiver, planned at each run', () => writeDeliveries(plain, batch())],
+  ['receiver, as a plain statement', () => writeDeliveries(plain, batch())],
   ['receiver, through Prisma', () => writeDeliveries((s) => db.prisma.$queryRawUnsafe(s.text, ...s.values), batch())],
   ['floor (bare INSERT)', () => floorBatch(FLOOR_INSERT, true)],
   ['floor (with moves)', () => floorBatch(FLOOR_UPSERT, true)],
-  ['floor (bare), planned at each run', () => floorBatch(FLOOR_INSERT, false)],
-  ['floor (moves), planned at each run', () => floorBatch(FLOOR_UPSERT, false)],
+  ['floor (bare), as a plain statement', () => floorBatch(FLOOR_INSERT, false)],
+  ['floor (with moves), as a plain statement', () => floorBatch(FLOOR_UPSERT, false)],
 ]
 const totals = new Map<string, { ms: number; cpu: number }>()
 for (let round = 0; round < Number(args.rounds); round++) {
@@ -64,9 +65,9 @@ for (let round = 0; round < Number(args.rounds); round++) {
 }
 const count = STATEMENTS * Number(args.rounds)
 console.log(`${ROWS} new conversions a statement, ${count} statements per path, ${args.rounds} alternating rounds (${BATCH_STATEMENT.name})`)
-const floor = totals.get('floor (bare INSERT)')!.ms
+const floor = totals.get('floor (with moves)')!.ms
 for (const [label, { ms, cpu }] of totals) {
-  console.log(`${label.padEnd(36)} ${(ms / count).toFixed(3)} ms a statement (${((ms / count / ROWS) * 1000).toFixed(1)} µs a row), CPU ${(cpu / count).toFixed(3)} ms, ÷ floor ${(ms / floor).toFixed(2)}`)
+  console.log(`${label.padEnd(40)} ${(ms / count).toFixed(3)} ms a statement (${((ms / count / ROWS) * 1000).toFixed(1)} µs a row), CPU ${(cpu / count).toFixed(3)} ms, ÷ floor ${(ms / floor).toFixed(2)}`)
 }
 await db.close()
 rmSync(dir, { recursive: true, force: true })

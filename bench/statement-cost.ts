@@ -42,7 +42,9 @@ try {
   open.push(other)
   const cached = withCachedPlan(other)
   const floorPool = (options?: string) => {
-    const pool = new pg.Pool({ connectionString: scratch.url, max: 1, options })
+    // No idle timeout: a path waits while the others run. An idle connection's error is not fatal here.
+    const pool = new pg.Pool({ connectionString: scratch.url, max: 1, options, idleTimeoutMillis: 0 })
+    pool.on('error', () => undefined)
     open.push({ close: () => pool.end() })
     return pool
   }
@@ -89,6 +91,9 @@ try {
   }
   console.log(`${STATEMENTS} statements per path and size in each of ${ROUNDS} alternating rounds, each path on a connection of its own (${BATCH_STATEMENT.name})\n\n${table(lines)}`)
 } finally {
-  for (const connection of open) await connection.close()
-  await scratch.drop()
+  try {
+    await Promise.allSettled(open.map((connection) => connection.close()))
+  } finally {
+    await scratch.drop()
+  }
 }
