@@ -53,6 +53,8 @@ import pg from 'pg'
 import type { Config } from '../src/config.ts'
 import { lockDataDir } from '../src/data-dir-lock.ts'
 import { allowedMoveSql, mapStatus, type ConversionStatus } from '../src/lifecycle.ts'
+import type { Delivery } from '../src/schemas/receiver.ts'
+import { functionCall, functionDefinition } from '../src/session-function.ts'
 
 export const FLOOR_PATH = '/bench/floor'
 
@@ -303,16 +305,14 @@ async function openFloorStore(config: Config, bare: boolean): Promise<FloorStore
   const lock = lockDataDir(config.DATA_DIR)
   const pglite = await PGlite.create(config.DATA_DIR)
   try {
-    await pglite.exec(floorFunction(insert))
+    await pglite.exec(functionDefinition({ ...insert, signature: FLOOR_SIGNATURE }))
   } catch (error) {
     await pglite.close().finally(() => lock.release())
     throw error
   }
   return {
     // The insert through its function; the repeats' read as it is.
-    query: async (statement) =>
-      (await pglite.query<KeyRow>(statement.name === insert.name ? `SELECT * FROM pg_temp.${insert.name}(${FIELDS.map((_, index) => `$${index + 1}`).join(', ')})` : statement.text, statement.values))
-        .rows,
+    query: async (statement) => (await pglite.query<KeyRow>(statement.name === insert.name ? functionCall(statement) : statement.text, statement.values)).rows,
     insert,
     concurrency: 1,
     async close() {
@@ -326,20 +326,18 @@ async function openFloorStore(config: Config, bare: boolean): Promise<FloorStore
 }
 
 /**
- * The insert as a PL/pgSQL function of PGlite's session, as the receiver's batch statement runs
- * (src/database.ts): parsed once, its plans PGlite's choice (PGlite's query parses and plans every
- * statement it runs). Exported for bench/pglite-statement.ts.
+ * The parameters and result of the floor's two statements, with which they run as functions of
+ * PGlite's session, as the receiver's batch statement runs (src/database.ts, Statement.signature):
+ * parsed once, their plans PGlite's choice (PGlite's query parses and plans every statement it runs).
  */
-export function floorFunction(insert: { name: string; text: string }): string {
-  return `
-    CREATE OR REPLACE FUNCTION pg_temp.${insert.name}(${FIELDS.map(() => 'text[]').join(', ')})
-    RETURNS TABLE (id text, sheet_id text, transaction_id text, event text, status text, stored boolean)
-    LANGUAGE plpgsql AS $function$
-    #variable_conflict use_column
-    BEGIN
-      RETURN QUERY ${insert.text};
-    END
-    $function$`
+export const FLOOR_SIGNATURE = {
+  parameters: FIELDS.map(() => 'text[]'),
+  returns: 'id text, sheet_id text, transaction_id text, event text, status text, stored boolean',
+}
+
+/** Deliveries as the floor's statements take them, one text[] a field (no event, every delivery approved). For the statement scripts. */
+export function floorValues(deliveries: Delivery[]): unknown[][] {
+  return FIELDS.map((field) => deliveries.map((row) => (field === 'event' ? '' : field === 'status' ? 'approved' : (row[field] ?? null))))
 }
 
 const text = (value: unknown) => (typeof value === 'string' && value !== '' ? value : null)

@@ -15,7 +15,7 @@ import { loadConfig } from '../src/config.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase, type Statement } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
-import { FIELDS, FLOOR_INSERT, FLOOR_UPSERT, floorFunction } from './floor.ts'
+import { FLOOR_INSERT, FLOOR_SIGNATURE, FLOOR_UPSERT, floorValues } from './floor.ts'
 import { withCachedPlan } from './support.ts'
 
 const { values: args } = parseArgs({ options: { rows: { type: 'string', default: '29' }, statements: { type: 'string', default: '400' }, rounds: { type: 'string', default: '3' } } })
@@ -31,15 +31,11 @@ let n = 0
 const batch = () => Array.from({ length: ROWS }, () => ({ sheet_id: 'busy', transaction_id: `t${n++}`, payout: '1.5', currency: 'USD', campaign_id: 'c1', adset_id: 's1', ad_id: 'a1' }) as Delivery)
 const plain = <Row>(statement: Statement) => db.query<Row>({ text: statement.text, values: statement.values })
 // A batch through one of the floor's statements (bench/floor.ts): as a plain statement, or (`asFunction`)
-// through its session function, as bench/floor.ts runs it on PGlite.
+// as a function of the session, as bench/floor.ts runs it on PGlite (db.query makes it at its first use).
 function floorBatch(statement: { name: string; text: string }, asFunction: boolean) {
-  const rows = batch()
-  // In the statements' parameter order; no event, every delivery approved.
-  const value = (row: Delivery, field: (typeof FIELDS)[number]) => (field === 'event' ? '' : field === 'status' ? 'approved' : (row[field] ?? null))
-  const text = asFunction ? `SELECT * FROM pg_temp.${statement.name}(${FIELDS.map((_, index) => `$${index + 1}`).join(', ')})` : statement.text
-  return plain({ text, values: FIELDS.map((field) => rows.map((row) => value(row, field))) })
+  const values = floorValues(batch())
+  return asFunction ? db.query({ ...statement, signature: FLOOR_SIGNATURE, values }) : plain({ text: statement.text, values })
 }
-for (const statement of [FLOOR_INSERT, FLOOR_UPSERT]) await db.query({ text: floorFunction(statement), values: [] })
 const cached = withCachedPlan(db)
 const paths: Array<[string, () => Promise<unknown>]> = [
   ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],

@@ -13,7 +13,7 @@ import { loadConfig } from '../src/config.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
-import { FIELDS, FLOOR_UPSERT } from './floor.ts'
+import { FLOOR_UPSERT, floorValues } from './floor.ts'
 import { postgresCpuSeconds, postgresCpuUsed, scratchDatabase, table, withCachedPlan } from './support.ts'
 
 const { values: args } = parseArgs({
@@ -56,10 +56,7 @@ try {
       { length: rows },
       () => ({ sheet_id: 'busy', transaction_id: `t${n++}`, payout: '12.50', currency: 'USD', campaign_id: '120210000000000001', adset_id: '120210000000000002', ad_id: '120210000000000003' }) as Delivery,
     )
-  const floor = (pool: pg.Pool) => (rows: Delivery[]) => {
-    const value = (row: Delivery, field: (typeof FIELDS)[number]) => (field === 'event' ? '' : field === 'status' ? 'approved' : (row[field] ?? null))
-    return pool.query({ ...FLOOR_UPSERT, values: FIELDS.map((field) => rows.map((row) => value(row, field))) })
-  }
+  const floor = (pool: pg.Pool) => (rows: Delivery[]) => pool.query({ ...FLOOR_UPSERT, values: floorValues(rows) })
   const paths: Array<[string, (rows: Delivery[]) => Promise<unknown>]> = [
     ['receiver, as the app runs it', (rows) => writeDeliveries((statement) => db.query(statement), rows)],
     ['receiver, on its cached plan', (rows) => writeDeliveries(cached, rows)],

@@ -10,6 +10,7 @@ import type { Config } from './config.ts'
 import { lockDataDir } from './data-dir-lock.ts'
 import { PrismaClient } from './generated/prisma/client.ts'
 import { StoreClient, StorePool, typed } from './pg-pool.ts'
+import { functionCall, functionDefinition } from './session-function.ts'
 import { StoreUnavailableError } from './storage-errors.ts'
 
 export type { PrismaClient }
@@ -199,25 +200,6 @@ function sessionFunctions(pglite: PGlite): Database['query'] {
     await creating
     return (await pglite.query<Row>(functionCall(statement), values)).rows
   }
-}
-
-/** The session function of a statement with a signature (CREATE OR REPLACE: a second run changes nothing). */
-function functionDefinition({ name, signature, text }: Statement): string {
-  // RETURNS TABLE's columns are variables of the function; its queries mean the tables' columns.
-  return `
-    CREATE OR REPLACE FUNCTION pg_temp.${name}(${signature!.parameters.join(', ')}) RETURNS TABLE (${signature!.returns})
-    LANGUAGE plpgsql ${(signature!.settings ?? []).map((setting) => `SET ${setting}`).join(' ')} AS $function$
-    #variable_conflict use_column
-    ${signature!.declare ? `DECLARE ${signature!.declare}` : ''}
-    BEGIN
-      ${signature!.body ?? `RETURN QUERY ${text};`}
-    END
-    $function$`
-}
-
-/** The call of a statement's session function, with the statement's parameters. */
-function functionCall({ name, values }: Statement): string {
-  return `SELECT * FROM pg_temp.${name}(${values.map((_, index) => `$${index + 1}`).join(', ')})`
 }
 
 /**
