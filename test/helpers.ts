@@ -174,17 +174,33 @@ export function fifoEnds(t: Test) {
   }
 }
 
+/** What a pipe's reader has read so far (readUntil). */
+export interface ReadSoFar {
+  bytes: number
+  newlines: number
+}
+
 /**
  * Reads a non-blocking pipe's read end into `read` until `done` holds, `timeoutMs` at most (between
- * reads, the writer's retries run).
+ * reads, the writer's retries run). `done` is given the bytes and newlines in `read`, counted as
+ * chunks come in: joining every chunk read at each check (4 MB, 64 KB a read) took longer than the
+ * wait on a busy CI machine.
  */
-export async function readUntil(readFd: number, read: Buffer[], done: () => boolean, timeoutMs = 5000): Promise<void> {
+export async function readUntil(readFd: number, read: Buffer[], done: (soFar: ReadSoFar) => boolean, timeoutMs = 5000): Promise<void> {
+  const soFar: ReadSoFar = { bytes: 0, newlines: 0 }
+  const count = (chunk: Buffer) => {
+    soFar.bytes += chunk.length
+    for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, at + 1)) soFar.newlines++
+  }
+  read.forEach(count)
   const buffer = Buffer.alloc(65_536)
   const deadline = performance.now() + timeoutMs
-  while (!done() && performance.now() < deadline) {
+  while (!done(soFar) && performance.now() < deadline) {
     try {
       const n = readSync(readFd, buffer)
-      read.push(Buffer.from(buffer.subarray(0, n)))
+      const chunk = Buffer.from(buffer.subarray(0, n))
+      read.push(chunk)
+      count(chunk)
       // End of file: every writer has gone.
       if (n === 0) await delay(20)
     } catch (error) {

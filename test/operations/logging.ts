@@ -252,7 +252,7 @@ t.test('into a pipe whose reader has no room, chunks wait in order and a flush c
   await sleep(50)
   t.equal(flushed, null, 'no flush while the reader takes nothing')
   const read: Buffer[] = []
-  await readUntil(readFd, read, () => Buffer.concat(read).length >= 200_000)
+  await readUntil(readFd, read, ({ bytes }) => bytes >= 200_000)
   await sleep(10)
   t.equal(flushed, undefined, 'flushed, without an error, once all was written')
   t.equal(flushes, 1, 'called back once')
@@ -286,27 +286,7 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   const droppedBefore = logBytesDropped()
   const read: Buffer[] = []
   const text = () => Buffer.concat(read).toString('latin1')
-  // Bytes and newlines read so far, counted as chunks come in: joining every chunk read at each
-  // check (4 MB, 64 KB a read) took longer than readUntil's wait on a busy CI machine.
-  let counted = 0
-  let bytes = 0
-  let newlineCount = 0
-  const count = () => {
-    for (; counted < read.length; counted++) {
-      const chunk = read[counted]!
-      bytes += chunk.length
-      for (let at = chunk.indexOf(10); at !== -1; at = chunk.indexOf(10, at + 1)) newlineCount++
-    }
-  }
   // The filler has no newline: the lines read are the warnings and the line kept.
-  const newlines = () => {
-    count()
-    return newlineCount
-  }
-  const readBytes = () => {
-    count()
-    return bytes
-  }
   // Each wait ends as soon as its lines are read; the bound is only for a writer that never writes them.
   const WAIT_MS = 30_000
   // More than a pipe holds (64 KB here; 1 MB where pages are 64 KB): its rest waits, past the limit
@@ -315,9 +295,9 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   out.write(first)
   for (let chunk = 0; chunk < 10; chunk++) out.write(Buffer.alloc(20_000, 121))
   // The reader catches up partly: what waits is under the limit again, and the next line is kept.
-  await readUntil(readFd, read, () => readBytes() >= 1_900_000, WAIT_MS)
+  await readUntil(readFd, read, ({ bytes }) => bytes >= 1_900_000, WAIT_MS)
   out.write(Buffer.from('{"msg":"after the gap"}\n'))
-  await readUntil(readFd, read, () => newlines() >= 2, WAIT_MS)
+  await readUntil(readFd, read, ({ newlines }) => newlines >= 2, WAIT_MS)
   // t.ok, not t.equal: a failing comparison of two 2 MB strings had tap's reporter diffing them for
   // longer than CI waits.
   t.ok(text().slice(0, 2_000_000) === first.toString('latin1'), 'what waited within the limit, whole')
@@ -328,7 +308,7 @@ t.test('past its limit, what a lagging reader has no room for is dropped, and on
   const second = Buffer.alloc(2_000_000, 122)
   out.write(second)
   for (let chunk = 0; chunk < 3; chunk++) out.write(Buffer.alloc(20_000, 121))
-  await readUntil(readFd, read, () => newlines() >= 3, WAIT_MS)
+  await readUntil(readFd, read, ({ newlines }) => newlines >= 3, WAIT_MS)
   const rest = text().slice(2_000_000 + warning!.length + after!.length + 2)
   t.ok(rest.slice(0, 2_000_000) === second.toString('latin1'), 'the second stall: what waited, whole')
   t.match(JSON.parse(rest.slice(2_000_000)), { level: 40, droppedBytes: 60_000 }, 'one warning for the second gap, after what waited')
