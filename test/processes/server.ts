@@ -208,7 +208,10 @@ t.test('on SIGTERM, with a log pipe whose reader has stalled, the server waits 2
   const [code] = (await exited) as [number | null]
   const tookMs = performance.now() - signalled
   t.equal(code, 0, 'a clean exit')
-  t.ok(tookMs >= 3500 && tookMs < 8000, `the exit waited ${Math.round(tookMs)} ms for the reader: 2 s for the shutdown's flush, then 2 s at exit`)
+  // At least the two waits; at most a bound that only an exit waiting on the reader (which never
+  // reads again) passes. The app's own shutdown adds seconds under CI's load: 8.1 s once, where the
+  // bound was 8 s.
+  t.ok(tookMs >= 3500 && tookMs < 20_000, `the exit waited ${Math.round(tookMs)} ms for the reader: 2 s for the shutdown's flush, then 2 s at exit`)
 })
 
 t.test('a bad setting stops start-up, naming the variable', async (t) => {
