@@ -21,13 +21,13 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { loadConfig } from '../src/config.ts'
-import { openDatabase } from '../src/database.ts'
+import { openDatabase, type Database } from '../src/database.ts'
 import { migrate } from '../src/migrations.ts'
 import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -52,6 +52,7 @@ const { values: args } = parseArgs({
     tree: { type: 'string', multiple: true, default: [] },
     'cpu-prof': { type: 'string' },
     json: { type: 'string' },
+    rows: { type: 'string', default: '0' },
     'keep-logs': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
@@ -82,6 +83,9 @@ if (args.help) {
                              src/generated; the same migrations), measured in the same rounds: compares code
   --cpu-prof DIR             write V8 CPU profiles of the servers into DIR (one folder per server)
   --json FILE                also write the results as JSON
+  --rows N                   conversions the bench's sheet already holds when each mix starts (0): 300 ads over the
+                             90 days before now, folded into the rollups and vacuumed (bench/support.ts, fillConversions);
+                             only what the servers write is removed between mixes
   --keep-logs                keep the servers' log files`)
   process.exit(0)
 }
@@ -96,6 +100,11 @@ const duration = Number(args.duration)
 const rounds = Math.max(1, Number(args.rounds))
 const warmup = Number(args.warmup)
 const connections = Number(args.connections)
+const filledRows = Number(args.rows)
+if (!Number.isInteger(filledRows) || filledRows < 0) {
+  console.error(`--rows ${args.rows}: give a whole number of conversions, 0 or more`)
+  process.exit(2)
+}
 const stores = list(args.stores) as Store[]
 const mixes = list(args.mixes) as Mix[]
 /** `--variant` and `--tree` specs, LABEL:REST, as the route `receiver:LABEL`; a label once only. */
@@ -193,13 +202,21 @@ async function openStore(kind: Store): Promise<StoreHandle> {
     await db.withSession((session) => migrate(session))
     await createSheet(db.prisma, { sheetId: SHEET, currency: 'USD' })
     console.log(`PostgreSQL: created database ${name}`)
+    const lastFilled = await fill(db, 'PostgreSQL')
     return {
       kind,
       database: name,
       prepare: () => ({ DATABASE_URL: databaseUrl }),
-      rows: () => db.withSession((session) => readRows(session.query.bind(session))),
-      // Each mix starts on an empty table, as on PGlite.
-      clean: () => db.withSession((session) => session.exec('TRUNCATE conversions, conversion_history, delivery_counters, delivery_rejections')),
+      rows: () => db.withSession((session) => readRows(session.query.bind(session), lastFilled)),
+      // Each mix starts on the table as filled (empty without --rows), as on PGlite.
+      clean: () =>
+        db.withSession(async (session) => {
+          if (filledRows === 0) return session.exec('TRUNCATE conversions, conversion_history, delivery_counters, delivery_rejections')
+          await session.query('DELETE FROM conversion_history WHERE conversion_id > $1::bigint', [lastFilled])
+          await session.query('DELETE FROM conversions WHERE id > $1::bigint', [lastFilled])
+          await session.exec('TRUNCATE delivery_counters, delivery_rejections')
+          await session.exec('VACUUM ANALYZE conversions, conversion_history')
+        }),
       async close() {
         await db.close().catch(() => undefined)
         // A new connection: the server may have restarted meanwhile.
@@ -213,7 +230,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
   const db = await openDatabase(loadConfig({ DATA_DIR: template }))
   await db.withSession((session) => migrate(session))
   await createSheet(db.prisma, { sheetId: SHEET, currency: 'USD' })
-  await db.close()
+  const lastFilled = await fill(db, 'PGlite').finally(() => db.close())
   return {
     kind,
     prepare(name) {
@@ -224,7 +241,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
     async rows(env) {
       const db = await openDatabase(loadConfig({ DATA_DIR: env.DATA_DIR }))
       try {
-        return await db.withSession((session) => readRows(session.query.bind(session)))
+        return await db.withSession((session) => readRows(session.query.bind(session), lastFilled))
       } finally {
         await db.close()
       }
@@ -240,8 +257,15 @@ async function openStore(kind: Store): Promise<StoreHandle> {
 
 const adminQuery = (sql: string) => runAdminQuery(args['pg-url'], sql)
 
-async function readRows(query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>>) {
-  const rows = await query('SELECT transaction_id, id::text AS id FROM conversions WHERE sheet_id = $1', [SHEET])
+/** The --rows fill of a store's bench sheet, when asked for; the last filled conversion's id ('0' without). */
+async function fill(db: Database, store: string): Promise<string> {
+  if (filledRows === 0) return '0'
+  return fillConversions(db, SHEET, filledRows, (message) => console.log(`${store}: ${message}`))
+}
+
+/** The bench sheet's rows written by the servers (those after the fill's last). */
+async function readRows(query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>>, lastFilled: string) {
+  const rows = await query('SELECT transaction_id, id::text AS id FROM conversions WHERE sheet_id = $1 AND id > $2::bigint', [SHEET, lastFilled])
   return new Map(rows.map((row) => [row.transaction_id as string, row.id as string]))
 }
 
@@ -548,7 +572,7 @@ async function runOverload(store: StoreHandle): Promise<CaseResult> {
 const results: CaseResult[] = []
 const started = Date.now()
 console.log(`postback-store bench: ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), Node.js ${process.version}, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`)
-console.log(`autocannon in this process; each server under test in its own child process, the app's servers at LOG_LEVEL=${process.env.LOG_LEVEL ?? 'info (the default), their lines to a file'}; receiver env: ${Object.entries(receiverEnv).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'}\n`)
+console.log(`autocannon in this process; each server under test in its own child process, the app's servers at LOG_LEVEL=${process.env.LOG_LEVEL ?? 'info (the default), their lines to a file'}; receiver env: ${Object.entries(receiverEnv).map(([k, v]) => `${k}=${v}`).join(' ') || 'defaults'}; the bench's sheet holds ${filledRows} conversions when each mix starts\n`)
 
 // Interrupted: drop the database and folders made so far (the servers stop when this process goes).
 const open = new Set<StoreHandle>()

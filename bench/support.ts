@@ -5,6 +5,7 @@ import pg from 'pg'
 import { createApiKey } from '../src/api-keys.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import type { Database, Statement } from '../src/database.ts'
+import { foldAll } from '../src/rollups.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
 
 /** The arguments of bench/server.ts after its backlog for each floor route: the floor, the bare floor (bench/floor.ts). */
@@ -218,4 +219,40 @@ export function withCachedPlan(db: Database): Database['query'] {
             signature: { ...statement.signature!, settings: [...(statement.signature!.settings ?? []), 'plan_cache_mode = force_generic_plan'] },
           },
     )
+}
+
+/** Rows a statement of `fillConversions` inserts: each is a transaction of its own, so folds can split the fill. */
+const FILL_CHUNK = 250_000
+
+/**
+ * Fills `sheet` with `rows` stored conversions (transaction ids `f<n>`, in an order unrelated to
+ * n, so they spread over the key's index), as a sheet that has been receiving for 90 days would
+ * hold them: 300 ads in 10 campaigns and 50 ad sets, received over the 90 days before now, a tenth
+ * pending, a seventh in EUR. Then folds them into the rollups and brings the planner's statistics and
+ * the visibility map up to date (VACUUM ANALYZE), as autovacuum would have on a service that had
+ * been running (PGlite runs no autovacuum: its VACUUM is the fill's). Returns the last filled
+ * conversion's id: rows written later have greater ids.
+ */
+export async function fillConversions(db: Database, sheet: string, rows: number, onProgress?: (message: string) => void): Promise<string> {
+  const started = performance.now()
+  for (let from = 0; from < rows; from += FILL_CHUNK) {
+    const to = Math.min(rows, from + FILL_CHUNK)
+    await db.withSession((session) =>
+      session.query(
+        `INSERT INTO conversions (sheet_id, transaction_id, status, payout, currency, campaign_id, adset_id, ad_id, received_at)
+         SELECT $1, 'f' || md5(n::text), CASE WHEN n % 10 = 0 THEN 'pending' ELSE 'approved' END, (n % 5000) / 100.0,
+           CASE WHEN n % 7 = 0 THEN 'EUR' ELSE 'USD' END, 'c' || (n % 10), 's' || (n % 50), 'a' || (n % 300),
+           now() - make_interval(secs => (n::bigint * 7919 % $4::int) * (90 * 86400.0 / $4::int))
+         FROM generate_series($2::int, $3::int - 1) AS n`,
+        [sheet, from, to, rows],
+      ),
+    )
+    onProgress?.(`filled ${to} of ${rows} rows (${Math.round(to / ((performance.now() - started) / 1000))} rows/s)`)
+  }
+  const folding = performance.now()
+  const folded = await foldAll(db.prisma)
+  onProgress?.(`folded ${folded} changes in ${((performance.now() - folding) / 1000).toFixed(0)} s`)
+  await db.withSession((session) => session.exec('VACUUM ANALYZE'))
+  const [last] = await db.withSession((session) => session.query<{ id: string }>('SELECT max(id)::text AS id FROM conversions'))
+  return last?.id ?? '0'
 }
