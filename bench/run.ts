@@ -27,7 +27,7 @@ import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, rowsOption, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -100,11 +100,7 @@ const duration = Number(args.duration)
 const rounds = Math.max(1, Number(args.rounds))
 const warmup = Number(args.warmup)
 const connections = Number(args.connections)
-const filledRows = Number(args.rows)
-if (!Number.isInteger(filledRows) || filledRows < 0) {
-  console.error(`--rows ${args.rows}: give a whole number of conversions, 0 or more`)
-  process.exit(2)
-}
+const filledRows = rowsOption(args.rows)
 const stores = list(args.stores) as Store[]
 const mixes = list(args.mixes) as Mix[]
 /** `--variant` and `--tree` specs, LABEL:REST, as the route `receiver:LABEL`; a label once only. */

@@ -221,6 +221,14 @@ export function withCachedPlan(db: Database): Database['query'] {
     )
 }
 
+/** The --rows option of the benches (conversions to fill the bench's sheet with); a usage error ends the process. */
+export function rowsOption(text: string): number {
+  const rows = Number(text)
+  if (Number.isInteger(rows) && rows >= 0) return rows
+  console.error(`--rows ${text}: give a whole number of conversions, 0 or more`)
+  process.exit(2)
+}
+
 /** Rows a statement of `fillConversions` inserts: each is a transaction of its own, so folds can split the fill. */
 const FILL_CHUNK = 250_000
 

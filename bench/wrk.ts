@@ -7,7 +7,8 @@
 // first mix (2; the floor is a process of its own and would otherwise pay its start-up, JIT and
 // connections in its first measured slice), --connections N (50), --threads N (1), --pg-url URL,
 // --env NAME=VALUE for the server, --routes (noop,floor,bare-floor,naive,receiver), --mixes
-// (unique,half-repeats,updates, in the order given), --perf FILE: Linux perf's
+// (unique,half-repeats,updates, in the order given), --rows N: the bench's sheet holds N conversions
+// before the first mix (as in `npm run bench -- --rows N`), --perf FILE: Linux perf's
 // samples of both servers during the measured rounds into FILE, and where their CPU went per request
 // (bench/perf-summary.ts; with --routes floor,receiver the app server's column is the receiver's). Beside each route's rate and latency: the CPU its server and
 // PostgreSQL's backends for the bench's database used per request while measured (from /proc), and how
@@ -17,9 +18,11 @@ import { cpus, loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
+import { loadConfig } from '../src/config.ts'
+import { openDatabase } from '../src/database.ts'
 import { FLOOR_PATH } from './floor.ts'
 import { PERF_FREQUENCY, perfTable } from './perf-summary.ts'
-import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
+import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, rowsOption, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const { values: args } = parseArgs({
@@ -34,8 +37,10 @@ const { values: args } = parseArgs({
     routes: { type: 'string', default: 'noop,floor,bare-floor,naive,receiver' },
     mixes: { type: 'string', default: 'unique,half-repeats,updates' },
     perf: { type: 'string' },
+    rows: { type: 'string', default: '0' },
   },
 })
+const filledRows = rowsOption(args.rows)
 const rounds = Math.max(1, Math.floor(Number(args.rounds)) || 1)
 const slice = Number(args.duration) / rounds
 const warmup = Number(args.warmup)
@@ -133,8 +138,14 @@ try {
   await db.connect()
   await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
   await db.end()
+  if (filledRows > 0) {
+    // As `npm run bench -- --rows N`: the sheet holds them, folded, before the first mix (the app's own
+    // fold waits meanwhile: one instance folds at a time).
+    const store = await openDatabase(loadConfig({ DATABASE_URL: url.toString() }))
+    await fillConversions(store, 'bench', filledRows, (message) => console.log(message)).finally(() => store.close())
+  }
 
-  console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${warmup} s warm-up per route, then ${rounds} rounds of ${slice} s per route; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
+  console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${warmup} s warm-up per route, then ${rounds} rounds of ${slice} s per route; the sheet held ${filledRows} conversions before the first mix; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
   const stamp = Date.now().toString(36)
   const runWrk = (route: Route, seconds: number, prefix: string, mix: Mix) =>
     spawnSync(
