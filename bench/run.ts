@@ -27,7 +27,7 @@ import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, rowsOption, postgresCpuUsed, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, rowsOption, spreadId, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -84,8 +84,9 @@ if (args.help) {
   --cpu-prof DIR             write V8 CPU profiles of the servers into DIR (one folder per server)
   --json FILE                also write the results as JSON
   --rows N                   conversions the bench's sheet already holds when each mix starts (0): 300 ads over the
-                             90 days before now, folded into the rollups and vacuumed (bench/support.ts, fillConversions);
-                             only what the servers write is removed between mixes
+                             90 days before now, folded into the rollups, vacuumed and checkpointed (bench/support.ts,
+                             fillConversions): a table in autovacuum's best state; only what the servers write is removed
+                             between mixes (the rollups keep what they folded of it); new ids are spread over the index
   --keep-logs                keep the servers' log files`)
   process.exit(0)
 }
@@ -212,6 +213,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
           await session.query('DELETE FROM conversions WHERE id > $1::bigint', [lastFilled])
           await session.exec('TRUNCATE delivery_counters, delivery_rejections')
           await session.exec('VACUUM ANALYZE conversions, conversion_history')
+          await session.exec('CHECKPOINT')
         }),
       async close() {
         await db.close().catch(() => undefined)
@@ -367,7 +369,7 @@ function nextDelivery(tally: Tally, mix: Mix, prefix: string): { transactionId: 
   const earlier = () => tally.recent[Math.floor(Math.random() * tally.recent.length)]!
   if (mix === 'half-repeats' && n % 2 === 1 && tally.recent.length > 0) return { transactionId: earlier() }
   if (mix === 'updates' && n % 10 === 9 && tally.recent.length > 0) return { transactionId: earlier(), status: UPDATE_WORDS[Math.floor(Math.random() * 2)]! }
-  const transactionId = `${prefix}-${n}`
+  const transactionId = spreadId(prefix, n)
   tally.recent.push(transactionId)
   if (tally.recent.length > 1000) tally.recent.shift()
   return mix === 'updates' ? { transactionId, status: 'lead' } : { transactionId }

@@ -224,9 +224,18 @@ export function withCachedPlan(db: Database): Database['query'] {
 /** The --rows option of the benches (conversions to fill the bench's sheet with); a usage error ends the process. */
 export function rowsOption(text: string): number {
   const rows = Number(text)
-  if (Number.isInteger(rows) && rows >= 0) return rows
-  console.error(`--rows ${text}: give a whole number of conversions, 0 or more`)
+  if (Number.isInteger(rows) && rows >= 0 && rows <= 2 ** 31 - 1) return rows
+  console.error(`--rows ${text}: give a whole number of conversions, 0 to ${2 ** 31 - 1}`)
   process.exit(2)
+}
+
+/**
+ * The bench's `n`th new transaction id of a run: a hash of `n` first, so that new ids land all over
+ * the key's index, as a network's click ids do (not all at its right-hand end, after every filled
+ * id), then the run's prefix and `n`, which keep it unique. bench/wrk/postback.lua spreads its ids the same way.
+ */
+export function spreadId(prefix: string, n: number): string {
+  return `${(Math.imul(n, 2654435761) >>> 0).toString(16).padStart(8, '0')}-${prefix}-${n}`
 }
 
 /** Rows a statement of `fillConversions` inserts: each is a transaction of its own, so folds can split the fill. */
@@ -247,8 +256,9 @@ export async function fillConversions(db: Database, sheet: string, rows: number,
     const to = Math.min(rows, from + FILL_CHUNK)
     await db.withSession((session) =>
       session.query(
-        `INSERT INTO conversions (sheet_id, transaction_id, status, payout, currency, campaign_id, adset_id, ad_id, received_at)
-         SELECT $1, 'f' || md5(n::text), CASE WHEN n % 10 = 0 THEN 'pending' ELSE 'approved' END, (n % 5000) / 100.0,
+        `INSERT INTO conversions (sheet_id, transaction_id, status, network_status, payout, currency, campaign_id, adset_id, ad_id, received_at)
+         SELECT $1, 'f' || md5(n::text), CASE WHEN n % 10 = 0 THEN 'pending' ELSE 'approved' END,
+           CASE WHEN n % 10 = 0 THEN 'lead' END, (n % 5000) * 0.01,
            CASE WHEN n % 7 = 0 THEN 'EUR' ELSE 'USD' END, 'c' || (n % 10), 's' || (n % 50), 'a' || (n % 300),
            now() - make_interval(secs => (n::bigint * 7919 % $4::int) * (90 * 86400.0 / $4::int))
          FROM generate_series($2::int, $3::int - 1) AS n`,
@@ -260,7 +270,11 @@ export async function fillConversions(db: Database, sheet: string, rows: number,
   const folding = performance.now()
   const folded = await foldAll(db.prisma)
   onProgress?.(`folded ${folded} changes in ${((performance.now() - folding) / 1000).toFixed(0)} s`)
-  await db.withSession((session) => session.exec('VACUUM ANALYZE'))
+  // The fill's WAL written out now, not by a checkpoint during the first mix.
+  await db.withSession(async (session) => {
+    await session.exec('VACUUM ANALYZE')
+    await session.exec('CHECKPOINT')
+  })
   const [last] = await db.withSession((session) => session.query<{ id: string }>('SELECT max(id)::text AS id FROM conversions'))
   return last?.id ?? '0'
 }

@@ -1,4 +1,5 @@
--- wrk script for bench/wrk.ts: full postbacks with transaction ids unique to this run and thread;
+-- wrk script for bench/wrk.ts: full postbacks with transaction ids unique to this run and thread
+-- (spread over the key's index);
 -- with WRK_REPEATS=1 every other request repeats one of the thread's last 1000 ids; with
 -- WRK_UPDATES=1 first deliveries say status=lead and every tenth request re-sends one of the last
 -- 1000 ids with status=sale or status=chargeback.
@@ -31,6 +32,8 @@ function request()
     n = fresh
     if updates then status = "&status=lead" end
   end
-  local tx = prefix .. "-" .. thread_id .. "-" .. n
+  -- A hash of n first, so that new ids land all over the key's index, as a network's click ids do
+  -- (bench/support.ts spreadId); then the run's prefix, the thread and n, which keep it unique.
+  local tx = string.format("%08x", (n * 2654435761) % 4294967296) .. "-" .. prefix .. "-" .. thread_id .. "-" .. n
   return wrk.format("GET", path .. "?sheet_id=" .. sheet .. "&transaction_id=" .. tx .. status .. tail)
 end
