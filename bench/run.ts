@@ -27,7 +27,7 @@ import { createSheet } from '../src/sheets.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, rowsOption, spreadId, postgresCpuUsed, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, rowsOption, settle, spreadId, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -212,8 +212,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
           await session.query('DELETE FROM conversion_history WHERE conversion_id > $1::bigint', [lastFilled])
           await session.query('DELETE FROM conversions WHERE id > $1::bigint', [lastFilled])
           await session.exec('TRUNCATE delivery_counters, delivery_rejections')
-          await session.exec('VACUUM ANALYZE conversions, conversion_history')
-          await session.exec('CHECKPOINT')
+          await settle(session, 'conversions, conversion_history')
         }),
       async close() {
         await db.close().catch(() => undefined)

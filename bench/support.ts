@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { createApiKey } from '../src/api-keys.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
-import type { Database, Statement } from '../src/database.ts'
+import type { Database, SqlSession, Statement } from '../src/database.ts'
 import { foldAll } from '../src/rollups.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
 
@@ -224,8 +224,10 @@ export function withCachedPlan(db: Database): Database['query'] {
 /** The --rows option of the benches (conversions to fill the bench's sheet with); a usage error ends the process. */
 export function rowsOption(text: string): number {
   const rows = Number(text)
-  if (Number.isInteger(rows) && rows >= 0 && rows <= 2 ** 31 - 1) return rows
-  console.error(`--rows ${text}: give a whole number of conversions, 0 to ${2 ** 31 - 1}`)
+  // The fill's generate_series counts in int.
+  const most = 2 ** 31 - 1
+  if (Number.isInteger(rows) && rows >= 0 && rows <= most) return rows
+  console.error(`--rows ${text}: give a whole number of conversions, 0 to ${most}`)
   process.exit(2)
 }
 
@@ -236,6 +238,16 @@ export function rowsOption(text: string): number {
  */
 export function spreadId(prefix: string, n: number): string {
   return `${(Math.imul(n, 2654435761) >>> 0).toString(16).padStart(8, '0')}-${prefix}-${n}`
+}
+
+/**
+ * After the fill, and after each clean between mixes: the planner's statistics and the visibility
+ * map brought up to date (`tables`, or all), and the WAL written out now rather than by a
+ * checkpoint during the next mix.
+ */
+export async function settle(session: SqlSession, tables = ''): Promise<void> {
+  await session.exec(`VACUUM ANALYZE ${tables}`)
+  await session.exec('CHECKPOINT')
 }
 
 /** Rows a statement of `fillConversions` inserts: each is a transaction of its own, so folds can split the fill. */
@@ -270,11 +282,7 @@ export async function fillConversions(db: Database, sheet: string, rows: number,
   const folding = performance.now()
   const folded = await foldAll(db.prisma)
   onProgress?.(`folded ${folded} changes in ${((performance.now() - folding) / 1000).toFixed(0)} s`)
-  // The fill's WAL written out now, not by a checkpoint during the first mix.
-  await db.withSession(async (session) => {
-    await session.exec('VACUUM ANALYZE')
-    await session.exec('CHECKPOINT')
-  })
+  await db.withSession((session) => settle(session))
   const [last] = await db.withSession((session) => session.query<{ id: string }>('SELECT max(id)::text AS id FROM conversions'))
   return last?.id ?? '0'
 }
