@@ -25,10 +25,11 @@
 // part of what is measured against this one.) Its plans are PostgreSQL's choice, as the receiver's
 // are (plan_cache_mode = auto: a batch of a few rows is planned again at each run; forcing the
 // cached plan was tried on 2026-12-01 and undone: BENCHMARKS.md, tenth pass).
-// PGlite: its own query API on its one connection, one statement at a time; the insert as a
-// function of the session, as the receiver's statement is (PGlite prepares nothing: until
-// 2026-12-01 the floor's insert was parsed and planned at every run there, which the receiver's is
-// not; `npx tsx bench/pglite-statement.ts` times both).
+// PGlite: its one connection, one statement at a time; the insert as a function of the session,
+// called by a statement prepared in the session (src/pglite-prepared.ts), as the receiver's
+// statement is (PGlite's query prepares nothing: until 2026-12-01 the floor's insert was parsed and
+// planned at every run there, which the receiver's was not; until 2026-12-02 its call was, as the
+// receiver's was; `npx tsx bench/pglite-statement.ts` times each way).
 // (Until 2026-11-29 (late) the insert on PostgreSQL also read the repeats' ids in its round trip, a UNION ALL
 // probing the key of every row: that made its backends spend 2 to 3 times the receiver's CPU a
 // delivery with unique ids, and put the receiver ahead of the floor.)
@@ -54,6 +55,7 @@ import type { Config } from '../src/config.ts'
 import { lockDataDir } from '../src/data-dir-lock.ts'
 import { allowedMoveSql, mapStatus, type ConversionStatus } from '../src/lifecycle.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
+import { PreparedStatements } from '../src/pglite-prepared.ts'
 import { functionCall, functionDefinition } from '../src/session-function.ts'
 
 export const FLOOR_PATH = '/bench/floor'
@@ -310,9 +312,14 @@ async function openFloorStore(config: Config, bare: boolean): Promise<FloorStore
     await pglite.close().finally(() => lock.release())
     throw error
   }
+  const prepared = new PreparedStatements(pglite)
   return {
-    // The insert through its function; the repeats' read as it is.
-    query: async (statement) => (await pglite.query<KeyRow>(statement.name === insert.name ? functionCall(statement) : statement.text, statement.values)).rows,
+    // The insert through its function, called by a prepared statement as the receiver's is; the
+    // repeats' read as it is.
+    query: async (statement) =>
+      statement.name === insert.name
+        ? await prepared.query<KeyRow>(insert.name, functionCall(statement), statement.values)
+        : (await pglite.query<KeyRow>(statement.text, statement.values)).rows,
     insert,
     concurrency: 1,
     async close() {

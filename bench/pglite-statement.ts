@@ -1,9 +1,11 @@
 // The cost of the receiver's batch statement on PGlite, by the path it takes: as the app runs it
-// (db.query: a function of the session, parsed once, its plans PGlite's choice), the same function
+// (db.query: a function of the session, parsed once, its plans PGlite's choice, called by a
+// statement prepared in the session), the same function called by PGlite's query, the same function
 // on its cached plan (plan_cache_mode = force_generic_plan), as a plain statement (parsed and planned
 // at each run), and through Prisma's raw query; beside them the floor's two statements
 // (bench/floor.ts: the bare INSERT, and the upsert that makes moves, the floor the bench measures
-// against), each as the floor runs it (a function of the session) and as a plain statement, on one
+// against), each as the floor runs it (a function of the session, called by a prepared statement),
+// the upsert's function also called by PGlite's query, and each as a plain statement, on one
 // PGlite folder, in alternating rounds. "÷ floor": against the upsert as the floor runs it.
 //   npx tsx bench/pglite-statement.ts [--rows 29] [--statements 400] [--rounds 3]
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -16,6 +18,7 @@ import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import { openDatabase, type Statement } from '../src/database.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
 import { FLOOR_INSERT, FLOOR_SIGNATURE, FLOOR_UPSERT, floorValues } from './floor.ts'
+import { functionCall } from '../src/session-function.ts'
 import { withCachedPlan } from './support.ts'
 
 const { values: args } = parseArgs({ options: { rows: { type: 'string', default: '29' }, statements: { type: 'string', default: '400' }, rounds: { type: 'string', default: '3' } } })
@@ -39,11 +42,17 @@ function floorBatch(statement: { name: string; text: string }, asFunction: boole
 const cached = withCachedPlan(db)
 const paths: Array<[string, () => Promise<unknown>]> = [
   ['receiver, as the app runs it', () => writeDeliveries((statement) => db.query(statement), batch())],
+  // The function called by PGlite's query (parsed, described and planned at each call), as until 2026-12-02.
+  ['receiver, its call by PGlite\'s query', () => writeDeliveries((statement) => plain({ text: functionCall(statement), values: statement.values }), batch())],
   ['receiver, on its cached plan', () => writeDeliveries(cached, batch())],
   ['receiver, as a plain statement', () => writeDeliveries(plain, batch())],
   ['receiver, through Prisma', () => writeDeliveries((s) => db.prisma.$queryRawUnsafe(s.text, ...s.values), batch())],
   ['floor (bare INSERT)', () => floorBatch(FLOOR_INSERT, true)],
   ['floor (with moves)', () => floorBatch(FLOOR_UPSERT, true)],
+  ['floor (moves), call by PGlite\'s query', () => {
+    const values = floorValues(batch())
+    return plain({ text: functionCall({ name: FLOOR_UPSERT.name, values }), values })
+  }],
   ['floor (bare), as a plain statement', () => floorBatch(FLOOR_INSERT, false)],
   ['floor (with moves), as a plain statement', () => floorBatch(FLOOR_UPSERT, false)],
 ]

@@ -140,15 +140,18 @@ const STORED_STATEMENT = { text: storedText() }
 // It reads no stored row: a batch of new conversions, the common case, costs one insert per row,
 // as in the floor. It runs as a function of the session (its `signature`, src/database.ts), called
 // by a prepared statement, whose plan may be cached as a generic plan made once, possibly while the
-// tables were nearly empty: its only lookup (the sheet, a table of few rows) is a LATERAL with
-// OFFSET 0, planned as a per-row probe of the sheets' primary key (the function plans without
-// sequential scans).
+// tables were nearly empty: its only lookup (the sheets, a table of few rows) reads the batch's
+// active sheets once, by the sheets' primary key (the function plans without sequential scans; the
+// index scan of `= ANY` probes each distinct sheet once), and the rows join what it found. Until
+// 2026-12-02 each row probed its sheet (a LATERAL with OFFSET 0).
 const BATCH_TEXT = `
-    WITH input AS (
+    WITH active AS MATERIALIZED (
+      SELECT s.sheet_id, s.default_currency FROM sheets s WHERE s.sheet_id = ANY($1::text[]) AND s.active
+    ), input AS (
       SELECT i.*, s.default_currency
       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
              WITH ORDINALITY AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status, ord)
-      LEFT JOIN LATERAL (SELECT s.default_currency FROM sheets s WHERE s.sheet_id = i.sheet_id AND s.active OFFSET 0) s ON true
+      LEFT JOIN active s ON s.sheet_id = i.sheet_id
     ), written AS (
       INSERT INTO conversions AS c (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status)
       SELECT sheet_id, transaction_id, event, payout::numeric, COALESCE(currency, default_currency), campaign_id, adset_id, ad_id, status, network_status
@@ -177,7 +180,7 @@ const BATCH_TEXT = `
 export const IN_CALL_KEYS = 64
 
 export const BATCH_STATEMENT = {
-  name: 'postback_conversion_batch_v6',
+  name: 'postback_conversion_batch_v7',
   signature: {
     parameters: Array<string>(10).fill('text[]'),
     returns: 'id text, sheet_id text, transaction_id text, event text, status text, outcome text',

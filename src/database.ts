@@ -11,6 +11,7 @@ import { lockDataDir } from './data-dir-lock.ts'
 import { PrismaClient } from './generated/prisma/client.ts'
 import { StoreClient, StorePool, typed } from './pg-pool.ts'
 import { functionCall, functionDefinition } from './session-function.ts'
+import { PreparedStatements } from './pglite-prepared.ts'
 import { StoreUnavailableError } from './storage-errors.ts'
 
 export type { PrismaClient }
@@ -33,9 +34,10 @@ export interface Statement {
    * The parameters' types and the result's columns of a named statement, with which it runs as a
    * function of the session (`pg_temp.<name>`, created on each connection at its first use there),
    * whose plan PL/pgSQL keeps as PostgreSQL keeps a prepared statement's; on PostgreSQL the call is a
-   * prepared statement. For PGlite, whose API prepares nothing (every statement is parsed and planned
-   * at each run), the receiver's batch statement costs about 1.4 ms instead of 2.1 that way (29
-   * rows; `npx tsx bench/pglite-statement.ts`). `body`: the function's PL/pgSQL body (between BEGIN
+   * prepared statement, and on PGlite too (PreparedStatements of src/pglite-prepared.ts; PGlite's
+   * query parses and plans every statement at each run): the receiver's batch statement costs
+   * about 1.4 ms instead of 2.1 as a function (29 rows; `npx tsx bench/pglite-statement.ts`), and
+   * its call prepared, 1.67 instead of 2.12 (25 rows, thirteenth pass of BENCHMARKS.md). `body`: the function's PL/pgSQL body (between BEGIN
    * and END, `declare`: what goes after DECLARE), when it does more than `RETURN QUERY <text>;`.
    * `settings`: the function's own settings (`SET name = value` clauses: in effect while it runs,
    * also when its statements are planned, and so for what is planned during the call: foreign-key
@@ -54,9 +56,10 @@ export interface Database {
    * none of Prisma's per-call work; a statement with a `name` is prepared (parsed once per connection,
    * its plan possibly cached as a generic one), one without is planned at each run (see
    * STORED_STATEMENT in src/conversion-batch.ts for when that matters). On PGlite it goes to
-   * PGlite's own query, not through Prisma (whose raw query costs about 0.7 ms more per batch
-   * statement): PGlite runs it between Prisma's transactions, never inside one. On both, a statement
-   * with a `signature` runs as a function of the session (Statement.signature).
+   * PGlite itself, not through Prisma (whose raw query costs about 0.7 ms more per batch
+   * statement), between Prisma's transactions, never inside one; a statement with a `signature`
+   * is prepared there too (src/pglite-prepared.ts), one without goes to PGlite's query. On both, a
+   * statement with a `signature` runs as a function of the session (Statement.signature).
    * Rows come back as the driver gives them: numeric columns as strings; cast bigint to text (pg
    * gives a string, PGlite a number, or a BigInt past 2^53).
    */
@@ -172,11 +175,13 @@ async function openPGlite(dataDir: string): Promise<Database> {
 }
 
 /**
- * PGlite's query, running a statement with a signature as a function of the session (created at its
- * first use, once), the others as they are.
+ * PGlite's statements: one with a signature as a function of the session (created at its first use,
+ * once), called by a statement prepared in the session (PreparedStatements); the others by PGlite's
+ * query, as they are.
  */
 function sessionFunctions(pglite: PGlite): Database['query'] {
   const created = new Map<string, Promise<unknown>>()
+  const prepared = new PreparedStatements(pglite)
   return async <Row>(statement: Statement) => {
     try {
       return await run<Row>(statement)
@@ -198,7 +203,7 @@ function sessionFunctions(pglite: PGlite): Database['query'] {
       creating.catch(() => created.delete(name))
     }
     await creating
-    return (await pglite.query<Row>(functionCall(statement), values)).rows
+    return await prepared.query<Row>(name, functionCall(statement), values)
   }
 }
 
