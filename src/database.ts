@@ -37,8 +37,9 @@ export interface Statement {
    * prepared statement, and on PGlite too (PreparedStatements of src/pglite-prepared.ts; PGlite's
    * query parses and plans every statement at each run): the receiver's batch statement costs
    * about 1.4 ms instead of 2.1 as a function (29 rows; `npx tsx bench/pglite-statement.ts`), and
-   * its call prepared, 1.67 instead of 2.12 (25 rows, thirteenth pass of BENCHMARKS.md). `body`: the function's PL/pgSQL body (between BEGIN
-   * and END, `declare`: what goes after DECLARE), when it does more than `RETURN QUERY <text>;`.
+   * its call prepared, 1.67 instead of 2.12 (25 rows, thirteenth pass of BENCHMARKS.md). `body`:
+   * the function's PL/pgSQL body (between BEGIN and END, `declare`: what goes after DECLARE), when
+   * it does more than `RETURN QUERY <text>;`.
    * `settings`: the function's own settings (`SET name = value` clauses: in effect while it runs,
    * also when its statements are planned, and so for what is planned during the call: foreign-key
    * checks and trigger statements, whose plans the session keeps for later statements too).

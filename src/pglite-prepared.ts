@@ -31,7 +31,7 @@ interface PGliteInternals {
   parsers: Record<number, (text: string, typeId: number) => unknown>
 }
 
-// SQLSTATE of a Bind naming a statement the session does not have (DEALLOCATE ALL, DISCARD ALL).
+// SQLSTATE of a Bind naming a statement the session does not have (after DEALLOCATE ALL).
 const UNKNOWN_STATEMENT = '26000'
 
 const { serialize } = protocol
@@ -49,7 +49,7 @@ function joined(messages: Uint8Array[]): Uint8Array {
 /** The named statements of one PGlite session. */
 export class PreparedStatements {
   readonly #pglite: PGlite & PGliteInternals
-  readonly #prepared = new Map<string, Promise<Prepared>>()
+  readonly #prepared = new Map<string, { text: string; prepared: Promise<Prepared> }>()
 
   constructor(pglite: PGlite) {
     this.#pglite = pglite as PGlite & PGliteInternals
@@ -62,22 +62,32 @@ export class PreparedStatements {
    */
   async query<Row>(name: string, text: string, values: unknown[]): Promise<Row[]> {
     await this.#pglite._checkReady()
+    const entry = this.#entry(name, text)
     try {
-      return await this.#run<Row>(name, text, values)
+      return await this.#run<Row>(entry.prepared, name, values)
     } catch (error) {
       if ((error as { code?: unknown }).code !== UNKNOWN_STATEMENT) throw error
-      this.#prepared.delete(name)
-      return await this.#run<Row>(name, text, values)
+      // Prepared again, unless another call already did.
+      if (this.#prepared.get(name) === entry) this.#prepared.delete(name)
+      return await this.#run<Row>(this.#entry(name, text).prepared, name, values)
     }
   }
 
-  async #run<Row>(name: string, text: string, values: unknown[]): Promise<Row[]> {
-    let preparing = this.#prepared.get(name)
-    if (!preparing) {
-      preparing = this.#exclusive(() => this.#prepare(name, text))
-      this.#prepared.set(name, preparing)
-      preparing.catch(() => this.#prepared.delete(name))
+  #entry(name: string, text: string): { text: string; prepared: Promise<Prepared> } {
+    let entry = this.#prepared.get(name)
+    if (entry && entry.text !== text) throw new Error(`prepared statement ${name} is already another statement`)
+    if (!entry) {
+      const prepared = this.#exclusive(() => this.#prepare(name, text))
+      const made = (entry = { text, prepared })
+      this.#prepared.set(name, made)
+      prepared.catch(() => {
+        if (this.#prepared.get(name) === made) this.#prepared.delete(name)
+      })
     }
+    return entry
+  }
+
+  async #run<Row>(preparing: Promise<Prepared>, name: string, values: unknown[]): Promise<Row[]> {
     const { parameterTypes, rows } = await preparing
     const pglite = this.#pglite
     const written = values.map((value, index) => {
@@ -93,8 +103,10 @@ export class PreparedStatements {
   }
 
   async #prepare(name: string, text: string): Promise<Prepared> {
+    // Closed first (closing a statement the session does not have is no error), so that preparing
+    // again after a failure that left the statement in the session cannot fail on its name.
     const { messages } = await this.#pglite.execProtocol(
-      joined([serialize.parse({ name, text }), serialize.describe({ type: 'S', name }), serialize.sync()]),
+      joined([serialize.close({ type: 'S', name }), serialize.parse({ name, text }), serialize.describe({ type: 'S', name }), serialize.sync()]),
       {},
     )
     let parameterTypes: number[] = []
@@ -106,8 +118,14 @@ export class PreparedStatements {
     return { parameterTypes, rows }
   }
 
-  // Both of PGlite's locks, in `query`'s order: no transaction open, no other statement running.
+  // Both of PGlite's locks, in `query`'s order: no transaction open, no other statement running;
+  // the store asked again once they are held, as its close takes them too.
   #exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    return this.#pglite._runExclusiveTransaction(() => this.#pglite._runExclusiveQuery(fn))
+    return this.#pglite._runExclusiveTransaction(() =>
+      this.#pglite._runExclusiveQuery(async () => {
+        await this.#pglite._checkReady()
+        return await fn()
+      }),
+    )
   }
 }

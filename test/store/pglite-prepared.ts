@@ -3,10 +3,13 @@
 // transaction that Prisma holds open, and its values and rows as PGlite's query writes and reads them.
 import { PGlite } from '@electric-sql/pglite'
 import t from 'tap'
+import { loadConfig } from '../../src/config.ts'
 import { BATCH_STATEMENT, keyOf, writeDeliveries } from '../../src/conversion-batch.ts'
+import { openDatabase } from '../../src/database.ts'
 import { PreparedStatements } from '../../src/pglite-prepared.ts'
 import type { Delivery } from '../../src/schemas/receiver.ts'
-import { newSheet, onPostgres, receiverUrl, testApp } from '../helpers.ts'
+import { StoreUnavailableError } from '../../src/storage-errors.ts'
+import { newSheet, onPostgres, pgliteCopy, receiverUrl, testApp } from '../helpers.ts'
 
 if (!onPostgres) {
   t.test('the batch statement is prepared once in the session, and again after the session lost it', async (t) => {
@@ -79,11 +82,31 @@ if (!onPostgres) {
     ]
     for (const values of cases) {
       const expected = (await pglite.query(text, values)).rows
-      t.same(await prepared.query('values_test', text, values), expected, JSON.stringify(values))
+      t.strictSame(await prepared.query('values_test', text, values), expected, JSON.stringify(values))
     }
     t.same(await prepared.query('no_rows', 'SELECT 1 WHERE false', []), [], 'a statement without rows')
     t.same(await prepared.query('no_result', 'SET search_path = public', []), [], 'a statement that returns none')
     await t.rejects(prepared.query('failing', 'SELECT 1 / $1::int AS x', [0]), { code: '22012' }, "an error is PostgreSQL's")
     t.same(await prepared.query('failing', 'SELECT 1 / $1::int AS x', [1]), [{ x: 1 }], 'the session goes on after it')
+  })
+
+  t.test('a statement issued while the store closes fails as the store being unavailable', async (t) => {
+    const db = await openDatabase(loadConfig({ DATA_DIR: pgliteCopy(t) }))
+    const statement = { name: 'closing_test', text: 'SELECT 1 AS x', values: [], signature: { parameters: [], returns: 'x int' } }
+    t.same(await db.query(statement), [{ x: 1 }])
+    const closing = db.close()
+    const during = db.query(statement)
+    await closing
+    await t.rejects(during, StoreUnavailableError)
+    await t.rejects(db.query(statement), StoreUnavailableError, 'and after it')
+  })
+
+  t.test('a statement of the same name left in the session (a prepare that failed half-way) is replaced', async (t) => {
+    const pglite = new PGlite()
+    t.teardown(() => pglite.close())
+    await pglite.exec("PREPARE leftover AS SELECT 'old' AS x")
+    const prepared = new PreparedStatements(pglite)
+    t.strictSame(await prepared.query('leftover', 'SELECT $1::text AS x', ['new']), [{ x: 'new' }])
+    await t.rejects(prepared.query('leftover', 'SELECT 2', []), /already another statement/, 'one name, one text')
   })
 }
