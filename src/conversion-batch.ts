@@ -132,17 +132,19 @@ function storedText(condition = ''): string {
 }
 const STORED_STATEMENT = { text: storedText() }
 
-// One statement per batch. It inserts the new conversions and moves the stored ones whose move the
-// lifecycle allows (ON CONFLICT DO UPDATE ... WHERE: the check runs on the newest committed version
-// of the row, under its lock, so concurrent moves of one key apply one at a time), and names the
-// rows whose sheet is unknown or disabled. A move replaces payout and currency only when the
-// delivery carries them. Ids are cast to text: the two stores' query paths type bigint differently.
-// It reads no stored row: a batch of new conversions, the common case, costs one insert per row,
-// as in the floor. It runs as a function of the session (its `signature`, src/database.ts), called
-// by a prepared statement, whose plan may be cached as a generic plan made once, possibly while the
-// tables were nearly empty: its only lookup (the sheets, a table of few rows) reads the batch's
-// active sheets once, by the sheets' primary key (the function plans without sequential scans; the
-// index scan of `= ANY` probes each distinct sheet once), and the rows join what it found. Until
+// What one batch does, as one statement. It inserts the new conversions and moves the stored ones
+// whose move the lifecycle allows (ON CONFLICT DO UPDATE ... WHERE: the check runs on the newest
+// committed version of the row, under its lock, so concurrent moves of one key apply one at a
+// time), and names the rows whose sheet is unknown or disabled. A move replaces payout and
+// currency only when the delivery carries them. Ids are cast to text: the two stores' query paths
+// type bigint differently. It reads no stored row: a batch of new conversions, the common case,
+// costs one insert per row, as in the floor. The app runs it as a function of the session (its
+// `signature`, src/database.ts), called by a prepared statement, whose body gives the same answers
+// with the insert as a statement of its own (BATCH_STATEMENT); this text runs as it is only where
+// a session may not make functions. Either way its plans may be cached as generic plans made
+// once, possibly while the tables were nearly empty: its only lookup (the sheets, a table of few
+// rows) reads the batch's active sheets once, by the sheets' primary key (the function plans
+// without sequential scans; the index scan of `= ANY` probes each distinct sheet once). Until
 // 2026-12-02 each row probed its sheet (a LATERAL with OFFSET 0).
 const BATCH_TEXT = `
     WITH active AS MATERIALIZED (
@@ -179,36 +181,90 @@ const BATCH_TEXT = `
 /** The most keys of a batch whose repeats' rows its own call reads (BATCH_STATEMENT's body). */
 export const IN_CALL_KEYS = 64
 
+// The batch statement's columns, in the order of its parameters.
+const COLUMNS = 'sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status'
+
+// The function's insert: BATCH_TEXT's, as the statement itself (no CTE around it, nothing read
+// from it again), for the rows of the sheets found active by the function's first statement
+// (`active_sheets`, their default currencies `currencies`, in one order).
+const INSERT_TEXT = `
+      INSERT INTO conversions AS c (${COLUMNS})
+      SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric, COALESCE(i.currency, currencies[array_position(active_sheets, i.sheet_id)]),
+        i.campaign_id, i.adset_id, i.ad_id, i.status, i.network_status
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+             WITH ORDINALITY AS i(${COLUMNS}, ord)
+      WHERE i.sheet_id = ANY(active_sheets)
+      ORDER BY i.ord
+      ON CONFLICT (sheet_id, transaction_id, event) DO UPDATE SET
+        status = excluded.status,
+        network_status = excluded.network_status,
+        payout = COALESCE(excluded.payout, c.payout),
+        currency = COALESCE(
+          (SELECT u.currency FROM unnest($1::text[], $2::text[], $3::text[], $5::text[]) AS u(sheet_id, transaction_id, event, currency)
+           WHERE u.sheet_id = excluded.sheet_id AND u.transaction_id = excluded.transaction_id AND u.event = excluded.event),
+          c.currency),
+        updated_at = now()
+      WHERE ${allowedMoveSql('c.status', 'excluded.status')}
+      RETURNING c.id::text, c.sheet_id, c.transaction_id, c.event, c.status, CASE WHEN c.updated_at IS NULL THEN 'stored' ELSE 'updated' END`
+
+// The keys of unknown or disabled sheets, from the function's arrays alone.
+const UNKNOWN_TEXT = `
+          SELECT NULL::text, u.sheet_id, u.transaction_id, u.event, NULL::text, 'unknown_sheet'::text
+          FROM unnest($1::text[], $2::text[], $3::text[]) AS u(sheet_id, transaction_id, event)
+          WHERE active_sheets IS NULL OR NOT (u.sheet_id = ANY(active_sheets))`
+
 export const BATCH_STATEMENT = {
-  name: 'postback_conversion_batch_v7',
+  name: 'postback_conversion_batch_v8',
   signature: {
     parameters: Array<string>(10).fill('text[]'),
     returns: 'id text, sheet_id text, transaction_id text, event text, status text, outcome text',
-    // When some keys got no row (repeats, refused moves, keys a concurrent batch committed while this
-    // one waited for it), their stored rows are read by the same call: a second statement of the
-    // function, which on PostgreSQL takes a new snapshot (a volatile function's statements each
-    // do), as a separate statement after the commit would; every row of a key whose lock this
-    // transaction holds is then its newest. It cannot tell which keys the batch statement
-    // answered: it probes every key of the batch and leaves out the rows this call wrote (their
-    // version is of this transaction). So only for batches of up to IN_CALL_KEYS keys: a second
-    // statement from the application costs about as much as 60 probes (0.65 ms a batch through
-    // PGlite's query, 24 rows half of them repeats, against 0.84 for the batch statement; on
-    // PostgreSQL about 11 µs of CPU a delivery, server and PostgreSQL together, with half repeats in
-    // the bench), and the larger batches of a busy receiver go on to it (writeDeliveries), which
-    // reads only the keys left.
-    // Its plan is cached, as the batch statement's is, and made without sequential scans (see
-    // storedText). Until 2026-11-30 (evening) it was planned at each call (EXECUTE): with half
-    // repeats, about 10 µs of PostgreSQL's CPU a delivery, a third of its share (batches of 25, 6,000
-    // of them alternating with the cached plan on one connection: 41.7 against 31.8 µs a row).
-    declare: 'answered bigint;',
+    // The function gives BATCH_TEXT's answers in up to three statements, each only when needed:
+    // - the batch's active sheets, read first, before the insert may wait on a row lock (as
+    //   BATCH_TEXT reads them in its snapshot, taken before any wait): a key whose sheet is enabled
+    //   again while the insert waits stays unknown (a test makes that race on PostgreSQL);
+    // - the insert (INSERT_TEXT), the statement itself. BATCH_TEXT's CTEs around it (the input kept
+    //   for the unknown sheets and the moves' currencies, the written rows kept to be read out
+    //   again, the active sheets joined) cost the receiver about 10 % of its CPU a delivery on
+    //   PGlite with unique ids and 8 % with a tenth updates; with half repeats this way measured
+    //   3 to 4 % more (BENCHMARKS.md, fourteenth pass);
+    // - when the insert answered fewer keys than the batch has: the keys of unknown or disabled
+    //   sheets (UNKNOWN_TEXT, from the arrays alone), and, for batches of up to IN_CALL_KEYS keys,
+    //   in the same statement, the stored rows of the keys (repeats, refused moves, keys a
+    //   concurrent batch committed while this one waited for it). That statement on PostgreSQL
+    //   takes a new snapshot (a volatile function's statements each do), as a separate statement
+    //   after the commit would; every row of a key whose lock this transaction holds is then its
+    //   newest. It cannot tell which keys the insert answered: it probes every key of an active
+    //   sheet and leaves out the rows this call wrote (their version is of this transaction); an
+    //   unknown key's row, if its sheet was enabled meanwhile, does not change its answer
+    //   (writeDeliveries). Only for batches of up to IN_CALL_KEYS keys: a second statement from
+    //   the application costs about as much as 60 probes (0.65 ms a batch through PGlite's query,
+    //   24 rows half of them repeats, against 0.84 for the batch statement; on PostgreSQL about
+    //   11 µs of CPU a delivery, server and PostgreSQL together, with half repeats in the bench),
+    //   and the larger batches of a busy receiver go on to it (writeDeliveries), which reads only
+    //   the keys left.
+    // Their plans are cached, made without sequential scans (see storedText). Until 2026-11-30
+    // (evening) the stored rows' read was planned at each call (EXECUTE): with half repeats, about
+    // 10 µs of PostgreSQL's CPU a delivery, a third of its share (batches of 25, 6,000 of them
+    // alternating with the cached plan on one connection: 41.7 against 31.8 µs a row).
+    // The arrays' lookups (`= ANY`, array_position) go through the batch's distinct active sheets
+    // for each row: one sheet in the common case.
+    declare: 'answered bigint; active_sheets text[]; currencies text[];',
     body: `
-      RETURN QUERY ${BATCH_TEXT};
+      SELECT array_agg(s.sheet_id), array_agg(s.default_currency) INTO active_sheets, currencies
+      FROM sheets s WHERE s.sheet_id = ANY($1::text[]) AND s.active;
+      RETURN QUERY ${INSERT_TEXT};
       GET DIAGNOSTICS answered = ROW_COUNT;
-      IF answered < cardinality($1) AND cardinality($1) <= ${IN_CALL_KEYS} THEN
-        RETURN QUERY ${storedText(' AND c.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid')};
+      IF answered < cardinality($1) THEN
+        IF cardinality($1) <= ${IN_CALL_KEYS} THEN
+          RETURN QUERY ${UNKNOWN_TEXT} UNION ALL ${storedText(' AND c.xmin IS DISTINCT FROM pg_current_xact_id_if_assigned()::xid')};
+        ELSE
+          RETURN QUERY ${UNKNOWN_TEXT};
+        END IF;
       END IF;`,
     settings: ['enable_seqscan = off'],
   },
+  // The same answers by one statement (without the stored rows of repeats, which writeDeliveries
+  // then reads by a statement of its own): run as it is where the session may not make functions.
   text: BATCH_TEXT,
 }
 
