@@ -134,6 +134,24 @@ function storedText(condition = ''): string {
 }
 const STORED_STATEMENT = { text: storedText() }
 
+// The batch statement's columns, in the order of its parameters.
+const COLUMNS = 'sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status'
+
+// The batch's deliveries as rows `i`, numbered in the order given (`ord`).
+const INPUT_ROWS = `unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+             WITH ORDINALITY AS i(${COLUMNS}, ord)`
+
+// The insert's answer to a stored key: the move, when the lifecycle allows it. `deliveryCurrency`:
+// the currency the key's delivery carried (NULL keeps the stored one), by the key of `excluded`.
+const upsert = (deliveryCurrency: string) => `
+      ON CONFLICT (sheet_id, transaction_id, event) DO UPDATE SET
+        status = excluded.status,
+        network_status = excluded.network_status,
+        payout = COALESCE(excluded.payout, c.payout),
+        currency = COALESCE(${deliveryCurrency}, c.currency),
+        updated_at = now()
+      WHERE ${allowedMoveSql('c.status', 'excluded.status')}`
+
 // What one batch does, as one statement. It inserts the new conversions and moves the stored ones
 // whose move the lifecycle allows (ON CONFLICT DO UPDATE ... WHERE: the check runs on the newest
 // committed version of the row, under its lock, so concurrent moves of one key apply one at a
@@ -153,25 +171,16 @@ const BATCH_TEXT = `
       SELECT s.sheet_id, s.default_currency FROM sheets s WHERE s.sheet_id = ANY($1::text[]) AND s.active
     ), input AS (
       SELECT i.*, s.default_currency
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-             WITH ORDINALITY AS i(sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status, ord)
+      FROM ${INPUT_ROWS}
       LEFT JOIN active s ON s.sheet_id = i.sheet_id
     ), written AS (
-      INSERT INTO conversions AS c (sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status)
+      INSERT INTO conversions AS c (${COLUMNS})
       SELECT sheet_id, transaction_id, event, payout::numeric, COALESCE(currency, default_currency), campaign_id, adset_id, ad_id, status, network_status
       FROM input
       WHERE default_currency IS NOT NULL
       ORDER BY ord
-      ON CONFLICT (sheet_id, transaction_id, event) DO UPDATE SET
-        status = excluded.status,
-        network_status = excluded.network_status,
-        payout = COALESCE(excluded.payout, c.payout),
-        currency = COALESCE(
-          (SELECT i.currency FROM input i
-           WHERE i.sheet_id = excluded.sheet_id AND i.transaction_id = excluded.transaction_id AND i.event = excluded.event),
-          c.currency),
-        updated_at = now()
-      WHERE ${allowedMoveSql('c.status', 'excluded.status')}
+      ${upsert(`(SELECT i.currency FROM input i
+           WHERE i.sheet_id = excluded.sheet_id AND i.transaction_id = excluded.transaction_id AND i.event = excluded.event)`)}
       RETURNING c.id, c.sheet_id, c.transaction_id, c.event, c.status, c.updated_at IS NULL AS inserted
     )
     SELECT id::text AS id, sheet_id, transaction_id, event, status,
@@ -183,9 +192,6 @@ const BATCH_TEXT = `
 /** The most keys of a batch whose repeats' rows its own call reads (BATCH_STATEMENT's body). */
 export const IN_CALL_KEYS = 64
 
-// The batch statement's columns, in the order of its parameters.
-const COLUMNS = 'sheet_id, transaction_id, event, payout, currency, campaign_id, adset_id, ad_id, status, network_status'
-
 // The function's insert: BATCH_TEXT's, as the statement itself (no CTE around it, nothing read
 // from it again), for the rows of the sheets found active by the function's first statement
 // (`active_sheets`, their default currencies `currencies`, in one order).
@@ -193,20 +199,11 @@ const INSERT_TEXT = `
       INSERT INTO conversions AS c (${COLUMNS})
       SELECT i.sheet_id, i.transaction_id, i.event, i.payout::numeric, COALESCE(i.currency, currencies[array_position(active_sheets, i.sheet_id)]),
         i.campaign_id, i.adset_id, i.ad_id, i.status, i.network_status
-      FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-             WITH ORDINALITY AS i(${COLUMNS}, ord)
+      FROM ${INPUT_ROWS}
       WHERE i.sheet_id = ANY(active_sheets)
       ORDER BY i.ord
-      ON CONFLICT (sheet_id, transaction_id, event) DO UPDATE SET
-        status = excluded.status,
-        network_status = excluded.network_status,
-        payout = COALESCE(excluded.payout, c.payout),
-        currency = COALESCE(
-          (SELECT u.currency FROM unnest($1::text[], $2::text[], $3::text[], $5::text[]) AS u(sheet_id, transaction_id, event, currency)
-           WHERE u.sheet_id = excluded.sheet_id AND u.transaction_id = excluded.transaction_id AND u.event = excluded.event),
-          c.currency),
-        updated_at = now()
-      WHERE ${allowedMoveSql('c.status', 'excluded.status')}
+      ${upsert(`(SELECT u.currency FROM unnest($1::text[], $2::text[], $3::text[], $5::text[]) AS u(sheet_id, transaction_id, event, currency)
+           WHERE u.sheet_id = excluded.sheet_id AND u.transaction_id = excluded.transaction_id AND u.event = excluded.event)`)}
       RETURNING c.id::text, c.sheet_id, c.transaction_id, c.event, c.status, CASE WHEN c.updated_at IS NULL THEN 'stored' ELSE 'updated' END`
 
 // The keys of unknown or disabled sheets, from the function's arrays alone.
