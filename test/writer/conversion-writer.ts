@@ -184,6 +184,35 @@ t.test("the batch statement's call answers a repeat with its stored row and a ne
   t.same((await call([...many, 'old'])).filter((row) => row.outcome !== 'stored'), [], 'no row for the repeat of a batch of more keys')
 })
 
+t.test("the batch statement's call names the keys of unknown sheets itself: in a batch with no active sheet, and in one of more than IN_CALL_KEYS keys", async (t) => {
+  const sheet = await newSheet(app)
+  // The names of the statements writeDeliveries ran, and the rows of the batch statement's call.
+  const call = async (deliveries: Delivery[]) => {
+    const statements: string[] = []
+    let rows: Array<{ transaction_id: string; outcome: string }> = []
+    const outcomes = await writeDeliveries(async <Row>(statement: Statement) => {
+      statements.push(statement.name ?? 'stored rows (unnamed)')
+      const answer = await app.db.query<Row>(statement)
+      if (statement.name === BATCH_STATEMENT.name) rows = answer as typeof rows
+      return answer
+    }, deliveries)
+    return { statements, rows, outcomes: [...outcomes.values()] }
+  }
+  const none = await call([{ sheet_id: 'no-such-sheet', transaction_id: 'n1' }, { sheet_id: 'nor-this-one', transaction_id: 'n2' }])
+  t.same(none.statements, [BATCH_STATEMENT.name], 'one statement')
+  t.same(none.rows.map((row) => row.outcome), ['unknown_sheet', 'unknown_sheet'], 'both keys named unknown by the call')
+  t.same(none.outcomes, [null, null])
+  const many = Array.from({ length: IN_CALL_KEYS }, (_, index) => ({ sheet_id: sheet, transaction_id: `large-${index}` }))
+  const large = await call([...many, { sheet_id: 'no-such-sheet', transaction_id: 'large-x' }])
+  t.same(large.statements, [BATCH_STATEMENT.name], 'one statement for a batch of more keys too')
+  t.same(
+    large.rows.filter((row) => row.outcome !== 'stored').map((row) => [row.transaction_id, row.outcome]),
+    [['large-x', 'unknown_sheet']],
+    'its unknown key named by the call',
+  )
+  t.equal(large.outcomes.filter((outcome) => outcome === null).length, 1)
+})
+
 t.test('a batch waits up to RECEIVER_BATCH_WAIT_MS for deliveries to join it, and no longer once it is full', async (t) => {
   const sheet = await newSheet(app)
   const waiting = countingWriter({ batchWaitMs: 300 })
