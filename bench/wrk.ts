@@ -1,25 +1,32 @@
 // `npm run bench:wrk`: the ratios of `npm run bench` again, with an independent load generator:
 // wrk (Debian's package: apt-get install wrk) in its own process, with bench/wrk/postback.lua,
-// against one bench server (bench/server.ts) on a fresh PostgreSQL database: GET /bench/noop, the
-// naive receiver and the receiver, plus the floor and the bare floor (bench/floor.ts, each its own
-// server process on the same database), in rounds that take turns; unique ids, half repeats, and a tenth status updates.
-// Options: --duration S per route and mix (10), --rounds N (2), --warmup S per route before the
+// against one bench server (bench/server.ts): GET /bench/noop, the naive receiver and the receiver,
+// plus the floor and the bare floor (bench/floor.ts, each its own server process), in rounds that
+// take turns; unique ids, half repeats, and a tenth status updates. On PostgreSQL (the default) every
+// server writes into one fresh database; with --store pglite each server has a PGlite folder of its
+// own, copied from one migrated folder (PGlite is one process's).
+// Options: --store postgresql|pglite, --duration S per route and mix (10), --rounds N (2), --warmup S per route before the
 // first mix (2; the floor is a process of its own and would otherwise pay its start-up, JIT and
 // connections in its first measured slice), --connections N (50), --threads N (1), --pg-url URL,
 // --env NAME=VALUE for the server, --routes (noop,floor,bare-floor,naive,receiver), --mixes
 // (unique,half-repeats,updates, in the order given), --rows N: the bench's sheet holds N conversions
 // before the first mix (as in `npm run bench -- --rows N`), --perf FILE: Linux perf's
 // samples of both servers during the measured rounds into FILE, and where their CPU went per request
-// (bench/perf-summary.ts; with --routes floor,receiver the app server's column is the receiver's). Beside each route's rate and latency: the CPU its server and
-// PostgreSQL's backends for the bench's database used per request while measured (from /proc), and how
-// much of the machine sat idle (I/O wait included).
+// (bench/perf-summary.ts; with --routes floor,receiver the app server's column is the receiver's;
+// on PGlite with PostgreSQL's own functions named). Beside each route's rate and latency: the CPU its server and
+// PostgreSQL's backends for the bench's database used per request while measured (from /proc; on
+// PGlite the database is the server's), and how much of the machine sat idle (I/O wait included).
 import { spawn, spawnSync } from 'node:child_process'
-import { cpus, loadavg } from 'node:os'
+import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import { cpus, loadavg, tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import pg from 'pg'
 import { loadConfig } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
+import { migrate } from '../src/migrations.ts'
+import { createSheet } from '../src/sheets.ts'
 import { FLOOR_PATH } from './floor.ts'
 import { PERF_FREQUENCY, perfTable } from './perf-summary.ts'
 import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, rowsOption, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
@@ -38,9 +45,15 @@ const { values: args } = parseArgs({
     mixes: { type: 'string', default: 'unique,half-repeats,updates' },
     perf: { type: 'string' },
     rows: { type: 'string', default: '0' },
+    store: { type: 'string', default: 'postgresql' },
   },
 })
 const filledRows = rowsOption(args.rows)
+if (args.store !== 'postgresql' && args.store !== 'pglite') {
+  console.error(`--store: postgresql or pglite, not ${args.store}`)
+  process.exit(2)
+}
+const pglite = args.store === 'pglite'
 const rounds = Math.max(1, Math.floor(Number(args.rounds)) || 1)
 const slice = Number(args.duration) / rounds
 const warmup = Number(args.warmup)
@@ -87,19 +100,36 @@ if (args.perf && spawnSync('perf', ['--version']).status !== 0) {
 
 const admin = (sql: string) => adminQuery(args['pg-url'], sql)
 
-const database = `bench_wrk_${Date.now()}_${process.pid}`
+const database = pglite ? undefined : `bench_wrk_${Date.now()}_${process.pid}`
 const url = new URL(args['pg-url'])
 url.pathname = `/${database}`
-await admin(`CREATE DATABASE ${database}`)
+// PGlite: one migrated folder with the bench's sheet (and --rows), copied for each server before it starts.
+const folders = pglite ? mkdtempSync(join(tmpdir(), 'postback-wrk-')) : undefined
+if (folders) {
+  const store = await openDatabase(loadConfig({ DATA_DIR: join(folders, 'template') }))
+  try {
+    await store.withSession((session) => migrate(session))
+    await createSheet(store.prisma, { sheetId: 'bench', currency: 'USD' })
+    if (filledRows > 0) await fillConversions(store, 'bench', filledRows, (message) => console.log(message))
+  } finally {
+    await store.close()
+  }
+} else await admin(`CREATE DATABASE ${database}`)
+const storeEnv = (name: string): Record<string, string> => {
+  if (!folders) return { DATABASE_URL: url.toString() }
+  const dir = join(folders, name)
+  cpSync(join(folders, 'template'), dir, { recursive: true })
+  return { DATA_DIR: dir }
+}
 const serverEnv = envPairs(args.env)
 // Each server's stdout goes to a process of its own that reads and discards it, as a log collector
 // reads a service's stdout (not /dev/null, which a server writes in other ways). It is a Unix socket
 // pair (what Node.js makes for 'pipe'); a container runtime's is a FIFO, which the log's tests use.
-const spawnServer = (mode: string[], env: Record<string, string>) => {
+const spawnServer = (name: string, mode: string[], env: Record<string, string>) => {
   const collector = spawn('cat', [], { stdio: ['pipe', 'ignore', 'inherit'] })
   const child = spawn(process.execPath, [...(args.perf ? ['--perf-basic-prof-only-functions'] : []), '--import', 'tsx', 'bench/server.ts', '511', ...mode], {
     cwd: ROOT,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', DATABASE_URL: url.toString(), ...env },
+    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', ...storeEnv(name), ...env },
     stdio: ['ignore', collector.stdin, 'inherit', 'ipc'],
   })
   // The server holds the pipe's write end now: the collector's input ends when the server's does.
@@ -107,9 +137,9 @@ const spawnServer = (mode: string[], env: Record<string, string>) => {
   return child
 }
 const SERVER_MODES: Record<string, string[]> = { app: [], ...FLOOR_MODES }
-// The app's server always: it migrates the bench's database.
+// The app's server always: on PostgreSQL it migrates the bench's database.
 const servers = new Map(
-  [...new Set<ServerName>(['app', ...routes.map(serverOf)])].map((name) => [name, spawnServer(SERVER_MODES[name]!, name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {})] as const),
+  [...new Set<ServerName>(['app', ...routes.map(serverOf)])].map((name) => [name, spawnServer(name, SERVER_MODES[name]!, name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {})] as const),
 )
 type Child = ReturnType<typeof spawnServer>
 const stop = (child: Child) => {
@@ -119,7 +149,8 @@ const stop = (child: Child) => {
 }
 const cleanup = async () => {
   await Promise.all([...servers.values()].map(stop))
-  await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
+  if (folders) rmSync(folders, { recursive: true, force: true })
+  else await admin(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`)
 }
 process.on('SIGINT', () => {
   void cleanup().then(() => process.exit(130))
@@ -134,18 +165,20 @@ try {
   const bases = new Map(await Promise.all([...servers].map(async ([name, child]) => [name, await listening(child)] as const)))
   const baseOf = (route: Route) => bases.get(serverOf(route))!
   const pidOf = (route: Route) => servers.get(serverOf(route))!.pid!
-  const db = new pg.Client({ connectionString: url.toString() })
-  await db.connect()
-  await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
-  await db.end()
-  if (filledRows > 0) {
+  if (!folders) {
+    const db = new pg.Client({ connectionString: url.toString() })
+    await db.connect()
+    await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
+    await db.end()
+  }
+  if (!folders && filledRows > 0) {
     // As `npm run bench -- --rows N`: the sheet holds them, folded, before the first mix (the app's own
     // fold waits meanwhile: one instance folds at a time).
     const store = await openDatabase(loadConfig({ DATABASE_URL: url.toString() }))
     await fillConversions(store, 'bench', filledRows, (message) => console.log(message)).finally(() => store.close())
   }
 
-  console.log(`wrk ${args.threads} thread(s), ${args.connections} connections, ${warmup} s warm-up per route, then ${rounds} rounds of ${slice} s per route; the sheet held ${filledRows} conversions before the first mix; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
+  console.log(`${args.store}: wrk ${args.threads} thread(s), ${args.connections} connections, ${warmup} s warm-up per route, then ${rounds} rounds of ${slice} s per route; the sheet held ${filledRows} conversions before the first mix; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
   const stamp = Date.now().toString(36)
   const runWrk = (route: Route, seconds: number, prefix: string, mix: Mix) =>
     spawnSync(
@@ -173,7 +206,7 @@ try {
   // container's seccomp) has ended by then.
   if (perf) await new Promise((resolve) => setTimeout(resolve, 1000))
   if (perf && (perf.exitCode !== null || perf.signalCode !== null)) throw new Error(`perf record ended at once (${perf.exitCode ?? perf.signalCode}): ${perfErrors.trim()}`)
-  const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'p99 ms, median of rounds', 'non-2xx', 'socket errors', 'CPU µs per request server + pg', 'idle %']]
+  const rows: string[][] = [['mix', 'route', 'req/s', 'p50 ms', 'p99 ms', 'p99 ms, median of rounds', 'non-2xx', 'socket errors', pglite ? 'CPU µs per request (server, PGlite in it)' : 'CPU µs per request server + pg', 'idle %']]
   const ratios: string[][] = [['mix', 'receiver / floor', 'by round', 'receiver / bare floor', 'naive / floor', 'no-db / floor', 'receiver / no-db', 'receiver / naive']]
   for (const mix of MIXES) {
     const totals = new Map<Route, { requests: number; seconds: number; rates: number[]; p50: number[]; p99: number[]; non2xx: number; errors: number; server: number; postgres: number; idle: number; ticks: number }>()
@@ -218,7 +251,7 @@ try {
       const t = totals.get(route)!
       const micros = (seconds: number) => ((1e6 * seconds) / Math.max(1, t.requests)).toFixed(1)
       const idle = Math.round((100 * t.idle) / Math.max(1, t.ticks))
-      rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), middle(t.p99), String(t.non2xx), String(t.errors), `${micros(t.server)} + ${micros(t.postgres)}`, String(idle)])
+      rows.push([mix, route, String(Math.round(rps(route))), middle(t.p50), worst(t.p99), middle(t.p99), String(t.non2xx), String(t.errors), pglite ? micros(t.server) : `${micros(t.server)} + ${micros(t.postgres)}`, String(idle)])
     }
     const over = (a: Route, b: Route) => (totals.has(a) && totals.has(b) ? (rps(a) / rps(b)).toFixed(2) : '-')
     // The rounds' own ratios, lowest to highest: how far one round's machine differs from the next.
@@ -229,7 +262,7 @@ try {
     }
     ratios.push([mix, over('receiver', 'floor'), byRound('receiver', 'floor'), over('receiver', 'bare-floor'), over('naive', 'floor'), over('noop', 'floor'), over('receiver', 'noop'), over('receiver', 'naive')])
   }
-  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's, and the median of the rounds' (one stall of the machine in one round sets the worst; with 2 rounds, their mean); by round: the lowest and highest of the rounds' own ratios (a round runs each route once); CPU per request: the server's process (all its threads) and PostgreSQL's backends for this database (the noop route's: none; the app's rollup fold runs in the app's server). Load average now ${loadavg()[0]!.toFixed(2)}.`)
+  console.log(`\n${table(rows)}\n\n${table(ratios)}\n\np50: the median of the rounds' medians; p99: the worst round's, and the median of the rounds' (one stall of the machine in one round sets the worst; with 2 rounds, their mean); by round: the lowest and highest of the rounds' own ratios (a round runs each route once); CPU per request: ${pglite ? 'the server\'s process (all its threads; its PGlite in it)' : 'the server\'s process (all its threads) and PostgreSQL\'s backends for this database (the noop route\'s: none)'}; the app's rollup fold runs in the app's server. Load average now ${loadavg()[0]!.toFixed(2)}.`)
   if (perf) {
     perf.kill('SIGINT')
     await perfExited
