@@ -137,13 +137,16 @@ t.test("the exit's write of the last lines waits for a pipe whose reader lags, f
 
 t.test("a pipe whose reader lags gets every line, in order, before the exit; one that stalls holds the exit up for the exit's bound only", async (t) => {
   const dir = scratchDir(t)
-  // The reader opens the pipe at once, then takes nothing for `pauseMs`; the fixture logs more than
-  // the pipe holds and exits 300 ms later.
+  // The reader opens the pipe at once, then takes nothing until `pauseMs` after the fixture says it
+  // is exiting (counted from there, not from the reader's start: a fixture slow to start on a busy
+  // machine once met a reader already back); the fixture logs more than the pipe holds and exits
+  // 300 ms after its last line.
   const runWithReader = async (pauseMs: number) => {
     const fifo = join(dir, `pipe-${pauseMs}`)
     const out = join(dir, `out-${pauseMs}`)
+    const go = join(dir, `go-${pauseMs}`)
     execFileSync('mkfifo', [fifo])
-    const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; sleep ${pauseMs / 1000}; cat <&3 > "${out}"`])
+    const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; while [ ! -e "${go}" ]; do sleep 0.02; done; cat <&3 > "${out}"`])
     const readerDone = once(reader, 'exit')
     const waiting = await openWhenRead(fifo)
     // The reader is there: opened again, blocking, as a supervisor hands a service its stdout (the
@@ -154,11 +157,17 @@ t.test("a pipe whose reader lags gets every line, in order, before the exit; one
     const childDone = once(child, 'exit')
     closeSync(fd)
     let exiting = 0
+    let back: NodeJS.Timeout | undefined
+    const comeBack = () => writeFileSync(go, '')
     child.stderr!.on('data', (data: Buffer) => {
-      if (data.toString().includes('exiting')) exiting = performance.now()
+      if (!data.toString().includes('exiting')) return
+      exiting = performance.now()
+      back = setTimeout(comeBack, pauseMs)
     })
     const [code] = (await childDone) as [number | null]
     const exitMs = performance.now() - exiting
+    // A fixture that never said it was exiting: the reader comes back now, so that the test ends.
+    if (!back) comeBack()
     await readerDone
     const text = readFileSync(out, 'utf8')
     // Whole lines only: a reader that never came back in time may have been cut off mid-line.
@@ -170,9 +179,9 @@ t.test("a pipe whose reader lags gets every line, in order, before the exit; one
   t.equal(lagging.code, 0)
   t.same(lagging.lines, Array.from({ length: 3000 }, (_, index) => index + 1), 'a reader back within the bound: every line, whole and in order')
   t.equal(lagging.cut, 0, 'nothing after the last line')
-  const stalled = await runWithReader(7000)
+  const stalled = await runWithReader(5000)
   t.equal(stalled.code, 0)
-  t.ok(stalled.exitMs < 4000, `a reader gone for 7 s: the exit waited ${Math.round(stalled.exitMs)} ms (bound 2 s)`)
+  t.ok(stalled.exitMs < 4000, `a reader gone for 5 s after the exit began: the exit waited ${Math.round(stalled.exitMs)} ms (bound 2 s)`)
   t.ok(stalled.lines.length < 3000, `the lines it had no room for are lost (${stalled.lines.length} written)`)
   t.same(stalled.lines, Array.from({ length: stalled.lines.length }, (_, index) => index + 1), 'what came through: the first lines, whole and in order')
 })
