@@ -33,7 +33,7 @@ const PARTS: Array<[string, RegExp]> = [
   ['request id', /request-id\.ts|src\/logging\.ts|randomUUID|internal\/crypto/],
   ['query and validation', /src\/delivery\.ts|src\/query-string\.ts|fast-querystring|fastify\/lib\/validation/],
   ['writer and batch', /conversion-writer\.ts|conversion-batch\.ts|bench\/floor\.ts/],
-  // PGlite's own JavaScript: its protocol messages, the rows' parsing, the Emscripten runtime.
+  // PGlite's own JavaScript, when not called from its WebAssembly: its protocol messages, the rows' parsing.
   ['PGlite: its JavaScript (messages, rows)', /@electric-sql\/|src\/pglite-prepared\.ts/],
   ['pg driver', /node_modules\/pg\/|pg-protocol|pg-pool|src\/database\.ts|src\/pg-pool\.ts/],
   ['garbage collection', /Scaveng|MarkCompact|CollectGarbage|Heap::|Sweeper|IncrementalMarking|ConcurrentMarking/],
@@ -49,8 +49,13 @@ const OTHER = 'other'
 // ("wasm-function[923]"), but pglite.wasm exports about 2,000 of PostgreSQL's functions by name (for
 // extensions), and the index is the export's: 923 is _bt_compare. The executor's nodes and other
 // static functions are not exported, so a sample goes to the first part whose function is anywhere
-// on its stack. Prisma's query compiler is WebAssembly too, with indexes of its own: a WebAssembly
-// stack called from Prisma's code is Prisma's.
+// on its stack. A stack of WebAssembly is PGlite's when PGlite's JavaScript called it: Prisma's
+// query compiler is WebAssembly too, with indexes of its own. Caveats: PL/pgSQL is a module of its
+// own inside PGlite (its frames' indexes are not pglite.wasm's; a session function's own work, its
+// IF and GET DIAGNOSTICS, and setting its settings at each call, land in "executor, outside
+// functions" or the rest), Emscripten's JavaScript called from the WebAssembly (file writes) counts
+// in the part of the PostgreSQL function that called it, and XLogFlush is reached by a checkpoint's
+// buffer writes too.
 const PGLITE_PARTS: Array<[string, RegExp]> = [
   ['PGlite: statements in session functions (SPI)', /^SPI_execute/],
   ['PGlite: commit (WAL written)', /^(CommitTransactionCommand|XLogFlush)$/],
@@ -104,18 +109,16 @@ const WASM = /wasm-function\[(\d+)\]/
 /** The part of one sample, from its stack's symbols, leaf first. */
 function partOf(frames: string[]): string {
   const deepest = frames.findLastIndex((frame) => WASM.test(frame))
-  if (deepest >= 0) {
-    // The JavaScript that called into the WebAssembly: its module tells whose it is.
-    const caller = frames.slice(deepest + 1).find((frame) => frame.startsWith('JS:') && !/wasm|js-to-/.test(frame))
-    if (caller === undefined || !/@prisma/.test(caller)) {
-      const names = pgliteFunctionNames()
-      const functions = frames.flatMap((frame) => {
-        const name = names.get(Number(WASM.exec(frame)?.[1] ?? -1))
-        return name === undefined ? [] : [name]
-      })
-      return PGLITE_PARTS.find(([, pattern]) => functions.some((name) => pattern.test(name)))?.[0] ?? PGLITE_PARTS.at(-1)![0]
-    }
-    return PRISMA
+  // The JavaScript that called into the WebAssembly: its module tells whose it is. Only PGlite's is
+  // read by PostgreSQL's names; Prisma's (and any other) goes by the frames, as every other sample.
+  const caller = deepest >= 0 ? frames.slice(deepest + 1).find((frame) => frame.startsWith('JS:') && !/wasm|js-to-/.test(frame)) : undefined
+  if (caller !== undefined && /@electric-sql\//.test(caller)) {
+    const names = pgliteFunctionNames()
+    const functions = frames.flatMap((frame) => {
+      const name = names.get(Number(WASM.exec(frame)?.[1] ?? -1))
+      return name === undefined ? [] : [name]
+    })
+    return PGLITE_PARTS.find(([, pattern]) => functions.some((name) => pattern.test(name)))?.[0] ?? PGLITE_PARTS.at(-1)![0]
   }
   for (const frame of frames) {
     const part = PARTS.find(([, pattern]) => pattern.test(frame))?.[0]

@@ -102,24 +102,17 @@ const admin = (sql: string) => adminQuery(args['pg-url'], sql)
 
 const database = pglite ? undefined : `bench_wrk_${Date.now()}_${process.pid}`
 const url = new URL(args['pg-url'])
-url.pathname = `/${database}`
-// PGlite: one migrated folder with the bench's sheet (and --rows), copied for each server before it starts.
+if (database) url.pathname = `/${database}`
+// PGlite: one migrated folder with the bench's sheet (and --rows), copied for each server before it
+// starts (with --rows, a copy each: a folder of 10^5 rows was 289 MB, one of 10^7 about 29 GB).
 const folders = pglite ? mkdtempSync(join(tmpdir(), 'postback-wrk-')) : undefined
-if (folders) {
-  const store = await openDatabase(loadConfig({ DATA_DIR: join(folders, 'template') }))
-  try {
-    await store.withSession((session) => migrate(session))
-    await createSheet(store.prisma, { sheetId: 'bench', currency: 'USD' })
-    if (filledRows > 0) await fillConversions(store, 'bench', filledRows, (message) => console.log(message))
-  } finally {
-    await store.close()
-  }
-} else await admin(`CREATE DATABASE ${database}`)
-const storeEnv = (name: string): Record<string, string> => {
+const template = folders && join(folders, 'template')
+// A DATABASE_URL of the caller's environment would make a PGlite server PostgreSQL's: left out.
+const storeEnv = (name: string): Record<string, string | undefined> => {
   if (!folders) return { DATABASE_URL: url.toString() }
   const dir = join(folders, name)
-  cpSync(join(folders, 'template'), dir, { recursive: true })
-  return { DATA_DIR: dir }
+  cpSync(template!, dir, { recursive: true })
+  return { DATA_DIR: dir, DATABASE_URL: undefined }
 }
 const serverEnv = envPairs(args.env)
 // Each server's stdout goes to a process of its own that reads and discards it, as a log collector
@@ -137,11 +130,8 @@ const spawnServer = (name: string, mode: string[], env: Record<string, string>) 
   return child
 }
 const SERVER_MODES: Record<string, string[]> = { app: [], ...FLOOR_MODES }
-// The app's server always: on PostgreSQL it migrates the bench's database.
-const servers = new Map(
-  [...new Set<ServerName>(['app', ...routes.map(serverOf)])].map((name) => [name, spawnServer(name, SERVER_MODES[name]!, name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {})] as const),
-)
 type Child = ReturnType<typeof spawnServer>
+const servers = new Map<ServerName, Child>()
 const stop = (child: Child) => {
   child.kill('SIGTERM')
   // One that has ended (by a signal too: no exit code then) is not waited for.
@@ -157,6 +147,20 @@ process.on('SIGINT', () => {
 })
 
 try {
+  if (template) {
+    const store = await openDatabase(loadConfig({ DATA_DIR: template }))
+    try {
+      await store.withSession((session) => migrate(session))
+      await createSheet(store.prisma, { sheetId: 'bench', currency: 'USD' })
+      if (filledRows > 0) await fillConversions(store, 'bench', filledRows, (message) => console.log(message))
+    } finally {
+      await store.close()
+    }
+  } else await admin(`CREATE DATABASE ${database}`)
+  // The app's server always: on PostgreSQL it migrates the bench's database.
+  for (const name of new Set<ServerName>(['app', ...routes.map(serverOf)])) {
+    servers.set(name, spawnServer(name, SERVER_MODES[name]!, name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {}))
+  }
   const listening = (child: Child) =>
     new Promise<string>((resolve, reject) => {
       child.once('message', (message: { url: string }) => resolve(message.url))
