@@ -21,8 +21,6 @@ import { table } from './support.ts'
 /** Sampling frequency of `perf record -F`: each sample stands for 1/FREQUENCY s on a core. */
 export const PERF_FREQUENCY = 999
 
-const PRISMA = 'Prisma (background)'
-
 // The first match from the leaf up names a sample's part; more specific parts come first.
 const PARTS: Array<[string, RegExp]> = [
   ['access line', /requestCompleted|requestJson|requestLogger|src\/logger\.ts|sonic-boom|pino/],
@@ -41,7 +39,7 @@ const PARTS: Array<[string, RegExp]> = [
   ['fastify: routing', /find-my-way|fastify\/fastify\.js|fastify\/lib\/(route|handle-request|request|context)/],
   ['node: http answer', /_http_outgoing|_http_server|internal\/streams\/writable|stream_base_commons|writev|node:net/],
   ['node: http parse', /llhttp|_http_common|_http_incoming|node::.*Parser::/],
-  [PRISMA, /@prisma|wasm/],
+  ['Prisma (background)', /@prisma|wasm/],
 ]
 const OTHER = 'other'
 

@@ -21,13 +21,11 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import autocannon from 'autocannon'
 import { loadConfig } from '../src/config.ts'
-import { openDatabase, type Database } from '../src/database.ts'
-import { migrate } from '../src/migrations.ts'
-import { createSheet } from '../src/sheets.ts'
+import { openDatabase } from '../src/database.ts'
 import { NAIVE_RECEIVER_PATH } from './naive-receiver.ts'
 import { NOOP_PATH } from './noop-route.ts'
 import { FLOOR_PATH } from './floor.ts'
-import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, postgresCpuSeconds, rowsOption, settle, spreadId, postgresCpuUsed, table } from './support.ts'
+import { adminQuery as runAdminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, postgresCpuSeconds, prepareBenchStore, rowsOption, settle, spreadId, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const RECEIVER_PATH = '/meta/postback/conversion'
@@ -196,10 +194,8 @@ async function openStore(kind: Store): Promise<StoreHandle> {
     url.pathname = `/${name}`
     const databaseUrl = url.toString()
     const db = await openDatabase(loadConfig({ DATABASE_URL: databaseUrl }))
-    await db.withSession((session) => migrate(session))
-    await createSheet(db.prisma, { sheetId: SHEET, currency: 'USD' })
     console.log(`PostgreSQL: created database ${name}`)
-    const lastFilled = await fill(db, 'PostgreSQL')
+    const lastFilled = await prepareBenchStore(db, SHEET, filledRows, progress('PostgreSQL'))
     return {
       kind,
       database: name,
@@ -225,9 +221,7 @@ async function openStore(kind: Store): Promise<StoreHandle> {
   const base = mkdtempSync(join(tmpdir(), 'postback-bench-'))
   const template = join(base, 'template')
   const db = await openDatabase(loadConfig({ DATA_DIR: template }))
-  await db.withSession((session) => migrate(session))
-  await createSheet(db.prisma, { sheetId: SHEET, currency: 'USD' })
-  const lastFilled = await fill(db, 'PGlite').finally(() => db.close())
+  const lastFilled = await prepareBenchStore(db, SHEET, filledRows, progress('PGlite')).finally(() => db.close())
   return {
     kind,
     prepare(name) {
@@ -254,11 +248,8 @@ async function openStore(kind: Store): Promise<StoreHandle> {
 
 const adminQuery = (sql: string) => runAdminQuery(args['pg-url'], sql)
 
-/** The --rows fill of a store's bench sheet, when asked for; the last filled conversion's id ('0' without). */
-async function fill(db: Database, store: string): Promise<string> {
-  if (filledRows === 0) return '0'
-  return fillConversions(db, SHEET, filledRows, (message) => console.log(`${store}: ${message}`))
-}
+/** The --rows fill's progress lines of a store. */
+const progress = (store: string) => (message: string) => console.log(`${store}: ${message}`)
 
 /** The bench sheet's rows written by the servers (those after the fill's last). */
 async function readRows(query: (sql: string, params?: unknown[]) => Promise<Array<Record<string, unknown>>>, lastFilled: string) {

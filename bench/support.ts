@@ -5,8 +5,10 @@ import pg from 'pg'
 import { createApiKey } from '../src/api-keys.ts'
 import { BATCH_STATEMENT, writeDeliveries } from '../src/conversion-batch.ts'
 import type { Database, SqlSession, Statement } from '../src/database.ts'
+import { migrate } from '../src/migrations.ts'
 import { foldAll } from '../src/rollups.ts'
 import type { Delivery } from '../src/schemas/receiver.ts'
+import { createSheet } from '../src/sheets.ts'
 
 /** The arguments of bench/server.ts after its backlog for each floor route: the floor, the bare floor (bench/floor.ts). */
 export const FLOOR_MODES: Record<string, string[]> = { floor: ['floor'], 'bare-floor': ['floor', 'bare'] }
@@ -252,6 +254,18 @@ export async function settle(session: SqlSession, tables = ''): Promise<void> {
 
 /** Rows a statement of `fillConversions` inserts: each is a transaction of its own, so folds can split the fill. */
 const FILL_CHUNK = 250_000
+
+/**
+ * A bench store made ready: migrated, the bench's sheet created (USD), and, with `rows` > 0, that
+ * many conversions filled and folded (fillConversions). Returns the last filled conversion's id
+ * ('0' without rows). For a PostgreSQL database whose servers start after it, and for the PGlite
+ * folder that each server's folder is copied from.
+ */
+export async function prepareBenchStore(db: Database, sheet: string, rows: number, onProgress?: (message: string) => void): Promise<string> {
+  await db.withSession((session) => migrate(session))
+  await createSheet(db.prisma, { sheetId: sheet, currency: 'USD' })
+  return rows > 0 ? fillConversions(db, sheet, rows, onProgress) : '0'
+}
 
 /**
  * Fills `sheet` with `rows` stored conversions (transaction ids `f<n>`, in an order unrelated to

@@ -22,14 +22,11 @@ import { cpus, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import pg from 'pg'
 import { loadConfig } from '../src/config.ts'
 import { openDatabase } from '../src/database.ts'
-import { migrate } from '../src/migrations.ts'
-import { createSheet } from '../src/sheets.ts'
 import { FLOOR_PATH } from './floor.ts'
 import { PERF_FREQUENCY, perfTable } from './perf-summary.ts'
-import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, fillConversions, rowsOption, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
+import { adminQuery, BENCH_SERVER_ENV, cpuSeconds, FLOOR_MODES, envPairs, prepareBenchStore, rowsOption, machineTicks, postgresCpuSeconds, postgresCpuUsed, table } from './support.ts'
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const { values: args } = parseArgs({
@@ -147,18 +144,11 @@ process.on('SIGINT', () => {
 })
 
 try {
-  if (template) {
-    const store = await openDatabase(loadConfig({ DATA_DIR: template }))
-    try {
-      await store.withSession((session) => migrate(session))
-      await createSheet(store.prisma, { sheetId: 'bench', currency: 'USD' })
-      if (filledRows > 0) await fillConversions(store, 'bench', filledRows, (message) => console.log(message))
-    } finally {
-      await store.close()
-    }
-  } else await admin(`CREATE DATABASE ${database}`)
-  // The app's server always: on PostgreSQL it migrates the bench's database.
-  for (const name of new Set<ServerName>(['app', ...routes.map(serverOf)])) {
+  if (!template) await admin(`CREATE DATABASE ${database}`)
+  // Migrated, with the bench's sheet (and --rows, filled and folded), before any server starts.
+  const store = await openDatabase(loadConfig(template ? { DATA_DIR: template } : { DATABASE_URL: url.toString() }))
+  await prepareBenchStore(store, 'bench', filledRows, (message) => console.log(message)).finally(() => store.close())
+  for (const name of new Set(routes.map(serverOf))) {
     servers.set(name, spawnServer(name, SERVER_MODES[name]!, name === 'app' ? { ...BENCH_SERVER_ENV, ...serverEnv } : {}))
   }
   const listening = (child: Child) =>
@@ -169,19 +159,6 @@ try {
   const bases = new Map(await Promise.all([...servers].map(async ([name, child]) => [name, await listening(child)] as const)))
   const baseOf = (route: Route) => bases.get(serverOf(route))!
   const pidOf = (route: Route) => servers.get(serverOf(route))!.pid!
-  if (!folders) {
-    const db = new pg.Client({ connectionString: url.toString() })
-    await db.connect()
-    await db.query(`INSERT INTO sheets (sheet_id, name, default_currency) VALUES ('bench', 'bench', 'USD')`)
-    await db.end()
-  }
-  if (!folders && filledRows > 0) {
-    // As `npm run bench -- --rows N`: the sheet holds them, folded, before the first mix (the app's own
-    // fold waits meanwhile: one instance folds at a time).
-    const store = await openDatabase(loadConfig({ DATABASE_URL: url.toString() }))
-    await fillConversions(store, 'bench', filledRows, (message) => console.log(message)).finally(() => store.close())
-  }
-
   console.log(`${args.store}: wrk ${args.threads} thread(s), ${args.connections} connections, ${warmup} s warm-up per route, then ${rounds} rounds of ${slice} s per route; the sheet held ${filledRows} conversions before the first mix; ${cpus().length} cores, load ${loadavg()[0]!.toFixed(2)}`)
   const stamp = Date.now().toString(36)
   const runWrk = (route: Route, seconds: number, prefix: string, mix: Mix) =>
@@ -197,8 +174,8 @@ try {
   if (warmup > 0) for (const route of routes) runWrk(route, warmup, `${stamp}-warmup-${route}`, 'unique')
   // Requests each server answered while perf recorded it.
   const answered = new Map<ServerName, number>()
-  // Only the servers of the routes measured: another's idle samples are nobody's requests.
-  const measured = [...servers].filter(([name]) => routes.some((route) => serverOf(route) === name))
+  // Only the servers of the routes measured run.
+  const measured = [...servers]
   const recorded = measured.map(([, child]) => child.pid!)
   const perf = args.perf
     ? spawn('perf', ['record', '-e', 'cpu-clock', '-F', String(PERF_FREQUENCY), '-g', '-p', recorded.join(','), '-o', args.perf], { stdio: ['ignore', 'ignore', 'pipe'] })
